@@ -1,0 +1,44 @@
+# xnorjax: `make train` and `make test` each set up everything on a fresh machine with Python 3.10+.
+#   make train   virtual environment, extension build, then train bin_vgg16 on CIFAR-10
+#   make test    virtual environment, extension build, then the whole pytest suite
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+MODEL ?= bin_vgg16
+WORKDIR ?= runs/$(MODEL)
+TRAIN_FLAGS ?=
+PYTEST_FLAGS ?=
+
+NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(wildcard ffi/*.cc ffi/*.h ffi/*.cu ffi/*.cuh)
+
+.PHONY: all install build train test bench clean
+
+all: install
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Build requirements first, so the extension builds against the venv's own jaxlib headers.
+$(VENV)/.deps: pyproject.toml | $(PY)
+	$(PIP) install "scikit-build-core>=0.10" "nanobind>=2.0" "jax==0.10.2" "jaxlib==0.10.2"
+	touch $@
+
+# Editable install of the package with every extra; rebuilt whenever a native source changes.
+$(VENV)/.installed: $(VENV)/.deps $(NATIVE_SOURCES)
+	$(PIP) install --no-build-isolation -e ".[experiments,tfds,test]"
+	$(PY) -c "import xnorjax; xnorjax.require_extension(); print('xnorjax', xnorjax.__version__, 'extension OK')"
+	touch $@
+
+install build: $(VENV)/.installed
+
+train: $(VENV)/.installed
+	$(PY) -m experiments.train --model=$(MODEL) --workdir=$(WORKDIR) $(TRAIN_FLAGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_FLAGS)
+
+clean:
+	rm -rf build $(VENV) .pytest_cache
