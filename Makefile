@@ -11,7 +11,7 @@ WORKDIR ?= runs/$(MODEL)
 TRAIN_FLAGS ?=
 PYTEST_FLAGS ?=
 
-NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(wildcard ffi/*.cc ffi/*.h ffi/*.cu ffi/*.cuh)
+NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find ffi -name '*.cc' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
 .PHONY: all install build train test bench clean
 

@@ -68,7 +68,10 @@ def _pack_last_axis(x: jax.Array, implementation: str) -> jax.Array:
     return _pack_last_axis_ffi(x)
   if not _native.extension_available():
     return _pack_last_axis_xla(x)
-  return jax.lax.platform_dependent(x, cpu=_pack_last_axis_ffi, default=_pack_last_axis_xla)
+  kernels = {"cpu": _pack_last_axis_ffi}
+  if _native.cuda_kernels_available():
+    kernels["cuda"] = _pack_last_axis_ffi
+  return jax.lax.platform_dependent(x, default=_pack_last_axis_xla, **kernels)
 
 
 def pack_bits(x, axis: int = -1, *, implementation: str = "auto") -> jax.Array:
@@ -77,8 +80,8 @@ def pack_bits(x, axis: int = -1, *, implementation: str = "auto") -> jax.Array:
   Args:
     x: float (any precision) or bool array. Floats pack as +1 where x >= 0; bools as +1 where True.
     axis: the axis to pack; in the result it has length ceil(x.shape[axis] / 32).
-    implementation: "auto" (the C++ kernel on CPU when built, XLA elsewhere), "ffi" (the C++
-      kernel; raises `xnorjax.ExtensionNotBuiltError` if it is not built) or "xla".
+    implementation: "auto" (the C++/CUDA kernel where built for the platform, XLA elsewhere),
+      "ffi" (the kernel; raises `xnorjax.ExtensionNotBuiltError` if it is not built) or "xla".
 
   Returns:
     uint32 array, x's shape with `axis` replaced by the number of words.

@@ -1,4 +1,4 @@
-#include "pack_bits.h"
+#include "cpu/pack_bits.h"
 
 #include <algorithm>
 #include <cstdint>
