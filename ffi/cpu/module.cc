@@ -2,6 +2,7 @@
 // with XLA (jax.ffi.register_ffi_target) at import.
 #include <nanobind/nanobind.h>
 
+#include "cpu/geometry_bindings.h"
 #include "cpu/pack_bits.h"
 #include "nb_capsule.h"
 
@@ -14,4 +15,5 @@ NB_MODULE(_ffi, m) {
     registrations["xnorjax_pack_bits"] = xnorjax::EncapsulateFfiHandler(xnorjax::PackBitsCpu);
     return registrations;
   });
+  xnorjax::BindGeometry(m);
 }
