@@ -6,7 +6,9 @@ Submodules:
   xnorjax.ops         pack_bits and the packed XNOR-popcount kernels (C++ XLA FFI custom calls).
 """
 
+from xnorjax import nn
 from xnorjax import ops
+from xnorjax import quantizers
 
 from xnorjax._native import ExtensionNotBuiltError
 from xnorjax._native import extension_available
@@ -17,7 +19,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ExtensionNotBuiltError",
     "extension_available",
+    "nn",
     "ops",
-
+    "quantizers",
     "require_extension",
 ]

@@ -1,0 +1,82 @@
+"""Times xnorjax.ops.conv2d's formulations ("lax", "im2col") on the VGG16 CIFAR-10 conv shapes.
+
+Run: .venv/bin/python experiments/bench_conv_formulations.py [--batch=16] [--repeats=5] [--dtype=float32]
+
+Prints, per shape, the median milliseconds of the jitted forward and of value_and_grad (forward +
+gradients for input and kernel), both formulations measured back to back in one run (compare the
+ratio; absolute numbers drift on shared machines), and which formulation `choose_formulation`
+picks. The policy in xnorjax/ops/conv.py quotes this script's output.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xnorjax.ops import conv as conv_lib
+
+# (in_channels, out_channels, map size), 3x3 SAME: the first float conv and the 12 distinct binary
+# conv shapes of VGG16 on 32x32 inputs (stage 3 and 4 repeat shapes).
+VGG16_SHAPES = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8),
+                (256, 256, 8), (256, 512, 4), (512, 512, 4), (512, 512, 2)]
+
+
+def _median_ms(fn, args, repeats):
+  jax.block_until_ready(fn(*args))  # compile + warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def bench_shape(cin, cout, size, batch, dtype, repeats, kernel_size=3):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), dtype)
+  k = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, cin, cout)), dtype)
+  ct = jnp.asarray(rng.standard_normal((batch, size, size, cout)), dtype)
+  row = {}
+  for formulation in ("lax", "im2col", "lax_im2col"):
+    def forward(x, k, formulation=formulation):
+      return conv_lib.conv2d(x, k, strides=1, padding="SAME", formulation=formulation)
+
+    def loss(x, k, formulation=formulation):
+      return jnp.sum(forward(x, k).astype(jnp.float32) * ct)
+
+    row[formulation] = (_median_ms(jax.jit(forward), (x, k), repeats),
+                        _median_ms(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), (x, k), repeats))
+  pads = conv_lib.normalize_padding("SAME", (size, size), (kernel_size, kernel_size), (1, 1))
+  row["auto"] = conv_lib.choose_formulation(x.shape, k.shape, (1, 1), pads)
+  return row
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  args = parser.parse_args()
+  dtype = jnp.dtype(args.dtype)
+  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch {args.batch}, {args.dtype}, "
+        f"3x3 SAME, median of {args.repeats}, ms")
+  print(f"{'cin->cout':>10} {'map':>5} {'patches':>8} | {'fwd lax':>8} {'fwd i2c':>8} | "
+        f"{'f+b lax':>8} {'f+b i2c':>8} {'lax/i2c':>8} | auto")
+  totals = {"lax": 0.0, "im2col": 0.0, "auto": 0.0}
+  for cin, cout, size in VGG16_SHAPES:
+    row = bench_shape(cin, cout, size, args.batch, dtype, args.repeats)
+    (fl, bl), (fi, bi) = row["lax"], row["im2col"]
+    totals["lax"] += bl
+    totals["im2col"] += bi
+    totals["auto"] += row[row["auto"]][1]
+    patch_mib = args.batch * size * size * 9 * cin * dtype.itemsize / 2**20
+    print(f"{cin:>4}->{cout:<5} {size:>2}x{size:<2} {patch_mib:6.1f}MiB | {fl:8.2f} {fi:8.2f} | {bl:8.2f} {bi:8.2f} "
+          f"{bl / bi:8.2f} | {row['auto']}", flush=True)
+  print(f"sum of forward+backward over the shapes: lax {totals['lax']:.1f} ms, "
+        f"im2col {totals['im2col']:.1f} ms, auto {totals['auto']:.1f} ms")
+
+
+if __name__ == "__main__":
+  main()

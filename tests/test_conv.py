@@ -1,0 +1,130 @@
+"""xnorjax.ops.conv2d: every formulation against a float64 numpy loop, forward and gradients."""
+
+import jax
+import jax.numpy as jnp
+from jax.test_util import check_grads
+import numpy as np
+import pytest
+
+from xnorjax.ops import conv as conv_lib
+from xnorjax.ops import conv2d
+
+
+def numpy_same_pads(n, k, s):
+  out = -(-n // s)
+  total = max((out - 1) * s + k - n, 0)
+  return total // 2, total - total // 2
+
+
+def numpy_conv2d(x, kernel, strides, padding, pad_value):
+  """Reference: pad with pad_value, then a direct sum over windows in float64."""
+  x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+  kh, kw = kernel.shape[:2]
+  sh, sw = strides
+  if padding == "SAME":
+    pads = (numpy_same_pads(x.shape[1], kh, sh), numpy_same_pads(x.shape[2], kw, sw))
+  elif padding == "VALID":
+    pads = ((0, 0), (0, 0))
+  elif isinstance(padding, int):
+    pads = ((padding, padding), (padding, padding))
+  else:
+    pads = padding
+  xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=pad_value)
+  ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  out = np.zeros((x.shape[0], ho, wo, kernel.shape[3]))
+  for i in range(ho):
+    for j in range(wo):
+      window = xp[:, i * sh:i * sh + kh, j * sw:j * sw + kw, :]
+      out[:, i, j, :] = np.einsum("nhwc,hwco->no", window, kernel)
+  return out
+
+
+PADDINGS = ["SAME", "VALID", 1, ((2, 0), (0, 1))]
+FORMULATIONS = ["lax", "im2col", "lax_im2col", "auto"]
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+@pytest.mark.parametrize("strides", [1, 2, (1, 2)], ids=str)
+@pytest.mark.parametrize("kernel_hw", [(3, 3), (1, 1), (2, 3)], ids=str)
+def test_conv2d_matches_numpy(rng, formulation, padding, strides, kernel_hw):
+  pad_value = float(rng.choice([0.0, -1.0, 1.0, 0.37]))
+  x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
+  kernel = rng.standard_normal(kernel_hw + (3, 4)).astype(np.float32)
+  got = jax.jit(lambda a, b: conv2d(a, b, strides=strides, padding=padding, pad_value=pad_value,
+                                    formulation=formulation))(x, kernel)
+  expected = numpy_conv2d(x, kernel, conv_lib.normalize_pair(strides, "strides"), padding, pad_value)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+@pytest.mark.parametrize("strides", [1, 2], ids=str)
+def test_conv2d_formulations_have_equal_gradients(rng, padding, strides):
+  """All formulations give the same input and kernel gradients (float32, rtol 1e-5)."""
+  pad_value = float(rng.choice([0.0, -1.0, 1.0]))
+  x = jnp.asarray(rng.standard_normal((2, 6, 5, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+  out_shape = conv2d(x, kernel, strides=strides, padding=padding, formulation="lax").shape
+  cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+  grads = {}
+  for formulation in FORMULATIONS:
+    loss = lambda a, b, f=formulation: jnp.sum(
+        conv2d(a, b, strides=strides, padding=padding, pad_value=pad_value, formulation=f) * cotangent)
+    grads[formulation] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  for formulation in FORMULATIONS[1:]:
+    for got, ref in zip(grads[formulation], grads["lax"]):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("formulation", ["lax", "im2col"])
+def test_conv2d_check_grads(rng, formulation):
+  """Numerical vs autodiff gradients, both modes (lax_im2col is reverse-only, covered above)."""
+  x = jnp.asarray(rng.standard_normal((1, 4, 4, 2)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 2, 2)), jnp.float32)
+  fn = lambda a, b: conv2d(a, b, strides=1, padding="SAME", pad_value=-1.0, formulation=formulation)
+  check_grads(fn, (x, kernel), order=1, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
+
+
+def test_conv2d_bfloat16_with_float32_accumulation(rng):
+  x = rng.standard_normal((2, 5, 5, 8)).astype(np.float32)
+  kernel = rng.standard_normal((3, 3, 8, 4)).astype(np.float32)
+  xb, kb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(kernel, jnp.bfloat16)
+  expected = numpy_conv2d(np.asarray(xb.astype(jnp.float32)), np.asarray(kb.astype(jnp.float32)),
+                          (1, 1), "SAME", 0.0)
+  for formulation in ("lax", "im2col"):
+    got = conv2d(xb, kb, strides=1, padding="SAME", formulation=formulation,
+                 preferred_element_type=jnp.float32)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_choose_formulation_policy():
+  same = lambda n: conv_lib.normalize_padding("SAME", (n, n), (3, 3), (1, 1))
+  assert conv_lib.choose_formulation((16, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2)) == "im2col"
+  assert conv_lib.choose_formulation((16, 32, 32, 3), (3, 3, 3, 64), (1, 1), same(32)) == "im2col"
+  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32)) == "lax_im2col"
+  pads1 = conv_lib.normalize_padding("SAME", (32, 32), (1, 1), (1, 1))
+  assert conv_lib.choose_formulation((16, 32, 32, 64), (1, 1, 64, 64), (1, 1), pads1) == "im2col"
+
+
+def test_conv2d_bad_input():
+  x, k = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3))
+  with pytest.raises(ValueError, match="x must be a rank-4 NHWC"):
+    conv2d(jnp.ones((4, 4, 2)), k)
+  with pytest.raises(ValueError, match="kernel must be a rank-4 HWIO"):
+    conv2d(x, jnp.ones((3, 2, 3)))
+  with pytest.raises(TypeError, match="x must be a floating-point"):
+    conv2d(jnp.ones((1, 4, 4, 2), jnp.int32), k)
+  with pytest.raises(ValueError, match="x has 2 channels but kernel expects 5"):
+    conv2d(x, jnp.ones((3, 3, 5, 3)))
+  with pytest.raises(ValueError, match="larger than the padded input"):
+    conv2d(jnp.ones((1, 2, 2, 2)), k, padding="VALID")
+  for bad in ("FULL", -1, ((1, 2),), ((1, 2), (3,)), ((1.5, 1), (1, 1))):
+    with pytest.raises(ValueError, match="padding must be"):
+      conv2d(x, k, padding=bad)
+  with pytest.raises(ValueError, match="strides must be"):
+    conv2d(x, k, strides=0)
+  with pytest.raises(ValueError, match="formulation must be one of"):
+    conv2d(x, k, formulation="winograd")
+  with pytest.raises(TypeError, match="pad_value must be a Python number"):
+    conv2d(x, k, pad_value="zero")
