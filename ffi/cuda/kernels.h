@@ -7,4 +7,13 @@ namespace xnorjax {
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(PackBitsCuda);  // "xnorjax_pack_bits", as ffi/cpu/pack_bits.h
 
+// Packed XNOR-popcount conv and dense (ffi/cuda/xnor_conv.cu), the CUDA twins of the CPU targets
+// "xnorjax_xnor_{conv,dense}_{i32,f32,packed}": same operands, attributes and results.
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorConvI32Cuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorConvF32Cuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorConvPackedCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDenseI32Cuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDenseF32Cuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDensePackedCuda);
+
 }  // namespace xnorjax

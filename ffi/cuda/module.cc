@@ -3,6 +3,7 @@
 #include <nanobind/nanobind.h>
 
 #include "cuda/kernels.h"
+#include "cuda/xnor_shape.h"
 #include "nb_capsule.h"
 
 namespace nb = nanobind;
@@ -12,6 +13,21 @@ NB_MODULE(_ffi_cuda, m) {
   m.def("registrations", []() {
     nb::dict registrations;
     registrations["xnorjax_pack_bits"] = xnorjax::EncapsulateFfiHandler(xnorjax::PackBitsCuda);
+    registrations["xnorjax_xnor_conv_i32"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvI32Cuda);
+    registrations["xnorjax_xnor_conv_f32"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvF32Cuda);
+    registrations["xnorjax_xnor_conv_packed"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvPackedCuda);
+    registrations["xnorjax_xnor_dense_i32"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseI32Cuda);
+    registrations["xnorjax_xnor_dense_f32"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseF32Cuda);
+    registrations["xnorjax_xnor_dense_packed"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDensePackedCuda);
     return registrations;
   });
+  // CUDA-only values of the `impl` attribute, which select one path (0-3 mean auto on CUDA).
+  m.attr("IMPL_SIMPLE") = xnorjax::cuda::kImplSimple;
+  m.attr("IMPL_MMA") = xnorjax::cuda::kImplMma;
 }

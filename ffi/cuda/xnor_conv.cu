@@ -1,0 +1,484 @@
+// Packed XNOR-popcount convolution and dense layers on NVIDIA GPUs: the CUDA twins of the CPU
+// targets "xnorjax_xnor_{conv,dense}_{i32,f32,packed}" (same operands, attributes and results).
+//
+// Two paths (ffi/cuda/xnor_plan.h holds their index arithmetic, tested on the CPU):
+//  * simple: one thread per output value (per output word for _packed), XOR + __popc. Obviously
+//    right; the fallback for devices below sm_80 and the second opinion in tests (impl=100).
+//  * mma: implicit GEMM on the 1-bit tensor cores, mma.sync.m16n8k256 AND-popc (native on sm_80
+//    and sm_90, where the XOR form is emulated at twice the cost), cp.async double-buffered
+//    shared-memory slabs read with ldmatrix, a pre-pass for the popcounts the AND form needs,
+//    and a fused epilogue (scale, bias, sign-and-pack). Default wherever the device allows.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "conv_geometry.h"
+#include "cuda/kernels.h"
+#include "cuda/xnor_plan.h"
+#include "cuda/xnor_shape.h"
+#include "ffi_common.h"
+
+namespace xnorjax {
+namespace cuda {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Simple path.
+
+template <OutputKind kKind>
+__global__ void SimpleKernel(ConvShape s, const uint32_t* __restrict__ x,
+                             const uint32_t* __restrict__ w, const float* __restrict__ scale,
+                             const float* __restrict__ bias,
+                             typename OutputTraits<kKind>::Type* __restrict__ out) {
+  const int64_t total = GemmRows(s) * OutputRowLength<kKind>(s);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += step) {
+    out[i] = SimpleOutput<kKind>(s, x, w, scale, bias, i);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core path.
+
+// Per-pixel input popcounts and per-channel weight prefix tables (xnor_plan.h).
+__global__ void PrepassKernel(ConvShape s, const uint32_t* __restrict__ x,
+                              const uint32_t* __restrict__ w, int32_t* __restrict__ pixel_popc,
+                              int32_t* __restrict__ w_prefix) {
+  const int64_t pixels = s.batch * s.in_h * s.in_w;
+  const int64_t total = pixels + s.out_channels;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += step) {
+    if (i < pixels) {
+      pixel_popc[i] = PixelPopcount(s, x, i);
+    } else {
+      const int64_t o = i - pixels;
+      WeightPrefixTable(s, w, o, w_prefix + o * PrefixTableSize(s));
+    }
+  }
+}
+
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Copies V words global -> shared asynchronously (or stores zeros when src is null).
+template <int V>
+__device__ __forceinline__ void CopyChunk(uint32_t* dst, const uint32_t* src) {
+  if (src == nullptr) {
+    if constexpr (V == 4) {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    } else if constexpr (V == 2) {
+      *reinterpret_cast<uint2*>(dst) = make_uint2(0, 0);
+    } else {
+      *dst = 0;
+    }
+    return;
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(SharedAddress(dst)), "l"(src),
+               "n"(4 * V));
+#else
+  for (int i = 0; i < V; ++i) dst[i] = src[i];
+#endif
+}
+
+__device__ __forceinline__ void CpAsyncCommit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// The device side of tc::LoadSlab: cp.async from x / w, zero stores for padding.
+template <int V>
+struct DeviceCopy {
+  const uint32_t* __restrict__ x;
+  const uint32_t* __restrict__ w;
+  __device__ __forceinline__ void operator()(uint32_t* dst, int64_t src, int operand) const {
+    CopyChunk<V>(dst, src < 0 ? nullptr : (operand == 0 ? x : w) + src);
+  }
+};
+
+__device__ __forceinline__ void LdmatrixX4(const uint32_t* p, uint32_t (&r)[4]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SharedAddress(p)));
+#else
+  r[0] = r[1] = r[2] = r[3] = 0;
+  __trap();
+#endif
+}
+
+// acc += popc(A & B) over 256 bits: the m16n8k256 1-bit tensor-core MMA, AND form.
+__device__ __forceinline__ void MmaAndPopc(int32_t (&acc)[4], const uint32_t (&a)[4],
+                                           const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(acc[0]), "+r"(acc[1]), "+r"(acc[2]), "+r"(acc[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();
+#endif
+}
+
+// One k-step (256 bits) of the warp's 32 x 32 tile.
+__device__ __forceinline__ void MmaStep(const uint32_t* a_tile, const uint32_t* b_tile, int warp,
+                                        int lane,
+                                        int32_t (&acc)[tc::kMTiles][tc::kNTiles][4]) {
+  uint32_t a[tc::kMTiles][4];
+  uint32_t b[tc::kNTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < tc::kMTiles; ++mt) {
+    LdmatrixX4(a_tile + tc::ALdmatrixOffset(warp, mt, lane), a[mt]);
+  }
+#pragma unroll
+  for (int np = 0; np < tc::kNTiles / 2; ++np) {
+    uint32_t r[4];
+    LdmatrixX4(b_tile + tc::BLdmatrixOffset(warp, np, lane), r);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) b[tc::LdmatrixBTile(np, q)][tc::LdmatrixBReg(q)] = r[q];
+  }
+#pragma unroll
+  for (int mt = 0; mt < tc::kMTiles; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < tc::kNTiles; ++nt) MmaAndPopc(acc[mt][nt], a[mt], b[nt]);
+  }
+}
+
+template <OutputKind kKind, int V>
+__global__ void __launch_bounds__(tc::kThreads)
+    MmaKernel(ConvShape s, const uint32_t* __restrict__ x, const uint32_t* __restrict__ w,
+              const int32_t* __restrict__ pixel_popc, const int32_t* __restrict__ w_prefix,
+              const float* __restrict__ scale, const float* __restrict__ bias,
+              typename OutputTraits<kKind>::Type* __restrict__ out) {
+  __shared__ __align__(16) tc::Smem smem;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * tc::kBlockRows;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * tc::kBlockCols;
+
+  for (int r = threadIdx.x; r < tc::kBlockRows; r += tc::kThreads) {
+    smem.rows[r] = tc::MakeRowInfo(s, pixel_popc, m0 + r);
+  }
+  for (int c = threadIdx.x; c < tc::kBlockCols; c += tc::kThreads) {
+    smem.cols[c] = tc::MakeColInfo(s, w_prefix, scale, bias, n0 + c);
+  }
+  __syncthreads();
+
+  int32_t acc[tc::kMTiles][tc::kNTiles][4] = {};
+  const int64_t slabs = tc::Slabs(s);
+  const int64_t k_steps = tc::KSteps(s);
+  const DeviceCopy<V> copy{x, w};
+  tc::LoadSlab<V>(s, smem, n0, 0, 0, threadIdx.x, copy);
+  CpAsyncCommit();
+  for (int64_t slab = 0; slab < slabs; ++slab) {
+    const int stage = static_cast<int>(slab & 1);
+    if (slab + 1 < slabs) {
+      tc::LoadSlab<V>(s, smem, n0, slab + 1, stage ^ 1, threadIdx.x, copy);
+      CpAsyncCommit();
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    const int64_t steps_left = k_steps - slab * tc::kSlabSteps;
+    const int steps = static_cast<int>(steps_left < tc::kSlabSteps ? steps_left : tc::kSlabSteps);
+    for (int step = 0; step < steps; ++step) {
+      MmaStep(smem.a[stage][step], smem.b[stage][step], warp, lane, acc);
+    }
+    __syncthreads();
+  }
+
+  // Fused epilogue.
+  const int64_t rows = GemmRows(s);
+  const int64_t prefix_size = PrefixTableSize(s);
+  [[maybe_unused]] uint32_t bits[tc::kMTiles][tc::kNTiles][4];
+#pragma unroll
+  for (int mt = 0; mt < tc::kMTiles; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < tc::kNTiles; ++nt) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = tc::BlockRow(warp, mt, lane, r);
+        const int col = tc::BlockCol(warp, nt, lane, r);
+        const int64_t m = m0 + row;
+        const int64_t o = n0 + col;
+        const bool valid = m < rows && o < s.out_channels;
+        int64_t dot = 0;
+        if (valid) {
+          dot = tc::EpilogueDot(s, smem.rows[row], smem.cols[col], w_prefix + o * prefix_size,
+                                acc[mt][nt][r]);
+        }
+        if constexpr (kKind == OutputKind::kInt32) {
+          if (valid) out[m * s.out_channels + o] = static_cast<int32_t>(dot);
+        } else if constexpr (kKind == OutputKind::kFloat32) {
+          if (valid) out[m * s.out_channels + o] = ScaleBias(dot, smem.cols[col].scale,
+                                                             smem.cols[col].bias);
+        } else {
+          bits[mt][nt][r] =
+              valid ? SignBit(ScaleBias(dot, smem.cols[col].scale, smem.cols[col].bias)) : 0u;
+        }
+      }
+    }
+  }
+  if constexpr (kKind == OutputKind::kPacked) {
+    const int64_t out_words = OutputWords(s);
+    const int64_t word_col = tc::PackedWordCol(n0, warp);
+#pragma unroll
+    for (int mt = 0; mt < tc::kMTiles; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        uint32_t word = tc::QuadPartialWord(bits[mt], lane, half);
+        word |= __shfl_xor_sync(0xffffffffu, word, 1);
+        word |= __shfl_xor_sync(0xffffffffu, word, 2);
+        const int64_t m = m0 + tc::BlockRow(warp, mt, lane, 2 * half);
+        if (tc::StoresPackedWord(lane, half) && m < rows && word_col < out_words) {
+          out[m * out_words + word_col] = word;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch.
+
+ffi::Error LastCudaError(const char* what) {
+  const cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess) {
+    return ffi::Error(ffi::ErrorCode::kInternal,
+                      std::string(what) + ": " + cudaGetErrorString(status));
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error DeviceMajor(int* major) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    return LastCudaError("xnorjax: querying the CUDA device");
+  }
+  return ffi::Error::Success();
+}
+
+template <OutputKind kKind>
+ffi::Error LaunchSimple(cudaStream_t stream, const ConvShape& s, const uint32_t* x,
+                        const uint32_t* w, const float* scale, const float* bias,
+                        typename OutputTraits<kKind>::Type* out) {
+  const int64_t total = GemmRows(s) * OutputRowLength<kKind>(s);
+  constexpr int kBlock = 256;
+  const int64_t blocks = tc::CeilDiv(total, kBlock);
+  SimpleKernel<kKind><<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), kBlock, 0,
+                        stream>>>(s, x, w, scale, bias, out);
+  return LastCudaError("xnorjax simple kernel");
+}
+
+template <OutputKind kKind, int V>
+void LaunchMmaKernel(cudaStream_t stream, const ConvShape& s, const uint32_t* x, const uint32_t* w,
+                     const int32_t* pixel_popc, const int32_t* w_prefix, const float* scale,
+                     const float* bias, typename OutputTraits<kKind>::Type* out) {
+  const dim3 grid(static_cast<unsigned>(tc::GridRows(s)), static_cast<unsigned>(tc::GridCols(s)));
+  MmaKernel<kKind, V><<<grid, tc::kThreads, 0, stream>>>(s, x, w, pixel_popc, w_prefix, scale,
+                                                         bias, out);
+}
+
+template <OutputKind kKind>
+ffi::Error LaunchMma(cudaStream_t stream, ffi::ScratchAllocator& scratch, const ConvShape& s,
+                     const uint32_t* x, const uint32_t* w, const float* scale, const float* bias,
+                     typename OutputTraits<kKind>::Type* out) {
+  if (tc::GridRows(s) >= (int64_t{1} << 31) || tc::GridCols(s) > 65535) {
+    return LaunchSimple<kKind>(stream, s, x, w, scale, bias, out);
+  }
+  const int64_t pixels = s.batch * s.in_h * s.in_w;
+  const int64_t prefix_entries = s.out_channels * PrefixTableSize(s);
+  const size_t bytes = static_cast<size_t>(pixels + prefix_entries) * sizeof(int32_t);
+  auto buffer = scratch.Allocate(bytes, 256);
+  if (!buffer.has_value()) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "xnorjax: could not allocate the scratch buffer of the tensor-core path");
+  }
+  int32_t* pixel_popc = static_cast<int32_t*>(*buffer);
+  int32_t* w_prefix = pixel_popc + pixels;
+  {
+    constexpr int kBlock = 256;
+    const int64_t blocks = tc::CeilDiv(pixels + s.out_channels, kBlock);
+    PrepassKernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), kBlock, 0, stream>>>(
+        s, x, w, pixel_popc, w_prefix);
+  }
+  switch (tc::ChunkWords(s)) {
+    case 4:
+      LaunchMmaKernel<kKind, 4>(stream, s, x, w, pixel_popc, w_prefix, scale, bias, out);
+      break;
+    case 2:
+      LaunchMmaKernel<kKind, 2>(stream, s, x, w, pixel_popc, w_prefix, scale, bias, out);
+      break;
+    default:
+      LaunchMmaKernel<kKind, 1>(stream, s, x, w, pixel_popc, w_prefix, scale, bias, out);
+      break;
+  }
+  return LastCudaError("xnorjax tensor-core kernel");
+}
+
+template <OutputKind kKind>
+ffi::Error Run(cudaStream_t stream, ffi::ScratchAllocator& scratch, const ConvShape& s,
+               int64_t impl, const uint32_t* x, const uint32_t* w, const float* scale,
+               const float* bias, typename OutputTraits<kKind>::Type* out) {
+  if (GemmRows(s) == 0 || s.out_channels == 0) return ffi::Error::Success();
+  int major = 0;
+  if (ffi::Error error = DeviceMajor(&major); error.failure()) return error;
+  Path path;
+  if (std::string message = ChoosePath(impl, major, &path); !message.empty()) {
+    return InvalidArgument(message);
+  }
+  if (path == Path::kSimple) return LaunchSimple<kKind>(stream, s, x, w, scale, bias, out);
+  return LaunchMma<kKind>(stream, scratch, s, x, w, scale, bias, out);
+}
+
+Dims DimsOf(ffi::Span<const int64_t> d) { return Dims{d.begin(), d.size()}; }
+
+ConvAttrs MakeConvAttrs(int64_t channels, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                        int64_t pad_bottom, int64_t pad_left, int64_t pad_right, int64_t pad_value,
+                        int64_t impl) {
+  return ConvAttrs{channels, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
+                   pad_value, impl};
+}
+
+// ---------------------------------------------------------------------------------------------
+// FFI handlers.
+
+ffi::Error ConvI32Impl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::Buffer<ffi::U32> x,
+                       ffi::Buffer<ffi::U32> w, ffi::ResultBuffer<ffi::S32> out, int64_t channels,
+                       int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                       int64_t pad_left, int64_t pad_right, int64_t pad_value, int64_t impl) {
+  const ConvAttrs attrs = MakeConvAttrs(channels, stride_h, stride_w, pad_top, pad_bottom,
+                                        pad_left, pad_right, pad_value, impl);
+  ConvShape s;
+  const std::string error =
+      ValidateConv(DimsOf(x.dimensions()), DimsOf(w.dimensions()), nullptr, nullptr,
+                   DimsOf(out->dimensions()), OutputKind::kInt32, attrs, &s);
+  if (!error.empty()) return InvalidArgument(error);
+  return Run<OutputKind::kInt32>(stream, scratch, s, impl, x.typed_data(), w.typed_data(), nullptr,
+                                 nullptr, out->typed_data());
+}
+
+template <OutputKind kKind, ffi::DataType kOut>
+ffi::Error ConvEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                            ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
+                            ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
+                            ffi::ResultBuffer<kOut> out, int64_t channels, int64_t stride_h,
+                            int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                            int64_t pad_left, int64_t pad_right, int64_t pad_value, int64_t impl) {
+  const ConvAttrs attrs = MakeConvAttrs(channels, stride_h, stride_w, pad_top, pad_bottom,
+                                        pad_left, pad_right, pad_value, impl);
+  const Dims scale_dims = DimsOf(scale.dimensions()), bias_dims = DimsOf(bias.dimensions());
+  ConvShape s;
+  const std::string error =
+      ValidateConv(DimsOf(x.dimensions()), DimsOf(w.dimensions()), &scale_dims, &bias_dims,
+                   DimsOf(out->dimensions()), kKind, attrs, &s);
+  if (!error.empty()) return InvalidArgument(error);
+  return Run<kKind>(stream, scratch, s, impl, x.typed_data(), w.typed_data(), scale.typed_data(),
+                    bias.typed_data(), out->typed_data());
+}
+
+ffi::Error DenseI32Impl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                        ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
+                        ffi::ResultBuffer<ffi::S32> out, int64_t features, int64_t impl) {
+  ConvShape s;
+  const std::string error =
+      ValidateDense(DimsOf(x.dimensions()), DimsOf(w.dimensions()), nullptr, nullptr,
+                    DimsOf(out->dimensions()), OutputKind::kInt32, features, impl, &s);
+  if (!error.empty()) return InvalidArgument(error);
+  return Run<OutputKind::kInt32>(stream, scratch, s, impl, x.typed_data(), w.typed_data(), nullptr,
+                                 nullptr, out->typed_data());
+}
+
+template <OutputKind kKind, ffi::DataType kOut>
+ffi::Error DenseEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                             ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
+                             ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
+                             ffi::ResultBuffer<kOut> out, int64_t features, int64_t impl) {
+  const Dims scale_dims = DimsOf(scale.dimensions()), bias_dims = DimsOf(bias.dimensions());
+  ConvShape s;
+  const std::string error =
+      ValidateDense(DimsOf(x.dimensions()), DimsOf(w.dimensions()), &scale_dims, &bias_dims,
+                    DimsOf(out->dimensions()), kKind, features, impl, &s);
+  if (!error.empty()) return InvalidArgument(error);
+  return Run<kKind>(stream, scratch, s, impl, x.typed_data(), w.typed_data(), scale.typed_data(),
+                    bias.typed_data(), out->typed_data());
+}
+
+auto BindConv() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()
+      .Ctx<ffi::ScratchAllocator>()
+      .Arg<ffi::Buffer<ffi::U32>>()
+      .Arg<ffi::Buffer<ffi::U32>>();
+}
+
+template <typename Binding>
+auto ConvAttrsOf(Binding binding) {
+  return std::move(binding)
+      .template Attr<int64_t>("channels")
+      .template Attr<int64_t>("stride_h")
+      .template Attr<int64_t>("stride_w")
+      .template Attr<int64_t>("pad_top")
+      .template Attr<int64_t>("pad_bottom")
+      .template Attr<int64_t>("pad_left")
+      .template Attr<int64_t>("pad_right")
+      .template Attr<int64_t>("pad_value")
+      .template Attr<int64_t>("impl");
+}
+
+}  // namespace
+}  // namespace cuda
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cuda, cuda::ConvI32Impl,
+                              cuda::ConvAttrsOf(cuda::BindConv().Ret<ffi::Buffer<ffi::S32>>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    XnorConvF32Cuda, (cuda::ConvEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32>),
+    cuda::ConvAttrsOf(cuda::BindConv()
+                          .Arg<ffi::Buffer<ffi::F32>>()
+                          .Arg<ffi::Buffer<ffi::F32>>()
+                          .Ret<ffi::Buffer<ffi::F32>>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    XnorConvPackedCuda, (cuda::ConvEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32>),
+    cuda::ConvAttrsOf(cuda::BindConv()
+                          .Arg<ffi::Buffer<ffi::F32>>()
+                          .Arg<ffi::Buffer<ffi::F32>>()
+                          .Ret<ffi::Buffer<ffi::U32>>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cuda, cuda::DenseI32Impl,
+                              cuda::BindConv()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("features")
+                                  .Attr<int64_t>("impl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseF32Cuda,
+                              (cuda::DenseEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32>),
+                              cuda::BindConv()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("features")
+                                  .Attr<int64_t>("impl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDensePackedCuda,
+                              (cuda::DenseEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32>),
+                              cuda::BindConv()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>()
+                                  .Attr<int64_t>("features")
+                                  .Attr<int64_t>("impl"));
+
+}  // namespace xnorjax
