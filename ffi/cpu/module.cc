@@ -4,6 +4,8 @@
 
 #include "cpu/geometry_bindings.h"
 #include "cpu/pack_bits.h"
+#include "cpu/xnor_bindings.h"
+#include "cpu/xnor_ffi.h"
 #include "nb_capsule.h"
 
 namespace nb = nanobind;
@@ -13,7 +15,18 @@ NB_MODULE(_ffi, m) {
   m.def("registrations", []() {
     nb::dict registrations;
     registrations["xnorjax_pack_bits"] = xnorjax::EncapsulateFfiHandler(xnorjax::PackBitsCpu);
+    registrations["xnorjax_xnor_conv_i32"] = xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvI32Cpu);
+    registrations["xnorjax_xnor_conv_f32"] = xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvF32Cpu);
+    registrations["xnorjax_xnor_conv_packed"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvPackedCpu);
+    registrations["xnorjax_xnor_dense_i32"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseI32Cpu);
+    registrations["xnorjax_xnor_dense_f32"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseF32Cpu);
+    registrations["xnorjax_xnor_dense_packed"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDensePackedCpu);
     return registrations;
   });
   xnorjax::BindGeometry(m);
+  xnorjax::BindXnor(m);
 }

@@ -1,0 +1,228 @@
+#include "cpu/xnor_ffi.h"
+
+#include <cstdint>
+#include <string>
+
+#include "conv_geometry.h"
+#include "cpu/parallel_for.h"
+#include "cpu/xnor_kernels.h"
+#include "ffi_common.h"
+
+namespace xnorjax {
+namespace {
+
+using U32 = ffi::Buffer<ffi::U32>;
+using F32 = ffi::Buffer<ffi::F32>;
+
+std::string Dims(ffi::Span<const int64_t> dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+// Checks what is common to every target (impl, scale / bias shapes, output shape) and runs.
+template <XnorOutput kOutput, typename OutBuffer>
+ffi::Error Run(const char* target, ffi::ThreadPool& pool, ConvProblem problem, int64_t impl,
+               const uint32_t* x, const uint32_t* w, const F32* scale, const F32* bias,
+               OutBuffer& out, ffi::Span<const int64_t> want_out_dims) {
+  const std::string prefix = std::string(target) + ": ";
+  if (!ImplSupported(impl)) {
+    return InvalidArgument(prefix + "impl=" + std::to_string(impl) +
+                           " is not 0 (auto), 1 (AVX-512 VPOPCNTDQ), 2 (AVX2) or 3 (portable), "
+                           "or this CPU cannot run it");
+  }
+  if (std::string error = ValidateConvProblem(&problem); !error.empty()) {
+    return InvalidArgument(prefix + error);
+  }
+  if (scale != nullptr) {
+    for (const F32* v : {scale, bias}) {
+      if (v->dimensions().size() != 1 || v->dimensions()[0] != problem.out_channels) {
+        return InvalidArgument(prefix + "scale and bias must be f32[" +
+                               std::to_string(problem.out_channels) + "], got " +
+                               Dims(v->dimensions()));
+      }
+    }
+  }
+  auto out_dims = out->dimensions();
+  if (out_dims.size() != want_out_dims.size() ||
+      !std::equal(out_dims.begin(), out_dims.end(), want_out_dims.begin())) {
+    return InvalidArgument(prefix + "the result must have shape " + Dims(want_out_dims) +
+                           ", got " + Dims(out_dims));
+  }
+  const int64_t threads = pool.num_threads();
+  RunXnorConv(problem, ResolveImpl(impl), kOutput, x, w,
+              scale ? scale->typed_data() : nullptr, bias ? bias->typed_data() : nullptr,
+              out->untyped_data(), threads,
+              [&pool, threads](int64_t n, const std::function<void(int64_t)>& body) {
+                ParallelForOnPool(&pool, threads, n, body);
+              });
+  return ffi::Error::Success();
+}
+
+int64_t OutWidth(XnorOutput output, int64_t channels) {
+  return output == XnorOutput::kPacked ? geometry::PackedWords(channels) : channels;
+}
+
+template <XnorOutput kOutput, typename OutBuffer>
+ffi::Error Conv(const char* target, ffi::ThreadPool pool, U32 x, U32 w, const F32* scale,
+                const F32* bias, OutBuffer out, int64_t channels, int64_t stride_h,
+                int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                int64_t pad_right, int64_t pad_value, int64_t impl) {
+  const std::string prefix = std::string(target) + ": ";
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  if (xd.size() != 4) return InvalidArgument(prefix + "x must be u32[N, H, W, Cw], got " + Dims(xd));
+  if (wd.size() != 4) {
+    return InvalidArgument(prefix + "w must be u32[O, KH, KW, Cw], got " + Dims(wd));
+  }
+  if (wd[3] != xd[3]) {
+    return InvalidArgument(prefix + "x has " + std::to_string(xd[3]) + " words per pixel but w has " +
+                           std::to_string(wd[3]));
+  }
+  ConvProblem p;
+  p.batch = xd[0];
+  p.height = xd[1];
+  p.width = xd[2];
+  p.words = xd[3];
+  p.channels = channels;
+  p.out_channels = wd[0];
+  p.kernel_h = wd[1];
+  p.kernel_w = wd[2];
+  p.stride_h = stride_h;
+  p.stride_w = stride_w;
+  p.pad_top = pad_top;
+  p.pad_bottom = pad_bottom;
+  p.pad_left = pad_left;
+  p.pad_right = pad_right;
+  p.pad_value = pad_value;
+  ConvProblem shape = p;
+  if (std::string error = ValidateConvProblem(&shape); !error.empty()) {
+    return InvalidArgument(prefix + error);
+  }
+  const int64_t want[4] = {p.batch, shape.out_h, shape.out_w, OutWidth(kOutput, p.out_channels)};
+  return Run<kOutput>(target, pool, p, impl, x.typed_data(), w.typed_data(), scale, bias, out,
+                      ffi::Span<const int64_t>(want, 4));
+}
+
+template <XnorOutput kOutput, typename OutBuffer>
+ffi::Error Dense(const char* target, ffi::ThreadPool pool, U32 x, U32 w, const F32* scale,
+                 const F32* bias, OutBuffer out, int64_t features, int64_t impl) {
+  const std::string prefix = std::string(target) + ": ";
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  if (xd.size() != 2) return InvalidArgument(prefix + "x must be u32[M, Kw], got " + Dims(xd));
+  if (wd.size() != 2) return InvalidArgument(prefix + "w must be u32[N, Kw], got " + Dims(wd));
+  if (wd[1] != xd[1]) {
+    return InvalidArgument(prefix + "x has " + std::to_string(xd[1]) + " words per row but w has " +
+                           std::to_string(wd[1]));
+  }
+  ConvProblem p;
+  p.batch = xd[0];
+  p.height = p.width = p.kernel_h = p.kernel_w = 1;
+  p.words = xd[1];
+  p.channels = features;
+  p.out_channels = wd[0];
+  const int64_t want[2] = {p.batch, OutWidth(kOutput, p.out_channels)};
+  return Run<kOutput>(target, pool, p, impl, x.typed_data(), w.typed_data(), scale, bias, out,
+                      ffi::Span<const int64_t>(want, 2));
+}
+
+#define XNORJAX_CONV_ATTRS                                                                    \
+  .Attr<int64_t>("channels")                                                                  \
+      .Attr<int64_t>("stride_h")                                                              \
+      .Attr<int64_t>("stride_w")                                                              \
+      .Attr<int64_t>("pad_top")                                                               \
+      .Attr<int64_t>("pad_bottom")                                                            \
+      .Attr<int64_t>("pad_left")                                                              \
+      .Attr<int64_t>("pad_right")                                                             \
+      .Attr<int64_t>("pad_value")                                                             \
+      .Attr<int64_t>("impl")
+
+ffi::Error ConvI32(ffi::ThreadPool pool, U32 x, U32 w, ffi::ResultBuffer<ffi::S32> out,
+                   int64_t channels, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
+                   int64_t pr, int64_t pv, int64_t impl) {
+  return Conv<XnorOutput::kInt32>("xnorjax_xnor_conv_i32", pool, x, w, nullptr, nullptr, out,
+                                  channels, sh, sw, pt, pb, pl, pr, pv, impl);
+}
+ffi::Error ConvF32(ffi::ThreadPool pool, U32 x, U32 w, F32 scale, F32 bias,
+                   ffi::ResultBuffer<ffi::F32> out, int64_t channels, int64_t sh, int64_t sw,
+                   int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t pv, int64_t impl) {
+  return Conv<XnorOutput::kFloat32>("xnorjax_xnor_conv_f32", pool, x, w, &scale, &bias, out,
+                                    channels, sh, sw, pt, pb, pl, pr, pv, impl);
+}
+ffi::Error ConvPacked(ffi::ThreadPool pool, U32 x, U32 w, F32 scale, F32 bias,
+                      ffi::ResultBuffer<ffi::U32> out, int64_t channels, int64_t sh, int64_t sw,
+                      int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t pv, int64_t impl) {
+  return Conv<XnorOutput::kPacked>("xnorjax_xnor_conv_packed", pool, x, w, &scale, &bias, out,
+                                   channels, sh, sw, pt, pb, pl, pr, pv, impl);
+}
+ffi::Error DenseI32(ffi::ThreadPool pool, U32 x, U32 w, ffi::ResultBuffer<ffi::S32> out,
+                    int64_t features, int64_t impl) {
+  return Dense<XnorOutput::kInt32>("xnorjax_xnor_dense_i32", pool, x, w, nullptr, nullptr, out,
+                                   features, impl);
+}
+ffi::Error DenseF32(ffi::ThreadPool pool, U32 x, U32 w, F32 scale, F32 bias,
+                    ffi::ResultBuffer<ffi::F32> out, int64_t features, int64_t impl) {
+  return Dense<XnorOutput::kFloat32>("xnorjax_xnor_dense_f32", pool, x, w, &scale, &bias, out,
+                                     features, impl);
+}
+ffi::Error DensePacked(ffi::ThreadPool pool, U32 x, U32 w, F32 scale, F32 bias,
+                       ffi::ResultBuffer<ffi::U32> out, int64_t features, int64_t impl) {
+  return Dense<XnorOutput::kPacked>("xnorjax_xnor_dense_packed", pool, x, w, &scale, &bias, out,
+                                    features, impl);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cpu, ConvI32,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Ret<ffi::Buffer<ffi::S32>>() XNORJAX_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvF32Cpu, ConvF32,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() XNORJAX_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvPackedCpu, ConvPacked,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<ffi::Buffer<ffi::U32>>() XNORJAX_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cpu, DenseI32,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("features")
+                                  .Attr<int64_t>("impl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseF32Cpu, DenseF32,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("features")
+                                  .Attr<int64_t>("impl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDensePackedCpu, DensePacked,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<ffi::Buffer<ffi::U32>>()
+                                  .Attr<int64_t>("features")
+                                  .Attr<int64_t>("impl"));
+
+}  // namespace xnorjax

@@ -1,0 +1,84 @@
+// AVX2 microkernel: 8 output channels per register, 2 pixels x 2 registers per block. AVX2 has no
+// vector popcount, so each byte is counted with two 4-bit table lookups (vpshufb); byte counts
+// accumulate for up to 31 steps (31 * 8 < 256) before they are widened to 32-bit lanes.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/xnor_kernels.h"
+
+#define XNORJAX_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
+
+namespace xnorjax {
+namespace {
+
+constexpr int kRows = 2;
+constexpr int kCols = 2;             // registers of 8 output channels
+constexpr int64_t kMaxByteSteps = 31;  // byte counters hold at most 31 * 8 = 248
+
+template <int P, int Q>
+XNORJAX_TARGET_AVX2 inline void Block(const uint32_t* a, int64_t lda, const uint32_t* bt,
+                                      int64_t ldb, int64_t kw, int32_t* out, int64_t ldo) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
+  const __m256i ones8 = _mm256_set1_epi8(1);
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256i acc[P][Q];
+  for (int p = 0; p < P; ++p) {
+    for (int q = 0; q < Q; ++q) acc[p][q] = _mm256_setzero_si256();
+  }
+  for (int64_t k0 = 0; k0 < kw; k0 += kMaxByteSteps) {
+    const int64_t k1 = std::min(kw, k0 + kMaxByteSteps);
+    __m256i bytes[P][Q];
+    for (int p = 0; p < P; ++p) {
+      for (int q = 0; q < Q; ++q) bytes[p][q] = _mm256_setzero_si256();
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      __m256i b[Q];
+      for (int q = 0; q < Q; ++q) {
+        b[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bt + k * ldb + 8 * q));
+      }
+      for (int p = 0; p < P; ++p) {
+        const __m256i av = _mm256_set1_epi32(static_cast<int>(a[p * lda + k]));
+        for (int q = 0; q < Q; ++q) {
+          const __m256i x = _mm256_xor_si256(av, b[q]);
+          const __m256i lo = _mm256_and_si256(x, low_nibbles);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low_nibbles);
+          bytes[p][q] = _mm256_add_epi8(
+              bytes[p][q],
+              _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi)));
+        }
+      }
+    }
+    for (int p = 0; p < P; ++p) {
+      for (int q = 0; q < Q; ++q) {
+        const __m256i pairs = _mm256_maddubs_epi16(bytes[p][q], ones8);
+        acc[p][q] = _mm256_add_epi32(acc[p][q], _mm256_madd_epi16(pairs, ones16));
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    for (int q = 0; q < Q; ++q) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + p * ldo + 8 * q), acc[p][q]);
+    }
+  }
+}
+
+}  // namespace
+
+XNORJAX_TARGET_AVX2 void PopcountGemmAvx2(const uint32_t* a, int64_t lda, int64_t rows,
+                                          const uint32_t* bt, int64_t ldb, int64_t cols,
+                                          int64_t kw, int32_t* out, int64_t ldo) {
+  // cols is a multiple of 16 = kCols * 8.
+  for (int64_t c = 0; c < cols; c += 8 * kCols) {
+    int64_t r = 0;
+    for (; r + kRows <= rows; r += kRows) {
+      Block<kRows, kCols>(a + r * lda, lda, bt + c, ldb, kw, out + r * ldo + c, ldo);
+    }
+    if (r < rows) Block<1, kCols>(a + r * lda, lda, bt + c, ldb, kw, out + r * ldo + c, ldo);
+  }
+}
+
+}  // namespace xnorjax

@@ -1,0 +1,33 @@
+// Portable microkernel: plain C++ (no intrinsics), the fallback on CPUs without AVX2 and the
+// readable statement of what the SIMD microkernels compute.
+#include <cstdint>
+
+#include "cpu/xnor_kernels.h"
+
+namespace xnorjax {
+namespace {
+
+// Bit count of a 32-bit word without relying on a popcount instruction.
+inline int32_t Popcount32(uint32_t v) {
+  v = v - ((v >> 1) & 0x55555555u);
+  v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+  v = (v + (v >> 4)) & 0x0F0F0F0Fu;
+  return static_cast<int32_t>((v * 0x01010101u) >> 24);
+}
+
+}  // namespace
+
+void PopcountGemmPortable(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
+                          int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r) {
+    int32_t* row = out + r * ldo;
+    for (int64_t o = 0; o < cols; ++o) row[o] = 0;
+    for (int64_t k = 0; k < kw; ++k) {
+      const uint32_t word = a[r * lda + k];
+      const uint32_t* weights = bt + k * ldb;
+      for (int64_t o = 0; o < cols; ++o) row[o] += Popcount32(word ^ weights[o]);
+    }
+  }
+}
+
+}  // namespace xnorjax

@@ -1,0 +1,73 @@
+// Packed XNOR-popcount convolution and dense layers on the CPU: the engine behind the FFI
+// targets xnorjax_xnor_{conv,dense}_{i32,f32,packed} (see xnor_ffi.cc for the handlers).
+//
+// A convolution is computed as a binary GEMM: each output pixel's receptive field is gathered
+// (im2col on packed words: KH * KW * Cw words, 32x smaller than a float im2col) into a small
+// per-thread block, and multiplied against the weights transposed to [K words][O] so that one
+// SIMD register holds one 32-bit word of 16 (AVX-512) or 8 (AVX2) output channels: the
+// microkernels broadcast an input word, XOR it with the weight words, popcount each 32-bit lane
+// and accumulate, with no horizontal reductions. A dense layer is a 1x1 convolution on a 1x1 map.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace xnorjax {
+
+// Implementation choice (the `impl` attribute of the FFI targets).
+enum class XnorImpl : int64_t { kAuto = 0, kAvx512 = 1, kAvx2 = 2, kPortable = 3 };
+
+// What the fused epilogue writes.
+enum class XnorOutput { kInt32, kFloat32, kPacked };
+
+// Whether this CPU (and OS) runs the AVX-512 VPOPCNTDQ and AVX2 paths.
+bool CpuHasAvx512Vpopcntdq();
+bool CpuHasAvx2();
+
+// Whether `impl` (a raw attribute value) names a path this CPU can run; kAuto always can.
+bool ImplSupported(int64_t impl);
+
+// The path that kAuto picks on this CPU: AVX-512 VPOPCNTDQ, else AVX2, else portable.
+XnorImpl ResolveImpl(int64_t impl);
+
+// Geometry of one packed convolution (a dense layer: height = width = kernel = 1, no padding).
+struct ConvProblem {
+  int64_t batch = 0, height = 0, width = 0, words = 0;  // x u32[batch, height, width, words]
+  int64_t channels = 0;                                  // true C; words = ceil(C / 32)
+  int64_t out_channels = 0, kernel_h = 0, kernel_w = 0;  // w u32[O, KH, KW, words]
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
+  int64_t pad_value = 0;  // -1, 0 or +1: the value a padded input position holds
+  int64_t out_h = 0, out_w = 0;  // filled by ValidateConvProblem
+};
+
+// Checks every size and attribute against the others and fills out_h / out_w. Returns an empty
+// string when the problem is valid, else a message naming what is wrong.
+std::string ValidateConvProblem(ConvProblem* problem);
+
+// Runs body(i) for every i in [0, n), possibly in parallel; returns when all are done.
+using ParallelFor = std::function<void(int64_t n, const std::function<void(int64_t)>& body)>;
+
+// Runs a validated problem. `out` holds int32 [N, OH, OW, O], float32 [N, OH, OW, O] or uint32
+// [N, OH, OW, ceil(O / 32)] per `output`; `scale` and `bias` (f32[O]) are read for kFloat32 and
+// kPacked: y = dot * scale + bias, packed as the bit (y >= 0). Every output element is written.
+// `num_threads` only shapes the work split (enough work items for that many threads).
+void RunXnorConv(const ConvProblem& problem, XnorImpl impl, XnorOutput output, const uint32_t* x,
+                 const uint32_t* w, const float* scale, const float* bias, void* out,
+                 int64_t num_threads, const ParallelFor& parallel_for);
+
+// Microkernels, one per instruction set, all with the same contract:
+//   out[r * ldo + o] = sum_{k < kw} popcount(a[r * lda + k] ^ bt[k * ldb + o])
+// for r < rows and o < cols; cols and ldb are multiples of 16 (bt is zero-padded to ldb).
+void PopcountGemmAvx512(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
+                        int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo);
+void PopcountGemmAvx2(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
+                      int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo);
+void PopcountGemmPortable(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
+                          int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo);
+
+// The padded output-channel stride of the transposed weights (a multiple of 16).
+constexpr int64_t kLaneGroup = 16;
+
+}  // namespace xnorjax
