@@ -1,0 +1,358 @@
+"""xnor_conv / xnor_dense: exact against XLA on the same +-1 values, on every CPU dispatch path."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from hypothesis import given, settings, strategies as st
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+import pytest
+
+import xnorjax
+from xnorjax.ops import fold_batch_norm, pack_bits, xnor_conv, xnor_dense
+from xnorjax.ops import conv as conv_lib
+from conftest import requires_extension
+
+pytestmark = requires_extension
+
+IMPL_CODES = {"avx512": 1, "avx2": 2, "portable": 3}
+
+
+def _supported(impl: str) -> bool:
+  return xnorjax.extension_available() and xnorjax.require_extension().xnor.impl_supported(
+      IMPL_CODES[impl])
+
+
+IMPLS = [pytest.param(i, marks=pytest.mark.skipif(not _supported(i), reason=f"CPU lacks {i}"))
+         for i in IMPL_CODES]
+
+
+def signs(rng, shape):
+  """Random floats with exact zeros among them (sign(0) = +1)."""
+  v = rng.standard_normal(shape).astype(np.float32)
+  v.flat[:: max(1, v.size // 5)] = 0.0
+  return v
+
+
+def pm1(v):
+  return np.where(v >= 0, 1, -1).astype(np.int32)
+
+
+def lax_conv_reference(x, kernel, strides, pads, pad_value):
+  """lax.conv_general_dilated in int32 on the +-1 values, padded explicitly with pad_value."""
+  xs = jnp.pad(pm1(x), ((0, 0), pads[0], pads[1], (0, 0)), constant_values=int(pad_value))
+  return np.asarray(lax.conv_general_dilated(xs, pm1(kernel), strides, "VALID",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             preferred_element_type=jnp.int32))
+
+
+def numpy_conv_reference(x, kernel, strides, pads, pad_value):
+  """The same as a sum over taps of integer matmuls (independent of XLA)."""
+  xs = np.pad(pm1(x), ((0, 0), pads[0], pads[1], (0, 0)), constant_values=int(pad_value))
+  kh, kw, _, o = kernel.shape
+  oh = (xs.shape[1] - kh) // strides[0] + 1
+  ow = (xs.shape[2] - kw) // strides[1] + 1
+  out = np.zeros((x.shape[0], oh, ow, o), np.int64)
+  k = pm1(kernel).astype(np.int64)
+  for i in range(kh):
+    for j in range(kw):
+      patch = xs[:, i:i + strides[0] * (oh - 1) + 1:strides[0], j:j + strides[1] * (ow - 1) + 1:strides[1]]
+      out += patch.astype(np.int64) @ k[i, j]
+  return out.astype(np.int32)
+
+
+# (N, H, W, C, O, KH, KW, strides, padding): odd channel counts, 1x1 maps, batch 1 and > 1,
+# every padding form, strides 1 and 2, kernels 1x1 to 7x7.
+CONV_CASES = [
+    (1, 1, 1, 1, 1, 1, 1, (1, 1), "VALID"),
+    (2, 1, 1, 33, 5, 3, 3, (1, 1), "SAME"),
+    (1, 5, 7, 3, 17, 3, 3, (1, 1), "SAME"),
+    (3, 8, 8, 64, 64, 3, 3, (1, 1), "SAME"),
+    (2, 9, 6, 70, 33, 3, 3, (2, 2), "SAME"),
+    (1, 7, 7, 96, 130, 5, 5, (2, 1), "VALID"),
+    (2, 6, 5, 31, 8, 2, 4, (1, 2), ((1, 0), (2, 3))),
+    (1, 11, 10, 16, 20, 7, 7, (2, 2), "SAME"),
+    (2, 4, 4, 129, 70, 1, 1, (2, 2), "VALID"),
+    (1, 2, 2, 512, 48, 3, 3, (1, 1), "SAME"),
+    (5, 3, 3, 65, 100, 3, 3, (1, 1), ((2, 2), (0, 1))),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_matches_lax_exactly(rng, impl, case):
+  n, h, w, c, o, kh, kw, strides, padding = case
+  x = signs(rng, (n, h, w, c))
+  kernel = signs(rng, (kh, kw, c, o))
+  pads = conv_lib.normalize_padding(padding, (h, w), (kh, kw), strides)
+  for pad_value in (0.0, -1.0, 1.0):
+    fn = jax.jit(lambda a, b: xnor_conv(a, b, strides=strides, padding=padding,
+                                        pad_value=pad_value, impl=impl, implementation="ffi"))
+    got = np.asarray(fn(x, kernel))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, lax_conv_reference(x, kernel, strides, pads, pad_value))
+
+
+def _conv_into(impl, xp, wt, scale, bias, out, output, c, strides, pads, pad_value, threads):
+  xnorjax.require_extension().xnor.conv_into(
+      xp, wt, scale, bias, out, output, c, strides[0], strides[1], pads[0][0], pads[0][1],
+      pads[1][0], pads[1][1], int(pad_value), IMPL_CODES[impl], threads)
+
+
+def _packed_operands(x, kernel):
+  xp = np.asarray(pack_bits(x))
+  wt = np.ascontiguousarray(np.asarray(pack_bits(kernel, axis=-2)).transpose(3, 0, 1, 2))
+  return xp, wt
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_poisoned_outputs_are_all_written(rng, impl, threads):
+  # The engine runs on caller buffers filled with a sentinel: every element must be overwritten.
+  for n, h, w, c, o, kh, kw, strides, padding in CONV_CASES:
+    x, kernel = signs(rng, (n, h, w, c)), signs(rng, (kh, kw, c, o))
+    pads = conv_lib.normalize_padding(padding, (h, w), (kh, kw), strides)
+    pad_value = int(rng.integers(-1, 2))
+    want = numpy_conv_reference(x, kernel, strides, pads, pad_value)
+    xp, wt = _packed_operands(x, kernel)
+    scale = rng.uniform(0.5, 2.0, o).astype(np.float32)
+    bias = rng.uniform(-3, 3, o).astype(np.float32)
+    out = np.full(want.shape, np.iinfo(np.int32).min, np.int32)
+    _conv_into(impl, xp, wt, scale, bias, out, "int32", c, strides, pads, pad_value, threads)
+    np.testing.assert_array_equal(out, want)
+    out_f = np.full(want.shape, np.nan, np.float32)
+    _conv_into(impl, xp, wt, scale, bias, out_f, "float32", c, strides, pads, pad_value, threads)
+    np.testing.assert_allclose(out_f, want * scale + bias, rtol=1e-6, atol=1e-5)
+    out_p = np.full(want.shape[:3] + (-(-o // 32),), 0xDEADBEEF, np.uint32)
+    _conv_into(impl, xp, wt, scale, bias, out_p, "packed", c, strides, pads, pad_value, threads)
+    np.testing.assert_array_equal(out_p, np.asarray(pack_bits(out_f)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 100),
+       o=st.integers(1, 80), kh=st.integers(1, 7), kw=st.integers(1, 7),
+       sh=st.integers(1, 2), sw=st.integers(1, 2), pad_value=st.sampled_from([-1, 0, 1]),
+       pad_mode=st.sampled_from(["SAME", "VALID", "explicit"]), seed=st.integers(0, 2**32 - 1),
+       threads=st.integers(1, 3))
+def test_shape_fuzz_every_impl(n, h, w, c, o, kh, kw, sh, sw, pad_value, pad_mode, seed, threads):
+  rng = np.random.default_rng(seed)
+  if pad_mode == "explicit":
+    padding = tuple((int(rng.integers(0, k)), int(rng.integers(0, k))) for k in (kh, kw))
+  else:
+    padding = pad_mode
+  pads = conv_lib.normalize_padding(padding, (h, w), (kh, kw), (sh, sw))
+  if h + sum(pads[0]) < kh or w + sum(pads[1]) < kw:
+    return  # no output: the op rejects this shape (tested in test_bad_input)
+  x, kernel = signs(rng, (n, h, w, c)), signs(rng, (kh, kw, c, o))
+  want = numpy_conv_reference(x, kernel, (sh, sw), pads, pad_value)
+  xp, wt = _packed_operands(x, kernel)
+  ones, zeros = np.ones(o, np.float32), np.zeros(o, np.float32)
+  for impl in IMPL_CODES:
+    if not _supported(impl):
+      continue
+    out = np.full(want.shape, np.iinfo(np.int32).max, np.int32)
+    _conv_into(impl, xp, wt, ones, zeros, out, "int32", c, (sh, sw), pads, pad_value, threads)
+    np.testing.assert_array_equal(out, want, err_msg=f"impl={impl}")
+
+
+def test_auto_uses_the_kernel_and_matches_reference(rng):
+  x, kernel = signs(rng, (2, 6, 6, 40)), signs(rng, (3, 3, 40, 24))
+  fn = jax.jit(lambda a, b: xnor_conv(a, b))
+  assert "xnorjax_xnor_conv_i32" in fn.lower(x, kernel).as_text()
+  np.testing.assert_array_equal(np.asarray(fn(x, kernel)),
+                                np.asarray(xnor_conv(x, kernel, implementation="xla")))
+
+
+def test_packed_inputs_match_float_inputs(rng):
+  x, kernel = signs(rng, (2, 5, 5, 45)), signs(rng, (3, 3, 45, 10))
+  want = np.asarray(xnor_conv(x, kernel, padding="VALID"))
+  xp, wp = pack_bits(x), pack_bits(kernel, axis=-2)
+  np.testing.assert_array_equal(np.asarray(xnor_conv(xp, wp, padding="VALID", channels=45)), want)
+  np.testing.assert_array_equal(np.asarray(xnor_conv(xp, kernel, padding="VALID")), want)
+  np.testing.assert_array_equal(np.asarray(xnor_conv(x, wp, padding="VALID")), want)
+  bools = jnp.asarray(x >= 0)
+  np.testing.assert_array_equal(np.asarray(xnor_conv(bools, kernel, padding="VALID")), want)
+
+
+def test_nonzero_tail_bits_are_ignored(rng):
+  # Packed arrays from elsewhere may carry garbage past the last channel: the kernel masks it.
+  x, kernel = signs(rng, (1, 4, 4, 40)), signs(rng, (3, 3, 40, 8))
+  xp = np.array(pack_bits(x))
+  xp[..., -1] |= np.uint32(0xFFFFFF00)  # channels 40..63 do not exist
+  wp = np.array(pack_bits(kernel, axis=-2))
+  wp[:, :, -1, :] |= np.uint32(0xF0F0F000)
+  want = np.asarray(xnor_conv(x, kernel))
+  for impl in ("auto", "portable"):
+    got = xnor_conv(xp, wp, channels=40, impl=impl, implementation="ffi")
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fused_epilogue(rng, impl):
+  x, kernel = signs(rng, (2, 6, 5, 50)), signs(rng, (3, 3, 50, 40))
+  scale = rng.uniform(0.1, 2.0, 40).astype(np.float32)
+  bias = rng.uniform(-20, 20, 40).astype(np.float32)
+  dot = np.asarray(xnor_conv(x, kernel, impl=impl, implementation="ffi")).astype(np.float64)
+  y = jax.jit(lambda a, b: xnor_conv(a, b, scale=scale, bias=bias, impl=impl,
+                                     implementation="ffi"))(x, kernel)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(y), dot * scale + bias, rtol=1e-6, atol=1e-5)
+  packed = xnor_conv(x, kernel, scale=scale, bias=bias, pack_output=True, impl=impl,
+                     implementation="ffi")
+  assert packed.dtype == jnp.uint32 and packed.shape == (2, 6, 5, 2)
+  np.testing.assert_array_equal(np.asarray(packed), np.asarray(pack_bits(y)))
+  ref = xnor_conv(x, kernel, scale=scale, bias=bias, implementation="xla")
+  np.testing.assert_allclose(np.asarray(ref), np.asarray(y), rtol=1e-6, atol=1e-5)
+  # Sign of dot alone (no scale / bias): bit set where dot >= 0.
+  np.testing.assert_array_equal(
+      np.asarray(xnor_conv(x, kernel, pack_output=True, impl=impl, implementation="ffi")),
+      np.asarray(pack_bits(dot.astype(np.float32))))
+
+
+def test_fold_batch_norm(rng):
+  dot = rng.integers(-50, 50, (4, 6)).astype(np.float32)
+  alpha, mean = rng.uniform(0.5, 2, 6), rng.standard_normal(6)
+  var, gamma, beta = rng.uniform(0.5, 2, 6), rng.standard_normal(6), rng.standard_normal(6)
+  scale, bias = fold_batch_norm(alpha, None, mean, var, gamma, beta, epsilon=1e-3)
+  want = (dot * alpha - mean) / np.sqrt(var + 1e-3) * gamma + beta
+  np.testing.assert_allclose(np.asarray(dot * scale + bias), want, rtol=1e-5, atol=1e-5)
+
+
+DENSE_CASES = [(1, 1, 1), (3, 31, 5), (4, 32, 16), (7, 33, 40), (2, 100, 130), (16, 1000, 10)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("m,k,n", DENSE_CASES)
+def test_dense_matches_matmul_exactly(rng, impl, m, k, n):
+  x, kernel = signs(rng, (m, k)), signs(rng, (k, n))
+  got = jax.jit(lambda a, b: xnor_dense(a, b, impl=impl, implementation="ffi"))(x, kernel)
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(got), pm1(x) @ pm1(kernel))
+  scale, bias = rng.uniform(0.5, 2, n).astype(np.float32), rng.uniform(-5, 5, n).astype(np.float32)
+  y = xnor_dense(x, kernel, scale=scale, bias=bias, impl=impl, implementation="ffi")
+  np.testing.assert_allclose(np.asarray(y), (pm1(x) @ pm1(kernel)) * scale + bias, rtol=1e-6,
+                             atol=1e-5)
+  packed = xnor_dense(x, kernel, scale=scale, bias=bias, pack_output=True, impl=impl,
+                      implementation="ffi")
+  np.testing.assert_array_equal(np.asarray(packed), np.asarray(pack_bits(y)))
+
+
+def test_dense_leading_axes_and_packed_inputs(rng):
+  x, kernel = signs(rng, (2, 3, 70)), signs(rng, (70, 9))
+  want = np.einsum("abk,kn->abn", pm1(x), pm1(kernel))
+  np.testing.assert_array_equal(np.asarray(xnor_dense(x, kernel)), want)
+  got = xnor_dense(pack_bits(x), pack_bits(kernel, axis=-2), features=70)
+  np.testing.assert_array_equal(np.asarray(got), want)
+  np.testing.assert_array_equal(np.asarray(xnor_dense(x, kernel, implementation="xla")), want)
+
+
+def test_vmap(rng):
+  x, kernel = signs(rng, (3, 2, 5, 5, 20)), signs(rng, (3, 3, 20, 7))
+  kernels = signs(rng, (3, 3, 3, 20, 7))
+  batched = jax.jit(jax.vmap(lambda a: xnor_conv(a, kernel, strides=2)))(x)
+  np.testing.assert_array_equal(
+      np.asarray(batched), np.stack([np.asarray(xnor_conv(a, kernel, strides=2)) for a in x]))
+  both = jax.vmap(lambda a, b: xnor_conv(a, b, pad_value=1.0))(x, kernels)
+  np.testing.assert_array_equal(
+      np.asarray(both),
+      np.stack([np.asarray(xnor_conv(a, b, pad_value=1.0)) for a, b in zip(x, kernels)]))
+  xd, kd = signs(rng, (4, 6, 33)), signs(rng, (33, 5))
+  np.testing.assert_array_equal(np.asarray(jax.vmap(lambda a: xnor_dense(a, kd))(xd)),
+                                np.einsum("abk,kn->abn", pm1(xd), pm1(kd)))
+
+
+def test_missing_extension_falls_back_to_reference(rng, monkeypatch):
+  from xnorjax import _native  # pylint: disable=g-import-not-at-top
+  x, kernel = signs(rng, (1, 4, 4, 10)), signs(rng, (3, 3, 10, 3))
+  want = np.asarray(xnor_conv(x, kernel))
+  monkeypatch.setattr(_native, "_load", lambda: (None, _native.BUILD_HINT))
+  np.testing.assert_array_equal(np.asarray(xnor_conv(x, kernel)), want)
+  with pytest.raises(xnorjax.ExtensionNotBuiltError, match="make install"):
+    xnor_conv(x, kernel, implementation="ffi")
+
+
+def test_bad_input(rng):
+  x, kernel = signs(rng, (1, 4, 4, 40)), signs(rng, (3, 3, 40, 8))
+  xp, wp = pack_bits(x), pack_bits(kernel, axis=-2)
+  cases = [
+      (TypeError, "x must be a float or bool", lambda: xnor_conv(x.astype(np.int32), kernel)),
+      (TypeError, "kernel must be a float", lambda: xnor_conv(x, kernel.astype(np.int8))),
+      (ValueError, "x must have rank 4", lambda: xnor_conv(x[0], kernel)),
+      (ValueError, "kernel must have rank 4", lambda: xnor_conv(x, kernel[0])),
+      (ValueError, "channels mismatch", lambda: xnor_conv(x, kernel[:, :, :39])),
+      (ValueError, "channels is required", lambda: xnor_conv(xp, wp)),
+      (ValueError, "channels=70 needs 3", lambda: xnor_conv(xp, wp, channels=70)),
+      (ValueError, "channels mismatch", lambda: xnor_conv(xp, kernel, channels=39)),
+      (ValueError, "channels must be a positive int", lambda: xnor_conv(xp, wp, channels=0)),
+      (ValueError, "channels must be a positive int", lambda: xnor_conv(xp, wp, channels=-5)),
+      (ValueError, "zero-size axis", lambda: xnor_conv(x[:0], kernel)),
+      (ValueError, "zero-size axis", lambda: xnor_conv(x, kernel[..., :0])),
+      (ValueError, "strides must be", lambda: xnor_conv(x, kernel, strides=0)),
+      (ValueError, "strides must be", lambda: xnor_conv(x, kernel, strides=(1, -1))),
+      (ValueError, "padding must be", lambda: xnor_conv(x, kernel, padding=-1)),
+      (ValueError, "padding must be", lambda: xnor_conv(x, kernel, padding="FULL")),
+      (ValueError, "smaller than the kernel", lambda: xnor_conv(x[:, :2], kernel, padding="VALID")),
+      (ValueError, "pad_value must be 0, -1 or \\+1", lambda: xnor_conv(x, kernel, pad_value=0.5)),
+      (ValueError, "impl must be one of", lambda: xnor_conv(x, kernel, impl="sse")),
+      (ValueError, "implementation must be", lambda: xnor_conv(x, kernel, implementation="c")),
+      (ValueError, "scale must be a scalar or have shape", lambda: xnor_conv(x, kernel,
+                                                                          scale=np.ones(7))),
+      (TypeError, "pack_output must be a bool", lambda: xnor_conv(x, kernel, pack_output=1)),
+      (ValueError, "kernel must have rank 2", lambda: xnor_dense(x, kernel)),
+      (ValueError, "features mismatch", lambda: xnor_dense(x[0, 0], kernel[0, 0, :30])),
+      (ValueError, "features=70 needs 3", lambda: xnor_dense(xp[0, 0], wp[0, 0], features=70)),
+      (ValueError, "features is required", lambda: xnor_dense(xp[0, 0], wp[0, 0])),
+  ]
+  for error, match, fn in cases:
+    with pytest.raises(error, match=match):
+      fn()
+
+
+def test_kernel_rejects_inconsistent_calls_without_crashing(rng):
+  # Direct FFI calls that bypass the wrapper's checks: the handler returns an error, never reads
+  # or writes out of bounds.
+  xp = pack_bits(signs(rng, (1, 4, 4, 40)))
+  wt = jnp.transpose(pack_bits(signs(rng, (3, 3, 40, 8)), axis=-2), (3, 0, 1, 2))
+  attrs = dict(channels=np.int64(40), stride_h=np.int64(1), stride_w=np.int64(1),
+               pad_top=np.int64(1), pad_bottom=np.int64(1), pad_left=np.int64(1),
+               pad_right=np.int64(1), pad_value=np.int64(0), impl=np.int64(0))
+  good = jax.ShapeDtypeStruct((1, 4, 4, 8), jnp.int32)
+  call = lambda out, **kw: jax.ffi.ffi_call("xnorjax_xnor_conv_i32", out)(xp, wt, **{**attrs, **kw})
+  np.testing.assert_array_equal(np.asarray(call(good)), np.asarray(xnor_conv(
+      unpack(xp, 40), unpack_kernel(wt, 40))))
+  for out, kw, match in [
+      (good, dict(channels=np.int64(70)), "needs 3 packed words"),
+      (good, dict(channels=np.int64(0)), "channels must be >= 1"),
+      (good, dict(stride_h=np.int64(0)), "stride_h must be >= 1"),
+      (good, dict(pad_top=np.int64(-3)), "pad_top must be >= 0"),
+      (good, dict(pad_value=np.int64(2)), "pad_value must be"),
+      (good, dict(impl=np.int64(9)), "impl=9"),
+      (jax.ShapeDtypeStruct((1, 4, 5, 8), jnp.int32), {}, "result must have shape"),
+      (good, dict(pad_top=np.int64(0), pad_bottom=np.int64(0)), "result must have shape"),
+  ]:
+    with pytest.raises(Exception, match=match):
+      jax.block_until_ready(call(out, **kw))
+  with pytest.raises(ValueError, match="channels"):
+    xnorjax.require_extension().xnor.conv_into(
+        np.asarray(xp), np.asarray(wt), np.ones(8, np.float32), np.zeros(8, np.float32),
+        np.zeros((1, 4, 4, 8), np.int32), "int32", 100, 1, 1, 1, 1, 1, 1, 0, 0, 1)
+
+
+def unpack(xp, c):
+  return xnorjax.ops.unpack_bits(xp, c, axis=-1)
+
+
+def unpack_kernel(wt, c):
+  return jnp.transpose(xnorjax.ops.unpack_bits(wt, c, axis=-1), (1, 2, 3, 0))
+
+
+def test_cpu_features_reported():
+  xnor = xnorjax.require_extension().xnor
+  features = xnor.cpu_features()
+  assert set(features) == {"avx512_vpopcntdq", "avx2"}
+  want = 1 if features["avx512_vpopcntdq"] else 2 if features["avx2"] else 3
+  assert xnor.auto_impl() == want
