@@ -356,3 +356,46 @@ def test_cpu_features_reported():
   assert set(features) == {"avx512_vpopcntdq", "avx2"}
   want = 1 if features["avx512_vpopcntdq"] else 2 if features["avx2"] else 3
   assert xnor.auto_impl() == want
+
+
+SHARDING_SCRIPT = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from xnorjax.ops import pack_bits, xnor_conv, xnor_dense
+    assert jax.device_count() == 4
+    mesh = jax.make_mesh((4,), ("b",))
+    rng = np.random.default_rng(int(os.environ["SEED"]))
+    x = rng.standard_normal((8, 6, 5, 40)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 40, 20)).astype(np.float32)
+    scale = rng.uniform(0.5, 2, 20).astype(np.float32)
+    cases = {
+        "conv": (lambda a: xnor_conv(a, k, strides=(2, 1)), x),
+        "conv_packed_in": (lambda a: xnor_conv(a, k, channels=40), np.asarray(pack_bits(x))),
+        "conv_fused": (lambda a: xnor_conv(a, k, scale=scale, pack_output=True), x),
+        "dense": (lambda a: xnor_dense(a, k[0, 0]), x.reshape(8, 30, 40)),
+    }
+    for name, (fn, arg) in cases.items():
+      want = np.asarray(jax.jit(fn)(arg))
+      sharded = jax.device_put(arg, NamedSharding(mesh, P("b")))
+      compiled = jax.jit(fn).lower(sharded).compile()
+      got = compiled(sharded)
+      np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
+      assert got.sharding.spec[0] == "b", (name, got.sharding)
+      hlo = compiled.as_text()
+      assert "all-gather" not in hlo, name
+      calls = [l for l in hlo.splitlines() if "custom_call_target=\\"xnorjax_xnor_" in l]
+      assert len(calls) == 1, (name, calls)
+      # Each device runs the kernel on its quarter of the batch.
+      rows = 2 if name != "dense" else 60
+      assert f"[{rows}," in calls[0].split("custom-call")[0], (name, calls[0][:200])
+    print("OK")
+""")
+
+
+def test_sharded_over_four_devices_partitions_the_batch(rng):
+  env = dict(os.environ, SEED=str(int(rng.integers(2**31))))
+  result = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+  assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr

@@ -25,8 +25,11 @@ The FFI contract (shared by ffi/cpu and ffi/cuda; the geometry is ffi/conv_geome
 
 Transformations: the ops work under `jit`; under `vmap` (a `custom_vmap` rule) a batch of inputs
 is folded into the kernel's batch axis (one call), and batched weights run one call per example.
-In a computation sharded over several devices XLA gathers the operands of the custom call onto
-each device (correct, not yet partitioned along the batch).
+In a computation sharded over several devices the calls partition along the batch axis
+(`jax.experimental.custom_partitioning`, with a Shardy sharding rule): each device runs the kernel
+on its shard of the batch with the weights, scale and bias replicated; a sharding of any other axis
+is gathered first. (`jax.ffi.register_ffi_target_as_batch_partitionable` does not fit: it shards
+every operand along its leading axis, the weights' output channels included.)
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
 from xnorjax import _native
 from xnorjax.ops import conv as conv_lib
 from xnorjax.ops.packing import pack_bits
@@ -50,6 +57,9 @@ IMPLEMENTATIONS = ("auto", "ffi", "xla")
 PAD_VALUES = (-1.0, 0.0, 1.0)
 _OUTPUTS = ("i32", "f32", "packed")
 _EXACT_F32_BITS = 1 << 24  # float32 sums of +-1 are exact up to 2**24 terms
+# Shardy rules of the (x, w, scale, bias) -> y calls: only the batch factor n may stay sharded.
+_CONV_RULE = "n h w c, o kh kw cw, o, o -> n oh ow p"
+_DENSE_RULE = "n k, o kw, o, o -> n p"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,12 +169,19 @@ def _dispatch(ffi_fn, reference_fn, target: str, implementation: str, x, *args):
   return lax.platform_dependent(x, *args, default=reference_fn, **kernels)
 
 
+def _packed_rows(x):
+  """x packed along its last axis (inside the partitioned call, so each device packs its shard)."""
+  return x if x.dtype == jnp.uint32 else pack_bits(x, axis=-1)
+
+
 def _conv_call(x, w, scale, bias, p: _ConvParams):
+  x = _packed_rows(x)
   return _dispatch(functools.partial(_conv_ffi, p=p), functools.partial(_conv_reference, p=p),
                    f"xnorjax_xnor_conv_{p.output}", p.implementation, x, w, scale, bias)
 
 
 def _dense_call(x, w, scale, bias, p: _DenseParams):
+  x = _packed_rows(x)
   return _dispatch(functools.partial(_dense_ffi, p=p), functools.partial(_dense_reference, p=p),
                    f"xnorjax_xnor_dense_{p.output}", p.implementation, x, w, scale, bias)
 
@@ -174,12 +191,17 @@ def _dense_call(x, w, scale, bias, p: _DenseParams):
 
 
 @functools.cache
-def _batchable(call, params):
+def _batchable(call, params, sharding_rule: str):
   """`call(x, w, scale, bias, params)` as a custom_vmap function of the four arrays."""
+
+  def fn(x, w, scale, bias):
+    return call(x, w, scale, bias, params)
+
+  partitioned = _partitioned(fn, sharding_rule)
 
   @jax.custom_batching.custom_vmap
   def op(x, w, scale, bias):
-    return call(x, w, scale, bias, params)
+    return partitioned(x, w, scale, bias)
 
   @op.def_vmap
   def _rule(axis_size, in_batched, x, w, scale, bias):
@@ -214,6 +236,11 @@ def _impl_code(impl: str) -> int:
       raise ValueError(f"impl={impl!r} is not supported by this CPU "
                        f"(features: {_native.require_extension().xnor.cpu_features()})")
   return code
+
+
+def _as_float(a: jax.Array) -> jax.Array:
+  """Bools as +-1 floats (what pack_bits binarizes); floats unchanged."""
+  return jnp.where(a, 1.0, -1.0).astype(jnp.float32) if a.dtype == jnp.bool_ else a
 
 
 def _is_packed(a: jax.Array) -> bool:
@@ -325,11 +352,11 @@ def xnor_conv(x, kernel, *, strides=(1, 1), padding="SAME", pad_value=0.0, chann
   output = _output_kind(scale, bias, pack_output)
   scale, bias = _scale_bias(scale, bias, out_channels)
 
-  xp = x if _is_packed(x) else pack_bits(x, axis=-1)
+  x = x if _is_packed(x) else _as_float(x)
   wp = kernel if _is_packed(kernel) else pack_bits(kernel, axis=-2)
   wt = jnp.transpose(wp, (3, 0, 1, 2))  # [O, KH, KW, Cw]: each output channel's bits contiguous
   params = _ConvParams(c, strides, pads, int(pad_value), output, impl_code, implementation)
-  return _partitioned(_batchable(_conv_call, params))(xp, wt, scale, bias)
+  return _batchable(_conv_call, params, _CONV_RULE)(x, wt, scale, bias)
 
 
 def xnor_dense(x, kernel, *, features=None, scale=None, bias=None, pack_output: bool = False,
@@ -359,12 +386,12 @@ def xnor_dense(x, kernel, *, features=None, scale=None, bias=None, pack_output: 
   output = _output_kind(scale, bias, pack_output)
   scale, bias = _scale_bias(scale, bias, out_features)
 
-  xp = x if _is_packed(x) else pack_bits(x, axis=-1)
+  x = x if _is_packed(x) else _as_float(x)
   wp = kernel if _is_packed(kernel) else pack_bits(kernel, axis=-2)
-  leading = xp.shape[:-1]
-  rows = xp.reshape((-1, xp.shape[-1]))
+  leading = x.shape[:-1]
+  rows = x.reshape((-1, x.shape[-1]))
   params = _DenseParams(k, output, impl_code, implementation)
-  y = _partitioned(_batchable(_dense_call, params))(rows, wp.T, scale, bias)
+  y = _batchable(_dense_call, params, _DENSE_RULE)(rows, wp.T, scale, bias)
   return y.reshape(leading + y.shape[-1:])
 
 
@@ -385,5 +412,38 @@ def fold_batch_norm(scale, bias, mean, var, gamma=None, beta=None, epsilon: floa
   return scale * inv, new_bias
 
 
-def _partitioned(op):
+# ----------------------------------------------------------------------------------------------
+# Sharding: partition along the batch axis of x (the first axis of x and of the result).
+
+
+def _batch_axes(sharding):
+  """The mesh axes that shard the first dimension (None: replicated)."""
+  if isinstance(sharding, NamedSharding) and len(sharding.spec) > 0:
+    return sharding.spec[0]
+  return None
+
+
+def _partitioned(fn, sharding_rule: str):
+  """`fn(x, w, scale, bias)` partitioned along x's first axis; everything else replicated."""
+  op = custom_partitioning(fn)
+
+  def specs(mesh, arg_shapes, result_shape):
+    batch = _batch_axes(arg_shapes[0].sharding)
+    x_spec = NamedSharding(mesh, PartitionSpec(batch, *([None] * (len(arg_shapes[0].shape) - 1))))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    out_spec = NamedSharding(mesh, PartitionSpec(batch, *([None] * (len(result_shape.shape) - 1))))
+    return x_spec, (x_spec, replicated, replicated, replicated), out_spec
+
+  def infer_sharding_from_operands(mesh, arg_shapes, result_shape):
+    return specs(mesh, arg_shapes, result_shape)[2]
+
+  def partition(mesh, arg_shapes, result_shape):
+    _, arg_specs, out_spec = specs(mesh, arg_shapes, result_shape)
+    return mesh, fn, out_spec, arg_specs
+
+  # Every factor but the batch one, in order of first appearance (Shardy wants them sorted).
+  factors = dict.fromkeys(sharding_rule.replace("->", " ").replace(",", " ").split())
+  factors.pop("n")
+  op.def_partition(partition=partition, infer_sharding_from_operands=infer_sharding_from_operands,
+                   sharding_rule=sharding_rule, need_replication_factors=tuple(factors))
   return op
