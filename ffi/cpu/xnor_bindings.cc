@@ -9,6 +9,7 @@
 
 #include "conv_geometry.h"
 #include "cpu/parallel_for.h"
+#include "cpu/popcount_ceiling.h"
 #include "cpu/xnor_kernels.h"
 
 namespace nb = nanobind;
@@ -88,6 +89,10 @@ void BindXnor(nb::module_& parent) {
   m.def("auto_impl", []() { return static_cast<int64_t>(ResolveImpl(0)); },
         "The impl that impl=0 (auto) dispatches to on this CPU: 1 AVX-512, 2 AVX2, 3 portable");
   m.def("impl_supported", &ImplSupported, nb::arg("impl"));
+  m.def("popcount_ceiling", &PopcountCeiling, nb::arg("threads"), nb::arg("seconds"),
+        nb::call_guard<nb::gil_scoped_release>(),
+        "bit-MACs/s of XOR + VPOPCNTQ + add on 512-bit registers on `threads` threads (0: no "
+        "AVX-512 VPOPCNTDQ)");
   m.def("conv_into", &ConvInto, nb::arg("x"), nb::arg("w"), nb::arg("scale"), nb::arg("bias"),
         nb::arg("out"), nb::arg("output"), nb::arg("channels"), nb::arg("stride_h"),
         nb::arg("stride_w"), nb::arg("pad_top"), nb::arg("pad_bottom"), nb::arg("pad_left"),

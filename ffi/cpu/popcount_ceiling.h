@@ -1,0 +1,12 @@
+// The machine's XNOR-popcount ceiling, measured (for experiments/bench_kernels.py).
+#pragma once
+
+#include <cstdint>
+
+namespace xnorjax {
+
+// bit-MACs per second of XOR + VPOPCNTQ + add on 512-bit registers over `threads` threads for
+// about `seconds`; 0 when the CPU has no AVX-512 VPOPCNTDQ.
+double PopcountCeiling(int64_t threads, double seconds);
+
+}  // namespace xnorjax
