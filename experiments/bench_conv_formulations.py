@@ -3,7 +3,7 @@
 Run: .venv/bin/python experiments/bench_conv_formulations.py [--batch=16] [--repeats=5] [--dtype=float32]
 
 Prints, per shape, the median milliseconds of the jitted forward and of value_and_grad (forward +
-gradients for input and kernel), both formulations measured back to back in one run (compare the
+gradients for input and kernel), the formulations measured back to back in one run (compare the
 ratio; absolute numbers drift on shared machines), and which formulation `choose_formulation`
 picks. The policy in xnorjax/ops/conv.py quotes this script's output.
 """
@@ -62,20 +62,23 @@ def main():
   dtype = jnp.dtype(args.dtype)
   print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch {args.batch}, {args.dtype}, "
         f"3x3 SAME, median of {args.repeats}, ms")
-  print(f"{'cin->cout':>10} {'map':>5} {'patches':>8} | {'fwd lax':>8} {'fwd i2c':>8} | "
-        f"{'f+b lax':>8} {'f+b i2c':>8} {'lax/i2c':>8} | auto")
-  totals = {"lax": 0.0, "im2col": 0.0, "auto": 0.0}
+  names = ("lax", "im2col", "lax_im2col")
+  short = {"lax": "lax", "im2col": "i2c", "lax_im2col": "mix"}
+  print(f"{'cin->cout':>10} {'map':>5} {'patches':>9} | "
+        + " ".join(f"{'fwd ' + short[n]:>8}" for n in names) + " | "
+        + " ".join(f"{'f+b ' + short[n]:>8}" for n in names) + " | auto")
+  totals = dict.fromkeys(names + ("auto",), 0.0)
   for cin, cout, size in VGG16_SHAPES:
     row = bench_shape(cin, cout, size, args.batch, dtype, args.repeats)
-    (fl, bl), (fi, bi) = row["lax"], row["im2col"]
-    totals["lax"] += bl
-    totals["im2col"] += bi
+    for name in names:
+      totals[name] += row[name][1]
     totals["auto"] += row[row["auto"]][1]
     patch_mib = args.batch * size * size * 9 * cin * dtype.itemsize / 2**20
-    print(f"{cin:>4}->{cout:<5} {size:>2}x{size:<2} {patch_mib:6.1f}MiB | {fl:8.2f} {fi:8.2f} | {bl:8.2f} {bi:8.2f} "
-          f"{bl / bi:8.2f} | {row['auto']}", flush=True)
-  print(f"sum of forward+backward over the shapes: lax {totals['lax']:.1f} ms, "
-        f"im2col {totals['im2col']:.1f} ms, auto {totals['auto']:.1f} ms")
+    print(f"{cin:>4}->{cout:<5} {size:>2}x{size:<2} {patch_mib:6.1f}MiB | "
+          + " ".join(f"{row[n][0]:8.2f}" for n in names) + " | "
+          + " ".join(f"{row[n][1]:8.2f}" for n in names) + f" | {row['auto']}", flush=True)
+  print("sum of forward+backward over the shapes: "
+        + ", ".join(f"{n} {totals[n]:.1f} ms" for n in names + ("auto",)))
 
 
 if __name__ == "__main__":

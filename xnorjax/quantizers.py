@@ -119,17 +119,15 @@ def _alpha_float32(w: jax.Array) -> jax.Array:
 
 
 def _magnitude_aware_sign_exact(w, clip_value):
-  # |w| written as w * sign(w) with a constant sign, so that d|w|/dw = sign(w) with sign(0) = +1,
-  # the convention of the forward pass (jnp.abs would give 0 at exactly 0).
+  # Plain autodiff through alpha. JAX's d|w|/dw at w = 0 is +1, the forward's sign(0) = +1.
+  # One cast to float32, so both gradient paths are summed in float32 and rounded once.
   w32 = w.astype(jnp.float32)
-  s = lax.stop_gradient(_sign(w32))
-  alpha = jnp.mean(w32 * s, axis=_channel_axes(w), keepdims=True)
-  return (alpha * _ste_sign(w32, clip_value)).astype(w.dtype)
+  return (_alpha_float32(w32) * _ste_sign(w32, clip_value)).astype(w.dtype)
 
 
 def _magnitude_aware_sign_stop_alpha(w, clip_value):
-  alpha = lax.stop_gradient(_alpha_float32(w))
-  return (alpha * _ste_sign(w.astype(jnp.float32), clip_value)).astype(w.dtype)
+  w32 = w.astype(jnp.float32)
+  return (lax.stop_gradient(_alpha_float32(w32)) * _ste_sign(w32, clip_value)).astype(w.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
