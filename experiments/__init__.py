@@ -1,0 +1,1 @@
+"""Experiments: training (`python -m experiments.train`), benchmarks and reports for xnorjax."""

@@ -1,0 +1,80 @@
+"""Defaults shared by every training configuration (the model presets import and override them).
+
+  python -m experiments.train --config=experiments/configs/default.py:bin_vgg16 --workdir=runs/x
+
+The config string after ':' names the model. Usually run a preset instead, e.g.
+`python -m experiments.train --model=bin_vgg16 --workdir=runs/bin_vgg16`; any field can be
+overridden on the command line, e.g. `--config.num_epochs=3 --config.data.source=synthetic`.
+"""
+
+import ml_collections
+
+
+def get_config(model: str = "bin_vgg16") -> ml_collections.ConfigDict:
+  """The defaults: SGD + cosine, batch 128, CIFAR-10 with a 5,000-image validation hold-out."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Model: `name` from the registry (xnorjax.models); `options` are its keyword arguments.
+  config.model = ml_collections.ConfigDict()
+  config.model.name = model
+  config.model.options = ml_collections.ConfigDict({"width": 1.0, "dtype": "float32"})
+
+  # Data (experiments/input_pipeline.py).
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "auto"        # auto | tfds | image_folder | synthetic
+  config.data.path = ""              # image folder or tarball; default $XNORJAX_CIFAR10_JPEG
+  config.data.cache_dir = ""         # decoded-image cache; default ~/.cache/xnorjax
+  config.data.tfds_name = "cifar10"
+  config.data.tfds_data_dir = ""     # default: TFDS's own (~/tensorflow_datasets)
+  config.data.tfds_download = True
+  config.data.image_size = 32
+  config.data.num_classes = 10
+  config.data.num_validation = 5000  # held out of train, stratified; selects checkpoints
+  config.data.split_seed = 0
+  config.data.augment = True         # random crop from `crop_padding` zero padding + flip
+  config.data.crop_padding = 4
+  config.data.flip = True
+  config.data.prefetch = 2
+  config.data.synthetic_train_size = 2048
+  config.data.synthetic_test_size = 512
+
+  # Schedule of the run.
+  config.batch_size = 128            # global, over all devices and hosts
+  config.eval_batch_size = 500
+  config.num_epochs = 200
+  config.num_train_steps = -1        # > 0: stop after this many steps instead of num_epochs
+  config.eval_every_steps = -1       # -1: once per epoch
+  config.eval_test_during_training = True  # also log test_* curves (never used for selection)
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = -1  # -1: at every evaluation
+  config.keep_checkpoints = 2
+
+  # Optimisation (experiments/optim.py).
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "sgd"          # sgd | adam | adamw
+  config.optim.learning_rate = 0.1
+  config.optim.momentum = 0.9
+  config.optim.nesterov = True
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.schedule = "cosine"   # cosine | step | constant
+  config.optim.warmup_epochs = 1.0
+  config.optim.step_epochs = (100, 150)  # step schedule: multiply by step_factor at these epochs
+  config.optim.step_factor = 0.1
+  config.optim.final_lr_fraction = 0.0   # cosine: lr at the end, as a fraction of the peak
+  # Weight decay per parameter group (optax.partition): float kernels, latent binary kernels,
+  # BatchNorm scales/offsets and biases.
+  config.optim.weight_decay = 5e-4
+  config.optim.weight_decay_binary = 0.0
+  config.optim.weight_decay_norm_bias = 0.0
+  config.optim.clip_latent_weights = 1.0  # keep latent binary kernels in [-c, c]; 0: off
+  config.optim.grad_clip_norm = 0.0       # > 0: clip the global gradient norm
+  config.label_smoothing = 0.0
+
+  # Devices: data-parallel over local devices (-1: all); multi-host via jax.distributed.
+  config.num_devices = -1
+  config.distributed = False
+  config.tensorboard = True  # TensorBoard event files (needs TensorFlow); metrics.jsonl always
+  return config

@@ -1,0 +1,96 @@
+"""Optimiser and learning-rate schedule from the config (optax).
+
+Parameters fall into three groups, each with its own weight decay (`optax.partition`):
+  "binary"     latent kernels of binarized layers (`xnorjax.quantizers.binary_kernel_mask`); these
+               are also clipped to [-c, c] by `xnorjax.quantizers.clip_latent_weights`;
+  "kernel"     float conv and dense kernels (rank >= 2);
+  "norm_bias"  BatchNorm scales and offsets, biases (rank <= 1).
+SGD and Adam add the decay to the gradient (L2, as PyTorch); AdamW decouples it (Loshchilov & Hutter).
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from xnorjax import quantizers
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+GROUPS = ("binary", "kernel", "norm_bias")
+
+
+def learning_rate_schedule(cfg, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 over cfg.warmup_epochs, then cosine, step or constant."""
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"config.optim.schedule={cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
+  if cfg.learning_rate <= 0:
+    raise ValueError(f"config.optim.learning_rate must be positive, got {cfg.learning_rate}")
+  warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+  peak = cfg.learning_rate
+  if cfg.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=peak * cfg.final_lr_fraction)
+  if cfg.schedule == "step":
+    boundaries = {int(round(e * steps_per_epoch)) - warmup: cfg.step_factor
+                  for e in cfg.step_epochs if int(round(e * steps_per_epoch)) > warmup}
+    main = optax.piecewise_constant_schedule(peak, boundaries)
+  else:
+    main = optax.constant_schedule(peak)
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def _path_tuple(path) -> tuple:
+  return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+
+
+def param_labels(params, binary_mask) -> dict:
+  """The group ("binary" / "kernel" / "norm_bias") of every leaf of `params` (same structure).
+
+  Args:
+    params: the parameters (pure pytree, e.g. `nnx.to_pure_dict(nnx.state(model, nnx.Param))`).
+    binary_mask: `xnorjax.quantizers.binary_kernel_mask(model)` (matched to params by path).
+  """
+  binary = {_path_tuple(p) for p, v in jax.tree_util.tree_flatten_with_path(binary_mask)[0] if v}
+
+  def label(path, leaf):
+    if _path_tuple(path) in binary:
+      return "binary"
+    return "kernel" if leaf.ndim >= 2 else "norm_bias"
+
+  labels = jax.tree_util.tree_map_with_path(label, params)
+  found = {_path_tuple(p) for p, v in jax.tree_util.tree_flatten_with_path(labels)[0] if v == "binary"}
+  if found != binary:
+    raise ValueError(f"binary kernel mask paths not found in params: {sorted(binary - found)}")
+  return labels
+
+
+def create_optimizer(cfg, labels, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The optax transformation for config.optim, given `param_labels` and the schedule."""
+  if cfg.name not in OPTIMIZERS:
+    raise ValueError(f"config.optim.name={cfg.name!r} is not one of {', '.join(OPTIMIZERS)}")
+  decay = {"binary": cfg.weight_decay_binary, "kernel": cfg.weight_decay,
+           "norm_bias": cfg.weight_decay_norm_bias}
+  for group, wd in decay.items():
+    if wd < 0:
+      raise ValueError(f"weight decay of group {group!r} must be >= 0, got {wd}")
+  weight_decay = optax.partition(
+      {g: optax.add_decayed_weights(wd) if wd else optax.identity() for g, wd in decay.items()},
+      labels)
+  parts = []
+  if cfg.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  if cfg.name == "sgd":
+    parts += [weight_decay, optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)]
+  elif cfg.name == "adam":
+    parts += [weight_decay, optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)]
+  else:  # adamw: decay after the Adam scaling, multiplied by the learning rate.
+    parts += [optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps), weight_decay,
+              optax.scale_by_learning_rate(schedule)]
+  if cfg.clip_latent_weights:
+    binary_mask = jax.tree.map(lambda g: g == "binary", labels)
+    parts.append(optax.masked(quantizers.clip_latent_weights(cfg.clip_latent_weights), binary_mask))
+  return optax.chain(*parts)

@@ -1,0 +1,444 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)`.
+
+One readable loop (big_vision / Flax examples style):
+  * the model is chosen by name from `xnorjax.models` and split into a graph definition and pure
+    state pytrees (params, rest = BatchNorm statistics and RNG state), so that `train_step` and
+    `eval_step` are pure functions jitted with `jax.jit`;
+  * data-parallel over a 1-D `jax.sharding.Mesh` of all (or config.num_devices) devices: batches
+    sharded along "data", state replicated; multi-host through `jax.distributed` (each host feeds
+    its share of the global batch);
+  * checkpoints (experiments/checkpointing.py): the latest few for resuming, the best on the
+    held-out validation split; the test set is evaluated at the end, from the best checkpoint;
+  * SIGTERM / SIGINT finish the current step, save a checkpoint and return;
+  * a non-finite loss stops the run before anything is saved from it, naming the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any, Optional
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import checkpointing
+from experiments import input_pipeline
+from experiments import metrics as metrics_lib
+from experiments import optim
+from xnorjax import models
+from xnorjax import quantizers
+
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.json"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Model, state and the pure steps.
+# ------------------------------------------------------------------------------------------------
+
+def create_model(config: ml_collections.ConfigDict, seed: int):
+  """The model named by config.model.name, built with config.model.options."""
+  return models.create_model(config.model.name, num_classes=config.data.num_classes,
+                             rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+                             **config.model.options.to_dict())
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParts:
+  """A model split for pure functions: graph definitions (train / eval mode) and state pytrees."""
+  train_graphdef: Any
+  eval_graphdef: Any
+  params: Any        # pure dict of nnx.Param values
+  rest: Any          # pure dict of everything else (BatchNorm statistics, RNG state)
+  binary_mask: Any   # xnorjax.quantizers.binary_kernel_mask(model)
+
+
+def split_model(model) -> ModelParts:
+  binary_mask = quantizers.binary_kernel_mask(model)
+  model.eval()
+  eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+  model.train()
+  train_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return ModelParts(train_graphdef, eval_graphdef, nnx.to_pure_dict(params),
+                    nnx.to_pure_dict(rest), binary_mask)
+
+
+def normalize(images, mean, std):
+  """uint8 images -> float32, standardised per channel (mean, std on the 0..1 scale)."""
+  return (images.astype(jnp.float32) * (1.0 / 255.0) - mean) / std
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def train_step(state, images, labels, *, graphdef, tx, mean, std, label_smoothing):
+  """One optimisation step on a (global) batch; returns the new state and batch metrics."""
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params, state["rest"])
+    logits = model(normalize(images, mean, std))
+    loss = cross_entropy(logits, labels, label_smoothing).mean()
+    rest = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+    return loss, (logits, rest)
+
+  (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return {"params": params, "rest": rest, "opt_state": opt_state}, {"loss": loss, "accuracy": accuracy}
+
+
+def eval_step(params, rest, images, labels, mask, *, graphdef, mean, std):
+  """Sums of loss and correct predictions over the unmasked examples of a batch."""
+  model = nnx.merge(graphdef, params, rest)
+  logits = model(normalize(images, mean, std))
+  loss = cross_entropy(logits, labels)
+  correct = jnp.argmax(logits, -1) == labels
+  return {"loss_sum": jnp.sum(jnp.where(mask, loss, 0.0)),
+          "correct": jnp.sum(jnp.where(mask, correct, False)),
+          "count": jnp.sum(mask)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Devices.
+# ------------------------------------------------------------------------------------------------
+
+def make_mesh(num_devices: int = -1) -> jax.sharding.Mesh:
+  """A 1-D ("data",) mesh over all devices, or the first `num_devices` (single host only)."""
+  devices = jax.devices()
+  if num_devices not in (-1, 0):
+    if jax.process_count() > 1:
+      raise ValueError("config.num_devices must be -1 (all devices) on multi-host runs")
+    if not 1 <= num_devices <= len(devices):
+      raise ValueError(f"config.num_devices={num_devices}, but {len(devices)} devices are visible")
+    devices = devices[:num_devices]
+  return jax.sharding.Mesh(np.array(devices), ("data",))
+
+
+def _global_batch(sharding, *local_arrays):
+  return tuple(jax.make_array_from_process_local_data(sharding, a) for a in local_arrays)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation.
+# ------------------------------------------------------------------------------------------------
+
+def evaluate(eval_fn, state, split: input_pipeline.Split, batch_size: int, sharding) -> dict:
+  """Mean loss and accuracy over a whole split."""
+  totals = None
+  for images, labels, mask in input_pipeline.eval_batches(
+      split, batch_size, process_index=jax.process_index(), process_count=jax.process_count()):
+    out = eval_fn(state["params"], state["rest"], *_global_batch(sharding, images, labels, mask))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  count = int(totals["count"])
+  return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count}
+
+
+# ------------------------------------------------------------------------------------------------
+# Stopping on SIGTERM / SIGINT.
+# ------------------------------------------------------------------------------------------------
+
+class StopRequest:
+  """Turns SIGTERM and SIGINT into a flag checked after every step (a second SIGINT aborts)."""
+
+  def __init__(self):
+    self.signal_name: Optional[str] = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal_name is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    logging.warning("Received %s: saving a checkpoint after this step, then exiting "
+                    "(send SIGINT again to abort without saving)", self.signal_name)
+
+  def requested(self) -> bool:
+    flag = self.signal_name is not None
+    if jax.process_count() > 1:  # Stop every host at the same step.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      flag = bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+      if flag and self.signal_name is None:
+        self.signal_name = "a signal on another host"
+    return flag
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration checks.
+# ------------------------------------------------------------------------------------------------
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int):
+  """Clear errors for inconsistent settings, before any work is done."""
+  models.get_model_fn(config.model.name)  # Unknown model: ValueError listing the known ones.
+  if config.batch_size < 1 or config.batch_size % num_devices:
+    raise ValueError(f"config.batch_size={config.batch_size} must be a positive multiple of the "
+                     f"{num_devices} devices")
+  if config.eval_batch_size < 1 or config.eval_batch_size % num_devices:
+    raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a positive multiple "
+                     f"of the {num_devices} devices")
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError("set config.num_epochs or config.num_train_steps to a positive number")
+  if config.optim.name not in optim.OPTIMIZERS:
+    raise ValueError(f"config.optim.name={config.optim.name!r} is not one of "
+                     f"{', '.join(optim.OPTIMIZERS)}")
+  if config.optim.schedule not in optim.SCHEDULES:
+    raise ValueError(f"config.optim.schedule={config.optim.schedule!r} is not one of "
+                     f"{', '.join(optim.SCHEDULES)}")
+  input_pipeline.resolve_source(config.data)  # Unknown source: ValueError.
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
+  if config.log_every_steps < 1:
+    raise ValueError(f"config.log_every_steps must be >= 1, got {config.log_every_steps}")
+
+
+# ------------------------------------------------------------------------------------------------
+# train_and_evaluate.
+# ------------------------------------------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains config.model on config.data, checkpointing into `workdir`; returns the results.
+
+  Resumes from the newest checkpoint in `workdir` if there is one. Writes config.json,
+  metrics.jsonl (and TensorBoard events), checkpoints and results.json into `workdir`.
+  """
+  if config.distributed:
+    jax.distributed.initialize()
+  mesh = make_mesh(config.num_devices)
+  check_config(config, mesh.size)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  chief = jax.process_index() == 0
+  if chief:
+    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+  # ---- Data ----
+  data = input_pipeline.load_data(config.data, seed=config.seed)
+  input_pipeline.log_data_summary(data)
+  steps_per_epoch = len(data.train) // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"config.batch_size={config.batch_size} exceeds the {len(data.train)} "
+                     "training images")
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else int(round(config.num_epochs * steps_per_epoch)))
+  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  checkpoint_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else eval_every
+
+  # ---- Model and optimiser ----
+  model = create_model(config, config.seed)
+  parts = split_model(model)
+  labels = optim.param_labels(parts.params, parts.binary_mask)
+  schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, total_steps)
+  tx = optim.create_optimizer(config.optim, labels, schedule)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  state = {"params": parts.params, "rest": parts.rest, "opt_state": tx.init(parts.params)}
+  state = jax.device_put(state, replicated)
+  num_params = sum(x.size for x in jax.tree.leaves(parts.params))
+  logging.info("Model %s: %d parameters; %d steps (%d per epoch) on %d device(s)",
+               config.model.name, num_params, total_steps, steps_per_epoch, mesh.size)
+
+  mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
+  train_fn = jax.jit(
+      functools.partial(train_step, graphdef=parts.train_graphdef, tx=tx, mean=mean, std=std,
+                        label_smoothing=config.label_smoothing),
+      donate_argnums=0, out_shardings=(replicated, replicated))
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=parts.eval_graphdef, mean=mean, std=std),
+                    out_shardings=replicated)
+
+  # ---- Checkpoints: resume ----
+  ckpts = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
+  restored, record = ckpts.restore_latest(state)
+  start_step = 0
+  best = {"val_accuracy": -1.0, "step": None}
+  if restored is not None:
+    state, start_step = restored, ckpts.latest_step()
+    best = {"val_accuracy": record.get("best_val_accuracy", -1.0), "step": record.get("best_step")}
+    logging.info("Resumed from %s at step %d (epoch %.2f)", ckpts.latest_dir, start_step,
+                 start_step / steps_per_epoch)
+  writer = metrics_lib.create_writer(workdir, tensorboard=config.tensorboard, enabled=chief)
+  if chief and start_step == 0:
+    writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+
+  def record_for(step):
+    return {"step": step, "epoch": step / steps_per_epoch,
+            "best_val_accuracy": best["val_accuracy"], "best_step": best["step"]}
+
+  def run_evaluation(step):
+    scalars = {"epoch": step / steps_per_epoch}
+    if data.validation is not None:
+      val = evaluate(eval_fn, state, data.validation, config.eval_batch_size, batch_sharding)
+      scalars.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+    if config.eval_test_during_training:
+      test = evaluate(eval_fn, state, data.test, config.eval_batch_size, batch_sharding)
+      scalars.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+    return scalars
+
+  # ---- Training loop ----
+  spec = input_pipeline.TrainBatchSpec(
+      batch_size=config.batch_size, seed=config.seed, padding=config.data.crop_padding,
+      flip=config.data.flip, augment=config.data.augment, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  batches = input_pipeline.Prefetcher(
+      input_pipeline.train_batches(data.train, spec, start_step, total_steps), config.data.prefetch)
+  progress = metrics_lib.Progress(total_steps, start_step, every_steps=config.log_every_steps)
+  interrupted = None
+  pending = None          # (step, loss) of the last dispatched step, checked one step later.
+  last_good_step = start_step
+  interval = {"metrics": [], "start": time.perf_counter(), "steps": 0,
+              "producer": batches.producer_seconds, "wait": batches.wait_seconds, "items": 0}
+
+  def check_finite(entry):
+    nonlocal last_good_step
+    s, loss = entry
+    loss = float(loss)
+    if not np.isfinite(loss):
+      saved = ckpts.latest_step()
+      where = (f"the last good checkpoint is step {saved} in {ckpts.latest_dir}" if saved is not None
+               else "no checkpoint was saved before it")
+      raise NonFiniteLossError(
+          f"training loss is {loss} at step {s} (epoch {s / steps_per_epoch:.2f}); stopped "
+          f"without saving; {where}. Lower config.optim.learning_rate or enable "
+          "config.optim.grad_clip_norm")
+    last_good_step = s
+
+  done = start_step
+  try:
+    with StopRequest() as stop:
+      for step, images, labels_np in batches:
+        images, labels_np = _global_batch(batch_sharding, images, labels_np)
+        state, step_metrics = train_fn(state, images, labels_np)
+        if pending is not None:
+          check_finite(pending)
+        pending = (step + 1, step_metrics["loss"])
+        interval["metrics"].append(step_metrics)
+        interval["steps"] += 1
+        done = step + 1
+        if done == start_step + 1:  # Leave compilation out of the throughput.
+          jax.block_until_ready(step_metrics)
+          interval.update(start=time.perf_counter(), steps=0, producer=batches.producer_seconds,
+                          wait=batches.wait_seconds, items=batches.items)
+        is_last = done == total_steps
+
+        if done % config.log_every_steps == 0 or is_last:
+          check_finite(pending)
+          host = jax.device_get(interval["metrics"])
+          elapsed = time.perf_counter() - interval["start"]
+          produced = batches.items - interval["items"]
+          producer = batches.producer_seconds - interval["producer"]
+          waited = batches.wait_seconds - interval["wait"]
+          scalars = {
+              "epoch": done / steps_per_epoch,
+              "learning_rate": float(schedule(step)),
+              "train_loss": float(np.mean([m["loss"] for m in host])),
+              "train_accuracy": float(np.mean([m["accuracy"] for m in host])),
+              "images_per_second": interval["steps"] * config.batch_size / max(elapsed, 1e-9),
+              "input_images_per_second": (produced * config.batch_size / producer
+                                          if producer > 0 else float("inf")),
+              "input_wait_fraction": waited / max(elapsed, 1e-9),
+          }
+          writer.write_scalars(done, scalars)
+          progress.update(done, config.batch_size, force=True, extra=(
+              f"loss {scalars['train_loss']:.4f}, acc {scalars['train_accuracy']:.4f}, "
+              f"input {scalars['input_images_per_second']:.0f} img/s"))
+          interval = {"metrics": [], "start": time.perf_counter(), "steps": 0,
+                      "producer": batches.producer_seconds, "wait": batches.wait_seconds,
+                      "items": batches.items}
+        else:
+          progress.update(done, config.batch_size)
+
+        if done % eval_every == 0 or is_last:
+          check_finite(pending)
+          scalars = run_evaluation(done)
+          if "val_accuracy" in scalars and scalars["val_accuracy"] > best["val_accuracy"]:
+            best = {"val_accuracy": scalars["val_accuracy"], "step": done}
+            ckpts.save_best(done, state, record_for(done), scalars["val_accuracy"])
+          scalars["best_val_accuracy"] = best["val_accuracy"]
+          writer.write_scalars(done, scalars)
+          logging.info("Evaluation at step %d: %s", done,
+                       ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+        if done % checkpoint_every == 0 or is_last:
+          check_finite(pending)
+          ckpts.save(done, state, record_for(done))
+        if stop.requested():
+          check_finite(pending)
+          ckpts.save(done, state, record_for(done))
+          interrupted = stop.signal_name
+          logging.warning("Stopped by %s after step %d; checkpoint saved in %s. Rerun the same "
+                          "command to resume.", interrupted, done, ckpts.latest_dir)
+          break
+      else:
+        if pending is not None:
+          check_finite(pending)
+  finally:
+    batches.close()
+    progress.close()
+    ckpts.wait()
+    writer.flush()
+
+  # ---- Final: test accuracy of the checkpoint selected on validation ----
+  results = {"model": config.model.name, "steps": total_steps, "last_step": done,
+             "interrupted_by": interrupted, "best_step": best["step"],
+             "best_val_accuracy": best["val_accuracy"] if best["step"] is not None else None}
+  if interrupted is None:
+    final = evaluate(eval_fn, state, data.test, config.eval_batch_size, batch_sharding)
+    results.update(test_accuracy_last=final["accuracy"], test_loss_last=final["loss"])
+    if data.validation is not None and best["step"] is not None:
+      best_state, _ = ckpts.restore_best(state)
+      selected = evaluate(eval_fn, best_state, data.test, config.eval_batch_size, batch_sharding)
+      results.update(test_accuracy=selected["accuracy"], test_loss=selected["loss"])
+    else:
+      results.update(test_accuracy=final["accuracy"], test_loss=final["loss"])
+    writer.write_scalars(results["last_step"], {
+        "final_test_accuracy": results["test_accuracy"], "final_test_loss": results["test_loss"]})
+    logging.info("Test accuracy %.4f (checkpoint of step %s, selected on validation accuracy "
+                 "%s); last step's test accuracy %.4f", results["test_accuracy"], best["step"],
+                 results["best_val_accuracy"], results["test_accuracy_last"])
+  if chief:
+    with open(os.path.join(workdir, RESULTS_FILE), "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+  writer.close()
+  ckpts.close()
+  results["state"] = state
+  return results
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out

@@ -1,0 +1,267 @@
+"""Tests for training (experiments/trainer.py, experiments/train.py): real tiny runs on synthetic data.
+
+A run of bin_small_cnn (two XNOR blocks) on synthetic data takes seconds; the baseline run is shared
+by the tests that only inspect its outputs.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+from absl import logging
+import jax
+import numpy as np
+import pytest
+
+from experiments import checkpointing
+from experiments import input_pipeline
+from experiments import metrics as metrics_lib
+from experiments import trainer
+from experiments import train as train_main
+from experiments.configs import default
+from xnorjax import models
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR10 = os.environ.get(input_pipeline.CIFAR10_ENV_VAR, "")
+PRESETS = ("vgg16", "bin_vgg16", "nin", "bin_nin", "resnet18", "bin_resnet18")
+
+
+def tiny_config(model="bin_small_cnn", **overrides):
+  """A configuration that trains in seconds: synthetic data, narrow model, 2 epochs of 12 steps."""
+  c = default.get_config(model)
+  c.data.source = "synthetic"
+  c.data.synthetic_train_size = 512
+  c.data.synthetic_test_size = 128
+  c.data.num_validation = 128
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.model.options.width = 0.25
+  c.num_epochs = 2
+  c.log_every_steps = 4
+  c.optim.name = "adam"
+  c.optim.learning_rate = 0.01
+  c.optim.warmup_epochs = 0.5
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _params(results):
+  return jax.tree.map(np.asarray, jax.device_get(results["state"]["params"]))
+
+
+def _read_jsonl(workdir):
+  with open(os.path.join(workdir, metrics_lib.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("baseline"))
+  return workdir, trainer.train_and_evaluate(tiny_config(), workdir)
+
+
+# ---- A whole run ---------------------------------------------------------------------------------
+
+def test_training_learns_and_writes_its_outputs(baseline):
+  workdir, results = baseline
+  assert results["interrupted_by"] is None and results["last_step"] == 24
+  assert results["test_accuracy"] > 0.3  # 10 classes: chance is 0.1.
+  records = _read_jsonl(workdir)
+  train_keys = {"epoch", "learning_rate", "train_loss", "train_accuracy", "images_per_second",
+                "input_images_per_second", "input_wait_fraction"}
+  eval_keys = {"val_loss", "val_accuracy", "test_loss", "test_accuracy", "best_val_accuracy"}
+  assert [r["step"] for r in records if train_keys <= set(r)] == [4, 8, 12, 16, 20, 24]
+  evals = [r for r in records if eval_keys <= set(r)]
+  assert [r["step"] for r in evals] == [12, 24]
+  assert all(np.isfinite(r["train_loss"]) and r["images_per_second"] > 0 for r in records
+             if "train_loss" in r)
+  # The checkpoint for the test accuracy is the one with the best validation accuracy.
+  best = max(evals, key=lambda r: r["val_accuracy"])
+  assert results["best_step"] == best["step"]
+  assert results["best_val_accuracy"] == pytest.approx(best["val_accuracy"])
+  assert records[-1]["final_test_accuracy"] == pytest.approx(results["test_accuracy"])
+  with open(os.path.join(workdir, trainer.CONFIG_FILE)) as f:
+    assert json.load(f)["model"]["name"] == "bin_small_cnn"
+  with open(os.path.join(workdir, trainer.RESULTS_FILE)) as f:
+    assert json.load(f)["test_accuracy"] == pytest.approx(results["test_accuracy"])
+  assert os.listdir(os.path.join(workdir, checkpointing.LATEST_DIR))
+  assert os.listdir(os.path.join(workdir, checkpointing.BEST_DIR))
+  if _tensorflow_available():
+    assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+
+
+def _tensorflow_available():
+  try:
+    import tensorflow  # pylint: disable=unused-import,g-import-not-at-top
+    return True
+  except ImportError:
+    return False
+
+
+def test_latent_binary_kernels_stay_clipped(baseline):
+  _, results = baseline
+  model = trainer.create_model(tiny_config(), 0)
+  mask = trainer.split_model(model).binary_mask
+  leaves = [p for p, m in zip(jax.tree.leaves(_params(results)), jax.tree.leaves(mask)) if m]
+  assert len(leaves) == 2
+  assert max(np.abs(p).max() for p in leaves) <= 1.0
+
+
+# ---- Interruption and resumption --------------------------------------------------------------
+
+def test_interrupted_and_resumed_run_ends_with_the_same_parameters(baseline, tmp_path, monkeypatch):
+  _, uninterrupted = baseline
+  workdir = str(tmp_path / "run")
+  real_batches = input_pipeline.train_batches
+
+  def batches_then_sigterm(split, spec, start_step, end_step):
+    for item in real_batches(split, spec, start_step, end_step):
+      if item[0] == 7:  # Mid-epoch (12 steps per epoch): a real SIGTERM to this process.
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield item
+
+  monkeypatch.setattr(input_pipeline, "train_batches", batches_then_sigterm)
+  first = trainer.train_and_evaluate(tiny_config(), workdir)
+  assert first["interrupted_by"] == "SIGTERM"
+  assert 0 < first["last_step"] < 24  # The prefetcher runs ahead: it stops at or before step 8.
+  ckpts = checkpointing.Checkpoints(workdir)
+  assert ckpts.latest_step() == first["last_step"]
+  ckpts.close()
+  monkeypatch.setattr(input_pipeline, "train_batches", real_batches)
+  resumed = trainer.train_and_evaluate(tiny_config(), workdir)
+  assert resumed["interrupted_by"] is None and resumed["last_step"] == 24
+  # Same computations in the same order on one device: equal up to float rounding (CPU XLA is
+  # deterministic, so in practice bit-identical).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               _params(resumed), _params(uninterrupted))
+  assert resumed["test_accuracy"] == pytest.approx(uninterrupted["test_accuracy"])
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(baseline, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(baseline[0], workdir)
+  config = tiny_config(num_epochs=4)
+  config.optim.learning_rate = 1e30
+  with pytest.raises(trainer.NonFiniteLossError, match=r"at step (2[5-9]|3\d|4\d).*last good "
+                     r"checkpoint is step 24"):
+    trainer.train_and_evaluate(config, workdir)
+  ckpts = checkpointing.Checkpoints(workdir)
+  assert ckpts.latest_step() == 24
+  ckpts.close()
+
+
+# ---- Data parallelism --------------------------------------------------------------------------
+
+def test_four_simulated_devices_match_one_device(tmp_path):
+  """The same steps sharded over 4 CPU devices give the parameters of one device."""
+  script = textwrap.dedent(f"""
+      import json, sys
+      import jax, numpy as np
+      sys.path.insert(0, {REPO!r})
+      from tests.test_train import tiny_config
+      from experiments import trainer
+      assert jax.device_count() == 4, jax.devices()
+      out = {{}}
+      for n in (1, 4):
+        c = tiny_config("small_cnn", num_devices=n, num_epochs=1)
+        c.optim.name = "sgd"
+        c.optim.learning_rate = 0.05
+        c.data.prefetch = 1
+        r = trainer.train_and_evaluate(c, {str(tmp_path)!r} + f"/run{{n}}")
+        out[n] = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(r["state"]["params"]))]
+        out[n] += [np.asarray(x) for x in jax.tree.leaves(jax.device_get(r["state"]["rest"]))
+                   if np.issubdtype(np.asarray(x).dtype, np.floating)]
+      diffs = [float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)) for a, b in zip(out[1], out[4])]
+      print("RELDIFF", json.dumps(max(diffs)))
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rel = json.loads(proc.stdout.split("RELDIFF")[-1])
+  # 12 SGD steps; only the summation order of the cross-device batch reductions differs.
+  assert rel < 1e-4
+
+
+# ---- Metric writers without TensorFlow ------------------------------------------------------------
+
+def test_writer_falls_back_without_tensorflow(tmp_path, monkeypatch):
+  # As if TensorFlow were absent: importing clu.metric_writers fails.
+  monkeypatch.setitem(sys.modules, "clu.metric_writers", None)
+  import clu  # pylint: disable=g-import-not-at-top
+  monkeypatch.delattr(clu, "metric_writers", raising=False)
+  messages = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *a: messages.append(msg % a))
+  writer = metrics_lib.create_writer(str(tmp_path))
+  writer.write_scalars(3, {"train_loss": np.float32(1.5), "epoch": 0.25})
+  writer.close()
+  assert any("TensorBoard event files are not written" in m for m in messages)
+  assert _read_jsonl(str(tmp_path)) == [{"step": 3, "train_loss": 1.5, "epoch": 0.25}]
+  assert not glob.glob(str(tmp_path / "events.out.tfevents.*"))
+
+
+def test_command_line_trains_from_an_image_folder_without_tensorflow(tmp_path):
+  """`python -m experiments.train` with TensorFlow unimportable, on a PNG tree."""
+  from PIL import Image
+  rng = np.random.default_rng()
+  for split, count in (("train", 40), ("test", 10)):
+    for label, cls in enumerate(("cat", "dog")):
+      os.makedirs(tmp_path / "data" / split / cls)
+      for i in range(count):
+        pixels = np.clip(rng.normal(60 + 120 * label, 30, size=(32, 32, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "data" / split / cls / f"{i}.png")
+  launcher = ("import runpy, sys; sys.modules['tensorflow'] = None; "
+              "sys.modules['tensorflow_datasets'] = None; "
+              "runpy.run_module('experiments.train', run_name='__main__')")
+  args = ["--model=bin_small_cnn", f"--workdir={tmp_path / 'run'}",
+          "--config.data.source=image_folder", f"--config.data.path={tmp_path / 'data'}",
+          f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.data.num_classes=2",
+          "--config.data.num_validation=20", "--config.batch_size=20",
+          "--config.eval_batch_size=20", "--config.num_epochs=2", "--config.log_every_steps=1",
+          "--config.model.options.width=0.25"]
+  proc = subprocess.run([sys.executable, "-c", launcher, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "bin_small_cnn: test accuracy" in proc.stdout
+  assert "TensorBoard event files are not written" in proc.stderr
+  records = _read_jsonl(str(tmp_path / "run"))
+  assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4, 5, 6]  # 60 / 20 per epoch.
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model=vgg17"], "unknown model 'vgg17'"),
+    (["--model=bin_vgg16", "--config.optim.nmae=adam"], "nmae"),
+])
+def test_command_line_errors_are_clear(tmp_path, args, message):
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={tmp_path}", *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert message in proc.stderr
+
+
+# ---- Configurations ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_name_their_model_and_command(name):
+  path = train_main.preset_path(name)
+  assert path.endswith(f"configs/{name}.py")
+  module = __import__(f"experiments.configs.{name}", fromlist=["get_config"])
+  config = module.get_config()
+  assert config.model.name == name
+  assert f"python -m experiments.train --model={name} --workdir=runs/{name}" in module.__doc__
+  accepted = set(models.get_model_fn(name).__code__.co_varnames)
+  assert set(config.model.options) <= accepted
+
+
+def test_models_without_a_preset_use_the_defaults():
+  assert train_main.preset_path("bin_small_cnn").endswith("default.py:bin_small_cnn")
