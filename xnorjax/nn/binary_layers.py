@@ -48,7 +48,10 @@ class BinaryConv(nnx.Module):
   layer's strides and padding (see `functional.activation_scale`).
 
   `forward` names the implementation of the binarized product (the seam for packed kernels); only
-  "xla" exists today. `formulation` is passed to `xnorjax.ops.conv2d` ("auto" chooses per shape).
+  "xla" exists today. `formulation` is passed to `xnorjax.ops.conv2d` ("auto" chooses per shape
+  and may pick "lax_im2col", a custom_vjp: use "lax" or "im2col" if you need forward-mode AD).
+
+  Unlike `nnx.Conv`, an int kernel_size means a square kernel (this layer is 2-D only).
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size, *, strides=1,

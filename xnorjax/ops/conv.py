@@ -1,11 +1,15 @@
-"""Float 2-D convolution (NHWC / HWIO) in two formulations, chosen per shape in one place.
+"""Float 2-D convolution (NHWC / HWIO) in several formulations, chosen per shape in one place.
 
 XLA's CPU convolution (`lax.conv_general_dilated`) is slow, and pathological on maps no larger than
 the kernel (/work/shared/PERF-NOTES.md: ~100 ms for one 2x2 512->512 layer at batch 16); im2col
 (the kh*kw shifted views of the padded input concatenated along channels, then one `jnp.dot` with
-the kernel reshaped to (kh*kw*C, O)) has no such pathology. Both compute the same sum; they differ
-only in summation order (results agree within float rounding). `choose_formulation` is the single
-policy that `formulation="auto"` applies; experiments/bench_conv_formulations.py measures it.
+the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
+  "lax"         lax.conv_general_dilated, forward and (autodiff) backward.
+  "im2col"      shifted views + one dot, forward and (autodiff) backward.
+  "lax_im2col"  lax.conv forward, im2col's gradient backward (a custom_vjp: reverse mode only).
+All compute the same sum and differ only in summation order (results agree within float rounding;
+tests/test_conv.py). `choose_formulation` is the single policy that `formulation="auto"` applies;
+experiments/bench_conv_formulations.py measures it.
 
 Padding is explicit: the input is padded with `pad_value` (0, or +-1 for binarized inputs whose
 packed form has no 0), then convolved VALID, so every formulation sees the same padded input.
@@ -76,14 +80,27 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     * "im2col" for 1x1 kernels (a reshape and one matmul), for output maps of at most 4x4 (where
       lax.conv is pathological: ~100x slower at 2x2) and for inputs of at most 8 channels (RGB
       first layers, where the patch matrix is small).
-    * "lax_im2col" otherwise: lax.conv forward (2-4x faster than the im2col dot on large maps) and
-      im2col's gradient backward (lax.conv's backward is 1.2-1.8x slower at batch 128).
+    * "lax_im2col" otherwise: lax.conv's forward (2-4x faster than the im2col dot on large maps,
+      which matters for evaluation) with im2col's backward (lax.conv's backward is 1.2-1.8x slower).
 
-  Measured by experiments/bench_conv_formulations.py --batch=128 --repeats=3 on the 2-core AMD
-  EPYC Zen 5 (other jobs sharing it), float32, 3x3 SAME, median ms; "f+b" is value_and_grad for
-  input and kernel:
-     cin->cout   map |  fwd lax  fwd i2c  fwd mix | f+b lax  f+b i2c  f+b mix | auto
-    (table pasted below from the script's output)
+  Measured with experiments/bench_conv_formulations.py's `bench_shape` (batch 128, float32, 3x3
+  SAME, median of 3, ms; "f+b" = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5,
+  load average about 1 (other jobs sharing the cores):
+     cin->cout   map  |  fwd lax  fwd i2c  fwd mix |  f+b lax  f+b i2c  f+b mix | auto
+       3->64    32x32 |    17.3     10.8     16.7  |    23.4     15.9     17.6  | im2col
+      64->64    32x32 |    76.8    188.7     80.2  |   427.6    294.8    325.3  | lax_im2col
+      64->128   16x16 |    21.7     63.6     22.0  |   107.6     91.6     93.8  | lax_im2col
+     128->128   16x16 |    24.4     99.4     23.9  |   210.3    192.9    188.5  | lax_im2col
+     128->256    8x8  |    12.3     38.4     12.7  |   104.2     72.1     66.6  | lax_im2col
+     256->256    8x8  |    25.8     74.0     25.1  |   204.4    134.3    129.8  | lax_im2col
+     256->512    4x4  |    15.5     15.0     12.5  |    77.1     41.3     49.2  | im2col
+     512->512    4x4  |    29.0     40.8     28.3  |   212.2     93.2    108.0  | im2col
+     512->512    2x2  |   755.9      6.0    758.5  |  2252.1     21.6    788.1  | im2col
+  Sums over the nine shapes: f+b lax 3635, im2col 958, auto 976 ms; forward lax 979, im2col 537,
+  auto 237 ms. So "auto" trains as fast as im2col (within noise) and evaluates 2.3x faster. At
+  batch 16, lax alone won f+b on 64->64 32x32 and 128->128 16x16 (ratio 0.7-0.8) in one of two
+  runs; the policy ignores batch size. Under heavy load (6 jobs on 2 cores) all numbers are
+  2-3x higher and noisier; compare ratios within one run.
   """
   kh, kw, cin = kernel_shape[:3]
   ho, wo = output_hw(input_shape[1:3], (kh, kw), strides, pads)
