@@ -131,6 +131,10 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
     WeightPrefixTable(s, w, o, w_prefix.data() + o * PrefixTableSize(s));
   }
 
+  std::vector<tc::KChunk> ktable(static_cast<size_t>(tc::KTableSize(s)));
+  for (size_t k = 0; k < ktable.size(); ++k) ktable[k] = tc::MakeKChunk(s, static_cast<int64_t>(k));
+  if (!tc::MmaPathSupported(s)) throw std::runtime_error("the tensor-core path does not take this shape");
+
   const int chunk_words = tc::ChunkWords(s);
   const auto copy = [&](uint32_t* dst, int64_t src, int operand) {
     const uint32_t* base = operand == 0 ? x : w;
@@ -167,9 +171,9 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
       const auto load = [&](int64_t slab, int stage) {
         for (int thread = 0; thread < tc::kThreads; ++thread) {
           switch (chunk_words) {
-            case 4: tc::LoadSlab<4>(s, *smem, n0, slab, stage, thread, copy); break;
-            case 2: tc::LoadSlab<2>(s, *smem, n0, slab, stage, thread, copy); break;
-            default: tc::LoadSlab<1>(s, *smem, n0, slab, stage, thread, copy); break;
+            case 4: tc::LoadSlab<4>(s, ktable.data(), *smem, n0, slab, stage, thread, copy); break;
+            case 2: tc::LoadSlab<2>(s, ktable.data(), *smem, n0, slab, stage, thread, copy); break;
+            default: tc::LoadSlab<1>(s, ktable.data(), *smem, n0, slab, stage, thread, copy); break;
           }
         }
       };

@@ -43,20 +43,24 @@ __global__ void SimpleKernel(ConvShape s, const uint32_t* __restrict__ x,
 // ---------------------------------------------------------------------------------------------
 // Tensor-core path.
 
-// Per-pixel input popcounts and per-channel weight prefix tables (xnor_plan.h).
+// Per-pixel input popcounts, per-channel weight prefix tables and the K table (xnor_plan.h).
 __global__ void PrepassKernel(ConvShape s, const uint32_t* __restrict__ x,
                               const uint32_t* __restrict__ w, int32_t* __restrict__ pixel_popc,
-                              int32_t* __restrict__ w_prefix) {
+                              int32_t* __restrict__ w_prefix, tc::KChunk* __restrict__ ktable) {
   const int64_t pixels = s.batch * s.in_h * s.in_w;
-  const int64_t total = pixels + s.out_channels;
+  const int64_t k_entries = tc::KTableSize(s);
+  const int64_t total = pixels + s.out_channels + k_entries;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += step) {
     if (i < pixels) {
       pixel_popc[i] = PixelPopcount(s, x, i);
-    } else {
+    } else if (i < pixels + s.out_channels) {
       const int64_t o = i - pixels;
       WeightPrefixTable(s, w, o, w_prefix + o * PrefixTableSize(s));
+    } else {
+      const int64_t k = i - pixels - s.out_channels;
+      ktable[k] = tc::MakeKChunk(s, k);
     }
   }
 }
@@ -162,8 +166,8 @@ template <OutputKind kKind, int V>
 __global__ void __launch_bounds__(tc::kThreads)
     MmaKernel(ConvShape s, const uint32_t* __restrict__ x, const uint32_t* __restrict__ w,
               const int32_t* __restrict__ pixel_popc, const int32_t* __restrict__ w_prefix,
-              const float* __restrict__ scale, const float* __restrict__ bias,
-              typename OutputTraits<kKind>::Type* __restrict__ out) {
+              const tc::KChunk* __restrict__ ktable, const float* __restrict__ scale,
+              const float* __restrict__ bias, typename OutputTraits<kKind>::Type* __restrict__ out) {
   __shared__ __align__(16) tc::Smem smem;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
@@ -182,12 +186,12 @@ __global__ void __launch_bounds__(tc::kThreads)
   const int64_t slabs = tc::Slabs(s);
   const int64_t k_steps = tc::KSteps(s);
   const DeviceCopy<V> copy{x, w};
-  tc::LoadSlab<V>(s, smem, n0, 0, 0, threadIdx.x, copy);
+  tc::LoadSlab<V>(s, ktable, smem, n0, 0, 0, threadIdx.x, copy);
   CpAsyncCommit();
   for (int64_t slab = 0; slab < slabs; ++slab) {
     const int stage = static_cast<int>(slab & 1);
     if (slab + 1 < slabs) {
-      tc::LoadSlab<V>(s, smem, n0, slab + 1, stage ^ 1, threadIdx.x, copy);
+      tc::LoadSlab<V>(s, ktable, smem, n0, slab + 1, stage ^ 1, threadIdx.x, copy);
       CpAsyncCommit();
       CpAsyncWait<1>();
     } else {
@@ -288,23 +292,26 @@ ffi::Error LaunchSimple(cudaStream_t stream, const ConvShape& s, const uint32_t*
 
 template <OutputKind kKind, int V>
 void LaunchMmaKernel(cudaStream_t stream, const ConvShape& s, const uint32_t* x, const uint32_t* w,
-                     const int32_t* pixel_popc, const int32_t* w_prefix, const float* scale,
-                     const float* bias, typename OutputTraits<kKind>::Type* out) {
+                     const int32_t* pixel_popc, const int32_t* w_prefix, const tc::KChunk* ktable,
+                     const float* scale, const float* bias,
+                     typename OutputTraits<kKind>::Type* out) {
   const dim3 grid(static_cast<unsigned>(tc::GridRows(s)), static_cast<unsigned>(tc::GridCols(s)));
-  MmaKernel<kKind, V><<<grid, tc::kThreads, 0, stream>>>(s, x, w, pixel_popc, w_prefix, scale,
-                                                         bias, out);
+  MmaKernel<kKind, V><<<grid, tc::kThreads, 0, stream>>>(s, x, w, pixel_popc, w_prefix, ktable,
+                                                         scale, bias, out);
 }
 
 template <OutputKind kKind>
 ffi::Error LaunchMma(cudaStream_t stream, ffi::ScratchAllocator& scratch, const ConvShape& s,
                      const uint32_t* x, const uint32_t* w, const float* scale, const float* bias,
                      typename OutputTraits<kKind>::Type* out) {
-  if (tc::GridRows(s) >= (int64_t{1} << 31) || tc::GridCols(s) > 65535) {
-    return LaunchSimple<kKind>(stream, s, x, w, scale, bias, out);
-  }
+  if (!tc::MmaPathSupported(s)) return LaunchSimple<kKind>(stream, s, x, w, scale, bias, out);
+  // Scratch: pixel popcounts, weight prefix tables, then the K table (8-byte aligned).
   const int64_t pixels = s.batch * s.in_h * s.in_w;
   const int64_t prefix_entries = s.out_channels * PrefixTableSize(s);
-  const size_t bytes = static_cast<size_t>(pixels + prefix_entries) * sizeof(int32_t);
+  const int64_t ktable_offset = (pixels + prefix_entries + 1) / 2 * 2;
+  const int64_t k_entries = tc::KTableSize(s);
+  const size_t bytes = static_cast<size_t>(ktable_offset) * sizeof(int32_t) +
+                       static_cast<size_t>(k_entries) * sizeof(tc::KChunk);
   auto buffer = scratch.Allocate(bytes, 256);
   if (!buffer.has_value()) {
     return ffi::Error(ffi::ErrorCode::kResourceExhausted,
@@ -312,21 +319,22 @@ ffi::Error LaunchMma(cudaStream_t stream, ffi::ScratchAllocator& scratch, const 
   }
   int32_t* pixel_popc = static_cast<int32_t*>(*buffer);
   int32_t* w_prefix = pixel_popc + pixels;
+  tc::KChunk* ktable = reinterpret_cast<tc::KChunk*>(pixel_popc + ktable_offset);
   {
     constexpr int kBlock = 256;
-    const int64_t blocks = tc::CeilDiv(pixels + s.out_channels, kBlock);
+    const int64_t blocks = tc::CeilDiv(pixels + s.out_channels + k_entries, kBlock);
     PrepassKernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), kBlock, 0, stream>>>(
-        s, x, w, pixel_popc, w_prefix);
+        s, x, w, pixel_popc, w_prefix, ktable);
   }
   switch (tc::ChunkWords(s)) {
     case 4:
-      LaunchMmaKernel<kKind, 4>(stream, s, x, w, pixel_popc, w_prefix, scale, bias, out);
+      LaunchMmaKernel<kKind, 4>(stream, s, x, w, pixel_popc, w_prefix, ktable, scale, bias, out);
       break;
     case 2:
-      LaunchMmaKernel<kKind, 2>(stream, s, x, w, pixel_popc, w_prefix, scale, bias, out);
+      LaunchMmaKernel<kKind, 2>(stream, s, x, w, pixel_popc, w_prefix, ktable, scale, bias, out);
       break;
     default:
-      LaunchMmaKernel<kKind, 1>(stream, s, x, w, pixel_popc, w_prefix, scale, bias, out);
+      LaunchMmaKernel<kKind, 1>(stream, s, x, w, pixel_popc, w_prefix, ktable, scale, bias, out);
       break;
   }
   return LastCudaError("xnorjax tensor-core kernel");

@@ -260,6 +260,36 @@ XNORJAX_HOST_DEVICE inline int ChunkWords(const ConvShape& s) {
   return s.in_words % 4 == 0 ? 4 : (s.in_words % 2 == 0 ? 2 : 1);
 }
 
+// The tensor-core path indexes rows, K-table offsets and grid columns with 32-bit integers; larger
+// problems take the simple path.
+XNORJAX_HOST_DEVICE inline bool MmaPathSupported(const ConvShape& s) {
+  constexpr int64_t kMax32 = (int64_t{1} << 31) - 1;
+  const int64_t tap_span = (s.kernel_h * s.in_w + s.kernel_w) * s.in_words;
+  return GemmRows(s) + kBlockRows <= kMax32 && tap_span <= kMax32 &&
+         s.out_h * s.out_w <= kMax32 && GridCols(s) <= 65535;
+}
+
+// The gather of one V-word chunk of K, independent of the output row: computed once per call by
+// the pre-pass (no divisions in the K loop).
+struct KChunk {
+  int32_t offset;   // (kh * W + kw) * Cw + word, added to RowInfo::x_base
+  int16_t kh, kw;   // the tap
+};
+XNORJAX_HOST_DEVICE inline int64_t KTableSize(const ConvShape& s) {
+  return GemmKWords(s) / ChunkWords(s);
+}
+// Entry `index` (K words [index * V, index * V + V)) of the K table.
+XNORJAX_HOST_DEVICE inline KChunk MakeKChunk(const ConvShape& s, int64_t index) {
+  const int64_t j = index * ChunkWords(s);
+  const int64_t tap = j / s.in_words;
+  const int64_t word = j - tap * s.in_words;
+  KChunk k;
+  k.kh = static_cast<int16_t>(tap / s.kernel_w);
+  k.kw = static_cast<int16_t>(tap - k.kh * s.kernel_w);
+  k.offset = static_cast<int32_t>((k.kh * s.in_w + k.kw) * s.in_words + word);
+  return k;
+}
+
 // Word (row, word) of a [rows][8] k-step tile, with the 16-byte halves of rows 4..7 (mod 8)
 // swapped, so that the 8 row addresses of each ldmatrix 8x8 matrix hit all 32 banks once.
 XNORJAX_HOST_DEVICE inline int SwizzledWord(int row, int word) {
@@ -292,9 +322,13 @@ XNORJAX_HOST_DEVICE inline RowInfo MakeRowInfo(const ConvShape& s, const int32_t
   r.popc_a = 0;
   r.y0 = r.y1 = r.x0 = r.x1 = 0;
   if (m >= GemmRows(s)) return r;
-  const int64_t ow = m % s.out_w;
-  const int64_t oh = (m / s.out_w) % s.out_h;
-  const int64_t n = m / (s.out_w * s.out_h);
+  // 32-bit division (MmaPathSupported): m = (n * OH + oh) * OW + ow.
+  const uint32_t m32 = static_cast<uint32_t>(m);
+  const uint32_t out_w = static_cast<uint32_t>(s.out_w), out_hw = static_cast<uint32_t>(s.out_h * s.out_w);
+  const int64_t n = m32 / out_hw;
+  const uint32_t pixel = m32 - static_cast<uint32_t>(n) * out_hw;
+  const int64_t oh = pixel / out_w;
+  const int64_t ow = pixel - static_cast<uint32_t>(oh) * out_w;
   const int64_t ih0 = geometry::TapInputIndex(oh, 0, s.stride_h, s.pad_top);
   const int64_t iw0 = geometry::TapInputIndex(ow, 0, s.stride_w, s.pad_left);
   r.ih0 = static_cast<int32_t>(ih0);
@@ -341,17 +375,15 @@ XNORJAX_HOST_DEVICE inline ColInfo MakeColInfo(const ConvShape& s, const int32_t
 }
 
 // Global word offset of the V words at K index j of A row `row`, or -1 for zeros (a padded tap,
-// or j past K). Row past M: the caller passes a RowInfo from MakeRowInfo, whose rectangle is empty
-// and whose taps all read as padding.
+// or j past K). `ktable` is the K table (MakeKChunk). A row past M has an empty rectangle
+// (MakeRowInfo), so all its taps read as padding.
+template <int V>
 XNORJAX_HOST_DEVICE inline int64_t AChunkSource(const ConvShape& s, const RowInfo& row,
-                                                int64_t j) {
+                                                const KChunk* ktable, int64_t j) {
   if (j >= GemmKWords(s)) return -1;
-  const int64_t tap = j / s.in_words;
-  const int64_t word = j - tap * s.in_words;
-  const int64_t kh = tap / s.kernel_w;
-  const int64_t kw = tap - kh * s.kernel_w;
-  if (kh < row.y0 || kh >= row.y1 || kw < row.x0 || kw >= row.x1) return -1;
-  return row.x_base + (kh * s.in_w + kw) * s.in_words + word;
+  const KChunk k = ktable[j / V];
+  if (k.kh < row.y0 || k.kh >= row.y1 || k.kw < row.x0 || k.kw >= row.x1) return -1;
+  return row.x_base + k.offset;
 }
 
 // Global word offset of the V words at K index j of B column (output channel) o, or -1 for zeros.
@@ -368,14 +400,15 @@ XNORJAX_HOST_DEVICE inline int64_t BChunkSource(const ConvShape& s, int64_t o, i
 #pragma nv_exec_check_disable
 #endif
 template <int V, class Copy>
-XNORJAX_HOST_DEVICE inline void LoadSlab(const ConvShape& s, Smem& smem, int64_t n0, int64_t slab,
-                                         int stage, int thread, Copy&& copy) {
+XNORJAX_HOST_DEVICE inline void LoadSlab(const ConvShape& s, const KChunk* ktable, Smem& smem,
+                                         int64_t n0, int64_t slab, int stage, int thread,
+                                         Copy&& copy) {
   const int64_t j0 = slab * kSlabWords;
   for (int chunk = thread; chunk < SlabChunks(kBlockRows, V); chunk += kThreads) {
     const SlabChunk c = SlabChunkAt(chunk, kBlockRows, V);
     const int64_t j = j0 + c.step * kStepWords + c.word;
-    copy(&smem.a[stage][c.step][SwizzledWord(c.row, c.word)], AChunkSource(s, smem.rows[c.row], j),
-         0);
+    copy(&smem.a[stage][c.step][SwizzledWord(c.row, c.word)],
+         AChunkSource<V>(s, smem.rows[c.row], ktable, j), 0);
   }
   for (int chunk = thread; chunk < SlabChunks(kBlockCols, V); chunk += kThreads) {
     const SlabChunk c = SlabChunkAt(chunk, kBlockCols, V);

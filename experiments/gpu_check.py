@@ -1,0 +1,387 @@
+"""The CUDA XNOR-popcount kernels on a GPU: exactness against XLA, then speed against XLA's convs.
+
+Run by experiments/gpu_check.sh (which builds the extension first) on a CUDA machine:
+  python -m experiments.gpu_check [--out=DIR] [--budget_s=300] [--smoke]
+
+1. Exactness: every bin_vgg16 binary layer shape and odd shapes (channel tails, partial tiles,
+   strides, asymmetric padding, pad values -1 / 0 / +1, maps smaller than the kernel), random
+   data, each result kind (i32 / f32 / packed) on each CUDA path (impl 100 = simple, 101 =
+   tensor cores mma.sync, 0 = the public op's auto dispatch), compared for equality with XLA's
+   conv of the same +-1 values (xnor_conv(..., implementation="xla")). Scale and bias are dyadic,
+   so the float epilogue is exact with or without fused multiply-add.
+2. Timing, batch 1 and 128, per distinct bin_vgg16 binary layer: XLA's bfloat16 conv, XLA's int8
+   conv (int32 accumulation, then a cast to float32: the form XLA gives cuDNN), and the packed
+   kernels (packed input; i32 output, and the fused packed output a BNN layer feeds the next).
+   Each timed call runs the op on R different inputs inside one jit (dispatch amortized, no
+   common-subexpression elimination possible); the best of several calls, divided by R.
+3. A short table last (also written, with all numbers, to DIR/gpu_check.json and .txt).
+
+--smoke runs a tiny version on any backend (on CPU the paths are the host emulation,
+xnorjax._cuda_host), to check this script without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+import xnorjax
+from xnorjax.ops import xnor as xnor_lib
+
+PEAK_BIT_MACS = 7.9e15  # H200 1-bit tensor-core peak (AND-popc), inferred
+IMPL_SIMPLE, IMPL_MMA, IMPL_AUTO = 100, 101, 0
+PATHS = {"simple": IMPL_SIMPLE, "mma": IMPL_MMA, "auto": IMPL_AUTO}
+KINDS = ("i32", "f32", "packed")
+
+# bin_vgg16's 13 binary 3x3 SAME stride-1 layers as (C_in, C_out, H = W, count).
+BIN_VGG16 = [(64, 64, 32, 2), (64, 128, 16, 1), (128, 128, 16, 1), (128, 256, 8, 1),
+             (256, 256, 8, 2), (256, 512, 4, 1), (512, 512, 4, 2), (512, 512, 2, 3)]
+
+# (n, h, w, c, o, (kh, kw), strides, pads, pad_value)
+ODD_SHAPES = [
+    (2, 9, 7, 64, 64, (3, 3), (1, 1), ((1, 1), (1, 1)), 0),
+    (1, 10, 11, 33, 70, (3, 3), (2, 1), ((1, 2), (0, 1)), -1),
+    (3, 5, 6, 100, 9, (3, 2), (1, 2), ((2, 0), (1, 1)), 1),
+    (2, 1, 1, 31, 33, (3, 3), (1, 1), ((1, 1), (1, 1)), 1),
+    (1, 7, 7, 96, 130, (1, 1), (1, 1), ((0, 0), (0, 0)), 0),
+    (1, 6, 5, 160, 17, (5, 5), (2, 2), ((3, 3), (4, 1)), 0),
+    (5, 3, 4, 1, 5, (2, 2), (1, 1), ((1, 0), (0, 1)), -1),
+    (7, 13, 13, 200, 100, (3, 3), (1, 1), ((1, 1), (1, 1)), -1),
+    (3, 16, 16, 1024, 96, (3, 3), (2, 2), ((1, 1), (1, 1)), 0),
+]
+DENSE_SHAPES = [(1, 1, 1), (3, 300, 70), (200, 2048, 130), (128, 4096, 1000)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Problems and the calls under test.
+
+
+def _pack(bits: np.ndarray) -> np.ndarray:
+  n = bits.shape[-1]
+  words = -(-n // 32)
+  padded = np.zeros(bits.shape[:-1] + (words * 32,), np.uint64)
+  padded[..., :n] = bits
+  padded = padded.reshape(bits.shape[:-1] + (words, 32))
+  return (padded << np.arange(32, dtype=np.uint64)).sum(-1).astype(np.uint32)
+
+
+def _dyadic(rng, size):
+  return (rng.integers(-64, 65, size) / 16).astype(np.float32)
+
+
+class ConvProblem:
+  """Packed operands in the FFI layout, their +-1 float forms, attributes."""
+
+  def __init__(self, rng, n, h, w, c, o, k, strides, pads, pad_value):
+    kh, kw = k
+    self.channels, self.out_channels = c, o
+    self.x_bits = rng.random((n, h, w, c)) < 0.5
+    self.w_bits = rng.random((o, kh, kw, c)) < 0.5
+    self.x = _pack(self.x_bits)
+    self.w = _pack(self.w_bits)  # [O, KH, KW, Cw]
+    self.scale, self.bias = _dyadic(rng, o), _dyadic(rng, o)
+    self.strides, self.pads, self.pad_value = strides, pads, pad_value
+    self.attrs = dict(channels=c, stride_h=strides[0], stride_w=strides[1], pad_top=pads[0][0],
+                      pad_bottom=pads[0][1], pad_left=pads[1][0], pad_right=pads[1][1],
+                      pad_value=pad_value)
+    self.out_hw = tuple((size + p[0] + p[1] - kk) // s + 1
+                        for size, p, kk, s in zip((h, w), pads, k, strides))
+
+  def result_type(self, kind):
+    last = -(-self.out_channels // 32) if kind == "packed" else self.out_channels
+    dtype = {"i32": jnp.int32, "f32": jnp.float32, "packed": jnp.uint32}[kind]
+    return jax.ShapeDtypeStruct((self.x.shape[0],) + self.out_hw + (last,), dtype)
+
+  def operands(self, kind):
+    return (self.x, self.w) if kind == "i32" else (self.x, self.w, self.scale, self.bias)
+
+  def public_kwargs(self, kind):
+    kwargs = dict(strides=self.strides, padding=self.pads, pad_value=float(self.pad_value),
+                  channels=self.channels)
+    if kind != "i32":
+      kwargs.update(scale=self.scale, bias=self.bias, pack_output=kind == "packed")
+    return kwargs
+
+  def hwio(self, w):
+    return jnp.transpose(w, (1, 2, 3, 0))
+
+
+def ffi_conv(problem: ConvProblem, kind: str, impl: int):
+  """The CUDA target called directly with a CUDA-only impl value (a function of the operands)."""
+  call = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{kind}", problem.result_type(kind))
+  attrs = {k: np.int64(v) for k, v in problem.attrs.items()}
+  return lambda *ops: call(*ops, **attrs, impl=np.int64(impl))
+
+
+def public_conv(problem: ConvProblem, kind: str, implementation: str):
+  """xnorjax.ops.xnor_conv (packed operands, HWIO-packed kernel): "ffi" or the "xla" reference."""
+  kwargs = problem.public_kwargs(kind)
+
+  def run(x, w, *_):
+    return xnor_lib.xnor_conv(x, problem.hwio(w), implementation=implementation, **kwargs)
+
+  return run
+
+
+def emulated_conv(problem: ConvProblem, kind: str, path: str):
+  """The CUDA path run by the host emulation (smoke mode without a GPU)."""
+  from xnorjax import _cuda_host  # pylint: disable=g-import-not-at-top
+
+  def run(*ops):
+    ops = [np.asarray(a) for a in ops]
+    scale, bias = (ops[2], ops[3]) if kind != "i32" else (None, None)
+    return _cuda_host.conv(ops[0], ops[1], scale, bias, **problem.attrs, kind=kind,
+                           path=path)[0]
+
+  return run
+
+
+def paths_under_test(on_gpu: bool):
+  if on_gpu:
+    return {name: (lambda p, k, impl=impl: jax.jit(ffi_conv(p, k, impl)))
+            for name, impl in PATHS.items() if name != "auto"} | {
+                "auto": lambda p, k: jax.jit(public_conv(p, k, "ffi"))}
+  return {"simple": lambda p, k: emulated_conv(p, k, "simple"),
+          "mma": lambda p, k: emulated_conv(p, k, "mma"),
+          "auto": lambda p, k: jax.jit(public_conv(p, k, "ffi"))}
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Exactness.
+
+
+def exactness(rng, on_gpu: bool, smoke: bool, deadline: float):
+  cases = []
+  layers = BIN_VGG16[:2] if smoke else BIN_VGG16
+  for i, (c, o, hw, _) in enumerate(layers):
+    cases.append((f"vgg {c}->{o}@{hw}", (2, hw, hw, c, o, (3, 3), (1, 1), ((1, 1), (1, 1)),
+                                         (0, -1, 1)[i % 3])))
+  for shape in (ODD_SHAPES[:3] if smoke else ODD_SHAPES):
+    cases.append(("odd " + "x".join(map(str, shape[:5])), shape))
+  paths = paths_under_test(on_gpu)
+  results, failures = [], 0
+  for name, shape in cases:
+    if time.time() > deadline:
+      results.append(dict(case=name, skipped="time budget"))
+      continue
+    problem = ConvProblem(rng, *shape)
+    for kind in KINDS:
+      ops = problem.operands(kind)
+      want = np.asarray(jax.jit(public_conv(problem, kind, "xla"))(*ops))
+      for path, make in paths.items():
+        try:
+          got = np.asarray(make(problem, kind)(*ops))
+          ok = got.shape == want.shape and np.array_equal(got, want)
+          mismatches = int(np.sum(got != want)) if got.shape == want.shape else -1
+        except Exception as e:  # pylint: disable=broad-except
+          ok, mismatches = False, f"error: {e}"[:300]
+        failures += not ok
+        results.append(dict(case=name, kind=kind, path=path, exact=ok, mismatches=mismatches))
+        if not ok:
+          print(f"  MISMATCH {name} {kind} {path}: {mismatches}", flush=True)
+  for m, k, n in (DENSE_SHAPES[:2] if smoke else DENSE_SHAPES):
+    if time.time() > deadline:
+      break
+    x = _pack(rng.random((m, k)) < 0.5)
+    w = _pack(rng.random((k, n)).T < 0.5)  # [N, Kw]
+    scale, bias = _dyadic(rng, n), _dyadic(rng, n)
+    for kind in KINDS:
+      kw = dict(features=k)
+      if kind != "i32":
+        kw.update(scale=scale, bias=bias, pack_output=kind == "packed")
+      want = np.asarray(xnor_lib.xnor_dense(x, w.T, implementation="xla", **kw))
+      got = np.asarray(xnor_lib.xnor_dense(x, w.T, implementation="ffi", **kw))
+      ok = np.array_equal(got, want)
+      failures += not ok
+      results.append(dict(case=f"dense {m}x{k}x{n}", kind=kind, path="auto", exact=ok))
+      if not ok:
+        print(f"  MISMATCH dense {m}x{k}x{n} {kind}", flush=True)
+  checked = sum(1 for r in results if "exact" in r)
+  print(f"exactness: {checked - failures}/{checked} exact", flush=True)
+  return results, failures
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Timing.
+
+
+def _time_per_op(fn, args, repeats_in_jit, calls):
+  jax.block_until_ready(fn(*args))  # compile, autotune, warm up
+  best = float("inf")
+  for _ in range(calls):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best / repeats_in_jit
+
+
+def _repeated(op, reps):
+  """jit of op applied to each of `reps` inputs (a tuple), weights shared: all results returned."""
+  return jax.jit(lambda xs, *rest: tuple(op(x, *rest) for x in xs))
+
+
+def timing(rng, on_gpu: bool, smoke: bool, deadline: float):
+  layers = [(64, 64, 8, 2), (128, 128, 4, 1)] if smoke else BIN_VGG16
+  batches = (1, 2) if smoke else (1, 128)
+  calls = 2 if smoke else 5
+  dn = ("NHWC", "HWIO", "NHWC")
+  rows = []
+  device = jax.devices()[0]
+  for batch in batches:
+    for c, o, hw, count in layers:
+      row = dict(layer=f"{c}->{o}@{hw}", c=c, o=o, hw=hw, count=count, batch=batch)
+      rows.append(row)
+      if time.time() > deadline:
+        row["skipped"] = "time budget"
+        continue
+      reps = 2 if smoke else (64 if batch == 1 else 16)
+      bit_macs = batch * hw * hw * o * 9 * c
+      row["bit_macs"] = bit_macs
+      problem = ConvProblem(rng, batch, hw, hw, c, o, (3, 3), (1, 1), ((1, 1), (1, 1)), 0)
+      signs = lambda bits: np.where(bits, 1, -1)  # noqa: E731
+      try:
+        # XLA bfloat16 conv.
+        xs = tuple(jax.device_put(jnp.asarray(signs(rng.random((batch, hw, hw, c)) < 0.5),
+                                              jnp.bfloat16), device) for _ in range(reps))
+        w_hwio = np.transpose(signs(problem.w_bits), (1, 2, 3, 0))
+        wb = jax.device_put(jnp.asarray(w_hwio, jnp.bfloat16), device)
+        bf16 = _repeated(lambda x, w: lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=dn), reps)
+        row["bf16_us"] = 1e6 * _time_per_op(bf16, (xs, wb), reps, calls)
+        # XLA int8 conv, int32 accumulation, cast to float32.
+        xs = tuple(x.astype(jnp.int8) for x in xs)
+        wi = wb.astype(jnp.int8)
+        int8 = _repeated(lambda x, w: lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=dn,
+            preferred_element_type=jnp.int32).astype(jnp.float32), reps)
+        row["int8_us"] = 1e6 * _time_per_op(int8, (xs, wi), reps, calls)
+        del xs
+        # Packed kernels: packed input (as a previous fused layer leaves it), packed weights.
+        xps = tuple(jax.device_put(_pack(rng.random((batch, hw, hw, c)) < 0.5), device)
+                    for _ in range(reps))
+        wp = jax.device_put(problem.w, device)
+        scale = jax.device_put(problem.scale, device)
+        bias = jax.device_put(problem.bias, device)
+        variants = [("xnor_i32_us", "i32", IMPL_MMA), ("xnor_packed_us", "packed", IMPL_MMA),
+                    ("simple_packed_us", "packed", IMPL_SIMPLE)]
+        for key, kind, impl in variants:
+          if on_gpu:
+            op = ffi_conv(problem, kind, impl)
+          else:  # smoke on CPU: the CPU kernels through the public op
+            op = public_conv(problem, kind, "ffi")
+          args = (xps, wp) if kind == "i32" else (xps, wp, scale, bias)
+          fn = _repeated(op, reps)
+          row[key] = 1e6 * _time_per_op(fn, args, reps, calls)
+          if key == "xnor_packed_us" or key == "xnor_i32_us":  # exact at this batch too
+            got = np.asarray(fn(*args)[0])
+            ref_args = (xps[0], wp) if kind == "i32" else (xps[0], wp, scale, bias)
+            want = np.asarray(jax.jit(public_conv(problem, kind, "xla"))(*ref_args))
+            row[key.replace("_us", "_exact")] = bool(np.array_equal(got, want))
+        row["bit_mac_per_s"] = bit_macs / (row["xnor_packed_us"] * 1e-6)
+        row["peak_fraction"] = row["bit_mac_per_s"] / PEAK_BIT_MACS
+        row["vs_bf16"] = row["bf16_us"] / row["xnor_packed_us"]
+        row["vs_int8"] = row["int8_us"] / row["xnor_packed_us"]
+      except Exception as e:  # pylint: disable=broad-except
+        row["error"] = f"{type(e).__name__}: {e}"[:400]
+        traceback.print_exc()
+      print("  " + json.dumps({k: (round(v, 2) if isinstance(v, float) else v)
+                               for k, v in row.items()}), flush=True)
+  return rows
+
+
+def _aggregate(rows, batch):
+  """Totals over the 13 layers (each distinct shape times its count) at one batch size."""
+  done = [r for r in rows if r["batch"] == batch and "xnor_packed_us" in r and "int8_us" in r]
+  if not done:
+    return None
+  total = lambda key: sum(r[key] * r["count"] for r in done)  # noqa: E731
+  agg = dict(batch=batch, layers=sum(r["count"] for r in done))
+  for key in ("bf16_us", "int8_us", "xnor_i32_us", "xnor_packed_us", "simple_packed_us"):
+    if all(key in r for r in done):
+      agg[key] = total(key)
+  agg["vs_bf16"] = agg["bf16_us"] / agg["xnor_packed_us"]
+  agg["vs_int8"] = agg["int8_us"] / agg["xnor_packed_us"]
+  agg["peak_fraction"] = (sum(r["bit_macs"] * r["count"] for r in done) /
+                          (agg["xnor_packed_us"] * 1e-6) / PEAK_BIT_MACS)
+  return agg
+
+
+def table(rows, exact_failures, exact_checked) -> str:
+  lines = []
+  hdr = (f"{'layer':>14} {'N':>4} {'bf16 us':>9} {'int8 us':>9} {'xnor i32':>9} "
+         f"{'xnor pk':>9} {'simple pk':>9} {'x bf16':>7} {'x int8':>7} {'% peak':>7} exact")
+  lines.append(hdr)
+  for r in rows:
+    if "xnor_packed_us" not in r:
+      lines.append(f"{r['layer']:>14} {r['batch']:>4}  {r.get('skipped') or r.get('error', '')}")
+      continue
+    exact = "yes" if r.get("xnor_packed_exact") and r.get("xnor_i32_exact") else "NO"
+    lines.append(
+        f"{r['layer']:>14} {r['batch']:>4} {r['bf16_us']:9.1f} {r['int8_us']:9.1f} "
+        f"{r['xnor_i32_us']:9.1f} {r['xnor_packed_us']:9.1f} {r['simple_packed_us']:9.1f} "
+        f"{r['vs_bf16']:7.2f} {r['vs_int8']:7.2f} {100 * r['peak_fraction']:7.2f} {exact}")
+  for batch in sorted({r["batch"] for r in rows}):
+    agg = _aggregate(rows, batch)
+    if agg:
+      lines.append(
+          f"{'all ' + str(agg['layers']) + ' layers':>14} {batch:>4} {agg['bf16_us']:9.1f} "
+          f"{agg['int8_us']:9.1f} {agg.get('xnor_i32_us', float('nan')):9.1f} "
+          f"{agg['xnor_packed_us']:9.1f} {agg.get('simple_packed_us', float('nan')):9.1f} "
+          f"{agg['vs_bf16']:7.2f} {agg['vs_int8']:7.2f} {100 * agg['peak_fraction']:7.2f}")
+  lines.append(f"exactness vs XLA: {exact_checked - exact_failures}/{exact_checked} exact "
+               f"(all paths, kinds, shapes); times are per layer call, best of 5, in microseconds; "
+               f"'x bf16' / 'x int8' = XLA time / xnor packed time; % peak of "
+               f"{PEAK_BIT_MACS / 1e15:.1f} P bit-MAC/s.")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/xnorjax_gpu_check"))
+  parser.add_argument("--budget_s", type=float, default=300.0,
+                      help="stop starting new cases after this many seconds")
+  parser.add_argument("--smoke", action="store_true", help="tiny run on any backend")
+  args = parser.parse_args(argv)
+  start = time.time()
+  os.makedirs(args.out, exist_ok=True)
+  xnorjax.require_extension()
+  on_gpu = jax.default_backend() == "gpu"
+  if not on_gpu and not args.smoke:
+    sys.exit("gpu_check: no GPU (jax.default_backend() == %r); use --smoke" % jax.default_backend())
+  env = dict(jax=jax.__version__, backend=jax.default_backend(),
+             devices=[str(d) for d in jax.devices()], python=platform.python_version())
+  if on_gpu:
+    env["device_kind"] = jax.devices()[0].device_kind
+  print("environment:", json.dumps(env), flush=True)
+  rng = np.random.default_rng(int(time.time()))
+  # Exactness gets up to 40% of the budget; timing the rest.
+  results, failures = exactness(rng, on_gpu, args.smoke, start + 0.4 * args.budget_s)
+  checked = sum(1 for r in results if "exact" in r)
+  print(f"[{time.time() - start:.0f}s] timing", flush=True)
+  rows = timing(rng, on_gpu, args.smoke, start + args.budget_s)
+  text = table(rows, failures, checked)
+  report = dict(environment=env, exactness=results, timing=rows,
+                aggregate=[_aggregate(rows, b) for b in sorted({r["batch"] for r in rows})],
+                seconds=time.time() - start)
+  with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
+    json.dump(report, f, indent=1, default=str)
+  with open(os.path.join(args.out, "gpu_check.txt"), "w") as f:
+    f.write(text + "\n")
+  print(f"\n[{time.time() - start:.0f}s] gpu_check table ({env.get('device_kind', env['backend'])}, "
+        f"jax {jax.__version__}):\n{text}", flush=True)
+  return 1 if failures else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The CUDA kernels on a machine with an NVIDIA GPU and nvcc, in one run of at most 8 minutes:
+#   1. build xnorjax with its CUDA kernels (pip editable, no network; CMake directly if pip fails),
+#   2. the GPU tests (tests/test_cuda_kernels.py, tests/test_xnor_ops.py, tests/test_build.py),
+#   3. experiments/gpu_check.py: exactness against XLA on every bin_vgg16 layer shape and odd
+#      shapes, on both CUDA paths, then xnor_conv timed against XLA's bfloat16 and int8 convs at
+#      batch 1 and 128, and a short table printed last (also in OUTDIR/gpu_check.{txt,json}).
+#
+# Usage: experiments/gpu_check.sh [OUTDIR]        (default: $OUT, else /tmp/xnorjax_gpu_check)
+# Environment: PYTHON (default python3: the one with jax and a CUDA plugin), SKIP_BUILD=1,
+#   GPU_CHECK_ARGS (extra flags for gpu_check.py, e.g. --smoke to try the script without a GPU),
+#   XNORJAX_CUDA_ARCHITECTURES (default 90a-real: the H100 / H200 code only, to build faster;
+#   CI and `make install` build 80-real;90-real;90a-real;90-virtual).
+# The machine needs no network: it uses its own jax (any version with jax.ffi and a CUDA plugin;
+# the project pins 0.10.2, whose CUDA wheels are too large to carry, see prepare_gpu_wheels.sh)
+# and installs wheels from .whl/ only for modules it lacks.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+OUTDIR=${1:-${OUT:-/tmp/xnorjax_gpu_check}}
+TOTAL_S=${GPU_CHECK_TOTAL_S:-470}
+mkdir -p "$OUTDIR"
+START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - START )); }
+log() { echo "[gpu_check $(elapsed)s] $*"; }
+export PYTHONUNBUFFERED=1
+
+log "environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tail -2
+nvcc --version 2>&1 | tail -1
+if ! "$PYTHON" -c "import flax.nnx, optax, pytest, hypothesis" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    log "installing the carried wheels (.whl/) for missing modules"
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/xnorjax_site .whl/*.whl && export PYTHONPATH=/tmp/xnorjax_site:${PYTHONPATH:-}
+  fi
+fi
+"$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" || { log "jax is not importable"; exit 1; }
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  log "build (log: $OUTDIR/build.log)"
+  export CMAKE_ARGS="-DXNORJAX_CUDA_ARCHITECTURES=${XNORJAX_CUDA_ARCHITECTURES:-90a-real} ${CMAKE_ARGS:-}"
+  export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+  if ! timeout 300 "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation -e . \
+      > "$OUTDIR/build.log" 2>&1; then
+    tail -25 "$OUTDIR/build.log"
+    log "pip build failed; building with CMake directly"
+    NB_DIR=$("$PYTHON" -m nanobind --cmake_dir)
+    if timeout 300 cmake -S . -B build/gpu_check -G Ninja -DCMAKE_BUILD_TYPE=Release \
+        -DPython_EXECUTABLE="$(command -v "$PYTHON")" -Dnanobind_DIR="$NB_DIR" $CMAKE_ARGS \
+        >> "$OUTDIR/build.log" 2>&1 && timeout 300 cmake --build build/gpu_check \
+        >> "$OUTDIR/build.log" 2>&1; then
+      cp build/gpu_check/*.so xnorjax/
+    else
+      tail -40 "$OUTDIR/build.log"; log "build failed"; exit 1
+    fi
+  fi
+fi
+"$PYTHON" -c "
+import xnorjax
+from xnorjax import _native
+xnorjax.require_extension()
+assert _native.cuda_kernels_available(), 'xnorjax._ffi_cuda is not built'
+from xnorjax import _ffi_cuda
+print('CUDA targets:', sorted(_ffi_cuda.registrations()))" || { log "extension not importable"; exit 1; }
+
+log "GPU tests"
+timeout 170 "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" -rfEs \
+  tests/test_cuda_kernels.py tests/test_xnor_ops.py tests/test_build.py 2>&1 \
+  | tee "$OUTDIR/pytest.log" | tail -30
+PYTEST_RC=${PIPESTATUS[0]}
+
+BUDGET=$(( TOTAL_S - $(elapsed) - 40 ))
+[ "$BUDGET" -lt 60 ] && BUDGET=60
+log "exactness sweep and timing (budget ${BUDGET}s)"
+timeout $(( BUDGET + 60 )) "$PYTHON" -m experiments.gpu_check --out "$OUTDIR" --budget_s "$BUDGET" \
+  ${GPU_CHECK_ARGS:-} 2>&1 | tee "$OUTDIR/gpu_check.log" | grep -v "^  {" | sed '/gpu_check table/,$d' \
+  | head -c 20000
+CHECK_RC=${PIPESTATUS[0]}
+
+log "done: pytest rc=$PYTEST_RC, gpu_check rc=$CHECK_RC (0 = all exact)"
+[ -f "$OUTDIR/gpu_check.txt" ] && cat "$OUTDIR/gpu_check.txt"
+exit $(( PYTEST_RC != 0 || CHECK_RC != 0 ))
