@@ -169,15 +169,17 @@ def magnitude_aware_sign(w, gradient: str = "exact", clip_value: float = 1.0) ->
                   The chain rule through alpha = (1/n) sum_j |W_j| with sign's straight-through
                   estimate: dWb_j/dW_i = alpha STE_i delta_ij + sign(W_j) sign(W_i) / n.
     "paper":      dC/dW_i = g_i * (1/n + alpha * STE_i), as printed in the XNOR-Net paper (Rastegari
-                  et al. 2016, eq. after (5)): it keeps only the diagonal j = i of the alpha term,
-                  sign(W_i)^2 g_i / n, and drops the coupling between weights of one channel.
+                  et al. 2016): it keeps only the diagonal j = i of the alpha term,
+                  sign(W_i)^2 g_i / n = g_i / n, and drops the coupling between weights of a channel.
     "stop_alpha": dC/dW_i = alpha * STE_i * g_i: alpha treated as a constant (larq's
                   `magnitude_aware_sign`, and most reimplementations).
 
   Why no extra factors: the popular PyTorch XNOR-Net code (jiecaoyu/XNOR-Net-PyTorch,
   `updateBinaryGradWeight`) computes exactly the "exact" gradient above and then multiplies it by
-  (1 - 1/c_in) * n, and by 1e9 in its ImageNet version. Neither factor is part of the derivative
-  (the "exact" line is the whole chain rule; the mean over n entries contributes 1/n, never n).
+  (1 - 1/c_in) * n (c_in = the kernel's input channels), and copies of it by 1e9 more; a
+  commented-out line there applies the "paper" rule with the same factor. Neither factor is part of
+  the derivative (the "exact" line is the whole chain rule; the mean over n entries contributes
+  1/n, never n).
   A constant per-tensor factor is a per-layer learning-rate change: with Adam, which that code
   uses, it cancels in m / sqrt(v) except against eps and against L2 weight decay, which PyTorch's
   Adam adds to the gradient after that scaling, so the practical effect of x n (1 - 1/c) and of

@@ -12,7 +12,7 @@ The math lives in `xnorjax.nn.functional`; these classes hold the parameters and
 from __future__ import annotations
 
 import types
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from flax import nnx
 import jax
