@@ -4,11 +4,15 @@ Submodules:
   xnorjax.quantizers  ste_sign, approx_sign, magnitude_aware_sign, latent-weight clipping.
   xnorjax.nn          BinaryConv and BinaryDense (Flax NNX), drop-in for nnx.Conv / nnx.Linear.
   xnorjax.ops         pack_bits and the packed XNOR-popcount kernels (C++ XLA FFI custom calls).
+  xnorjax.summary     summary(model, input_shape): larq-style per-layer parameters, memory, MACs.
 """
 
 from xnorjax import nn
 from xnorjax import ops
 from xnorjax import quantizers
+# The function shadows its module as an attribute (`xnorjax.summary(model, shape)`); the module's
+# other names stay importable: `from xnorjax.summary import ModelSummary`.
+from xnorjax.summary import summary
 
 from xnorjax._native import ExtensionNotBuiltError
 from xnorjax._native import extension_available
@@ -23,4 +27,5 @@ __all__ = [
     "ops",
     "quantizers",
     "require_extension",
+    "summary",
 ]
