@@ -137,6 +137,18 @@ def test_emulated_paths_match_numpy(shape, rng):
 
 
 @requires_host
+@pytest.mark.parametrize("chunk_words", [1, 2, 4])
+def test_emulated_gather_widths(chunk_words, rng):
+  # The launch narrows the gather width V when an operand address is less aligned than 16 bytes.
+  x, wt, scale, bias, attrs, (strides, pads) = _problem(rng, 2, 5, 7, 256, 70, 3, (2, 1),
+                                                        ((2, 1), (1, 1)), 1)
+  dot = _reference_conv_dot(x, wt, 256, strides, pads, 1)
+  got, _ = _cuda_host.conv(x, wt, scale, bias, **attrs, kind="packed", path="mma",
+                           chunk_words=chunk_words)
+  np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, "packed"))
+
+
+@requires_host
 def test_emulated_epilogue_with_arbitrary_floats(rng):
   # Arbitrary float scale/bias: the kernels' epilogue is dot * scale (rounded) + bias (rounded),
   # exactly numpy's float32 arithmetic.

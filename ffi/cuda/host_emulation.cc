@@ -85,6 +85,7 @@ constexpr uint32_t kPoison = 0xA5C3A5C3u;
 
 struct Checks {
   int64_t x_words, w_words;
+  int force_chunk_words = 0;   // 0: as the launch chooses
   int64_t bank_conflicts = 0;  // extra shared-memory wavefronts of the ldmatrix reads
 };
 
@@ -131,11 +132,17 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
     WeightPrefixTable(s, w, o, w_prefix.data() + o * PrefixTableSize(s));
   }
 
-  std::vector<tc::KChunk> ktable(static_cast<size_t>(tc::KTableSize(s)));
-  for (size_t k = 0; k < ktable.size(); ++k) ktable[k] = tc::MakeKChunk(s, static_cast<int64_t>(k));
   if (!tc::MmaPathSupported(s)) throw std::runtime_error("the tensor-core path does not take this shape");
-
-  const int chunk_words = tc::ChunkWords(s);
+  // As the launch: V from Cw and the operand addresses, or a smaller V forced by the caller.
+  int chunk_words = tc::ChunkWords(s, reinterpret_cast<uintptr_t>(x), reinterpret_cast<uintptr_t>(w));
+  if (checks->force_chunk_words > 0) {
+    if (s.in_words % checks->force_chunk_words != 0) throw std::runtime_error("chunk_words must divide Cw");
+    chunk_words = checks->force_chunk_words;
+  }
+  std::vector<tc::KChunk> ktable(static_cast<size_t>(tc::KTableSize(s, chunk_words)));
+  for (size_t k = 0; k < ktable.size(); ++k) {
+    ktable[k] = tc::MakeKChunk(s, chunk_words, static_cast<int64_t>(k));
+  }
   const auto copy = [&](uint32_t* dst, int64_t src, int operand) {
     const uint32_t* base = operand == 0 ? x : w;
     const int64_t size = operand == 0 ? checks->x_words : checks->w_words;
@@ -239,6 +246,15 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
                   dot = tc::EpilogueDot(s, smem->rows[row], smem->cols[col],
                                         w_prefix.data() + o * prefix_size, acc(warp, lane, mt, nt)[0][r]);
                 }
+                if (s.out_channels % 2 == 0 && (r & 1) == 1) {
+                  // The kernel stores registers (r - 1, r) as one pair when O is even.
+                  const int64_t o_first = n0 + tc::BlockCol(warp, nt, lane, r - 1);
+                  const int64_t m_first = m0 + tc::BlockRow(warp, mt, lane, r - 1);
+                  if (o_first + 1 != o || m_first != m ||
+                      (m_first < rows && o_first < s.out_channels) != valid) {
+                    throw std::runtime_error("paired store of non-adjacent or half-valid outputs");
+                  }
+                }
                 if constexpr (kKind == OutputKind::kInt32) {
                   if (valid) store(m * s.out_channels + o, static_cast<int32_t>(dot));
                 } else if constexpr (kKind == OutputKind::kFloat32) {
@@ -307,13 +323,14 @@ template <OutputKind kKind>
 nb::object RunEmulation(const ConvShape& s, const std::string& path, const uint32_t* x,
                         int64_t x_words, const uint32_t* w, int64_t w_words, const float* scale,
                         const float* bias, const std::vector<size_t>& out_shape,
-                        int64_t* bank_conflicts) {
+                        int chunk_words, int64_t* bank_conflicts) {
   using T = Out<kKind>;
   size_t count = 1;
   for (size_t d : out_shape) count *= d;
   T* data = new T[count == 0 ? 1 : count];
   nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<T*>(p); });
   Checks checks{x_words, w_words};
+  checks.force_chunk_words = chunk_words;
   if (GemmRows(s) > 0 && s.out_channels > 0) {
     if (path == "mma") {
       EmulateMma<kKind>(s, x, w, scale, bias, data, &checks);
@@ -329,7 +346,7 @@ nb::object RunEmulation(const ConvShape& s, const std::string& path, const uint3
 
 nb::object Run(const ConvShape& s, OutputKind kind, const std::string& path, const U32Array& x,
                const U32Array& w, const float* scale, const float* bias,
-               const std::vector<int64_t>& out_dims) {
+               const std::vector<int64_t>& out_dims, int chunk_words) {
   std::vector<size_t> out_shape(out_dims.begin(), out_dims.end());
   int64_t conflicts = 0;
   nb::object result;
@@ -337,15 +354,15 @@ nb::object Run(const ConvShape& s, OutputKind kind, const std::string& path, con
   switch (kind) {
     case OutputKind::kInt32:
       result = RunEmulation<OutputKind::kInt32>(s, path, x.data(), x_words, w.data(), w_words,
-                                                scale, bias, out_shape, &conflicts);
+                                                scale, bias, out_shape, chunk_words, &conflicts);
       break;
     case OutputKind::kFloat32:
       result = RunEmulation<OutputKind::kFloat32>(s, path, x.data(), x_words, w.data(), w_words,
-                                                  scale, bias, out_shape, &conflicts);
+                                                  scale, bias, out_shape, chunk_words, &conflicts);
       break;
     case OutputKind::kPacked:
       result = RunEmulation<OutputKind::kPacked>(s, path, x.data(), x_words, w.data(), w_words,
-                                                 scale, bias, out_shape, &conflicts);
+                                                 scale, bias, out_shape, chunk_words, &conflicts);
       break;
   }
   return nb::make_tuple(result, conflicts);
@@ -355,7 +372,7 @@ nb::object EmulateConv(const U32Array& x, const U32Array& w, std::optional<F32Ar
                        std::optional<F32Array> bias, int64_t channels, int64_t stride_h,
                        int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                        int64_t pad_right, int64_t pad_value, int64_t impl, const std::string& kind,
-                       const std::string& path) {
+                       const std::string& path, int chunk_words) {
   const OutputKind k = ParseKind(kind);
   const std::vector<int64_t> x_dims = ShapeOfTyped(x), w_dims = ShapeOfTyped(w);
   std::vector<int64_t> scale_dims, bias_dims;
@@ -377,12 +394,12 @@ nb::object EmulateConv(const U32Array& x, const U32Array& w, std::optional<F32Ar
                                          bias ? &bd : nullptr, AsDims(out_dims), k, attrs, &s);
   if (!error.empty()) throw nb::value_error(error.c_str());
   return Run(s, k, path, x, w, scale ? scale->data() : nullptr, bias ? bias->data() : nullptr,
-             out_dims);
+             out_dims, chunk_words);
 }
 
 nb::object EmulateDense(const U32Array& x, const U32Array& w, std::optional<F32Array> scale,
                         std::optional<F32Array> bias, int64_t features, int64_t impl,
-                        const std::string& kind, const std::string& path) {
+                        const std::string& kind, const std::string& path, int chunk_words) {
   const OutputKind k = ParseKind(kind);
   const std::vector<int64_t> x_dims = ShapeOfTyped(x), w_dims = ShapeOfTyped(w);
   std::vector<int64_t> scale_dims, bias_dims;
@@ -399,7 +416,7 @@ nb::object EmulateDense(const U32Array& x, const U32Array& w, std::optional<F32A
                                           impl, &s);
   if (!error.empty()) throw nb::value_error(error.c_str());
   return Run(s, k, path, x, w, scale ? scale->data() : nullptr, bias ? bias->data() : nullptr,
-             out_dims);
+             out_dims, chunk_words);
 }
 
 // The FFI handlers' validation on explicit dims (as the handlers see them): "" when valid.
@@ -443,11 +460,12 @@ NB_MODULE(_cuda_host, m) {
         nb::arg("bias").none(), nb::kw_only(), nb::arg("channels"), nb::arg("stride_h"),
         nb::arg("stride_w"), nb::arg("pad_top"), nb::arg("pad_bottom"), nb::arg("pad_left"),
         nb::arg("pad_right"), nb::arg("pad_value"), nb::arg("impl") = 0, nb::arg("kind"),
-        nb::arg("path"),
-        "Runs a CUDA conv path on the CPU; returns (result, ldmatrix bank conflicts).");
+        nb::arg("path"), nb::arg("chunk_words") = 0,
+        "Runs a CUDA conv path on the CPU; returns (result, ldmatrix bank conflicts).\n"
+        "chunk_words (mma path): force the gather width V (0: as the launch chooses).");
   m.def("dense", &EmulateDense, nb::arg("x"), nb::arg("w"), nb::arg("scale").none(),
         nb::arg("bias").none(), nb::kw_only(), nb::arg("features"), nb::arg("impl") = 0,
-        nb::arg("kind"), nb::arg("path"),
+        nb::arg("kind"), nb::arg("path"), nb::arg("chunk_words") = 0,
         "Runs a CUDA dense path on the CPU; returns (result, ldmatrix bank conflicts).");
   m.def("validate_conv", &ValidateConvDims, nb::arg("x"), nb::arg("w"), nb::arg("scale").none(),
         nb::arg("bias").none(), nb::arg("out"), nb::kw_only(), nb::arg("kind"),

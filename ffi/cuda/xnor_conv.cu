@@ -46,9 +46,10 @@ __global__ void SimpleKernel(ConvShape s, const uint32_t* __restrict__ x,
 // Per-pixel input popcounts, per-channel weight prefix tables and the K table (xnor_plan.h).
 __global__ void PrepassKernel(ConvShape s, const uint32_t* __restrict__ x,
                               const uint32_t* __restrict__ w, int32_t* __restrict__ pixel_popc,
-                              int32_t* __restrict__ w_prefix, tc::KChunk* __restrict__ ktable) {
+                              int32_t* __restrict__ w_prefix, tc::KChunk* __restrict__ ktable,
+                              int chunk_words) {
   const int64_t pixels = s.batch * s.in_h * s.in_w;
-  const int64_t k_entries = tc::KTableSize(s);
+  const int64_t k_entries = tc::KTableSize(s, chunk_words);
   const int64_t total = pixels + s.out_channels + k_entries;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
@@ -60,7 +61,7 @@ __global__ void PrepassKernel(ConvShape s, const uint32_t* __restrict__ x,
       WeightPrefixTable(s, w, o, w_prefix + o * PrefixTableSize(s));
     } else {
       const int64_t k = i - pixels - s.out_channels;
-      ktable[k] = tc::MakeKChunk(s, k);
+      ktable[k] = tc::MakeKChunk(s, chunk_words, k);
     }
   }
 }
@@ -163,7 +164,7 @@ __device__ __forceinline__ void MmaStep(const uint32_t* a_tile, const uint32_t* 
 }
 
 template <OutputKind kKind, int V>
-__global__ void __launch_bounds__(tc::kThreads)
+__global__ void __launch_bounds__(tc::kThreads, 4)
     MmaKernel(ConvShape s, const uint32_t* __restrict__ x, const uint32_t* __restrict__ w,
               const int32_t* __restrict__ pixel_popc, const int32_t* __restrict__ w_prefix,
               const tc::KChunk* __restrict__ ktable, const float* __restrict__ scale,
@@ -210,30 +211,55 @@ __global__ void __launch_bounds__(tc::kThreads)
   const int64_t rows = GemmRows(s);
   const int64_t prefix_size = PrefixTableSize(s);
   [[maybe_unused]] uint32_t bits[tc::kMTiles][tc::kNTiles][4];
+  [[maybe_unused]] const bool paired_stores =
+      s.out_channels % 2 == 0 && (reinterpret_cast<uintptr_t>(out) & 7) == 0;
 #pragma unroll
   for (int mt = 0; mt < tc::kMTiles; ++mt) {
 #pragma unroll
     for (int nt = 0; nt < tc::kNTiles; ++nt) {
+      using Out = typename OutputTraits<kKind>::Type;
+      [[maybe_unused]] Out values[4];
+      bool valid[4];
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int row = tc::BlockRow(warp, mt, lane, r);
         const int col = tc::BlockCol(warp, nt, lane, r);
-        const int64_t m = m0 + row;
         const int64_t o = n0 + col;
-        const bool valid = m < rows && o < s.out_channels;
+        valid[r] = m0 + row < rows && o < s.out_channels;
         int64_t dot = 0;
-        if (valid) {
+        if (valid[r]) {
           dot = tc::EpilogueDot(s, smem.rows[row], smem.cols[col], w_prefix + o * prefix_size,
                                 acc[mt][nt][r]);
         }
         if constexpr (kKind == OutputKind::kInt32) {
-          if (valid) out[m * s.out_channels + o] = static_cast<int32_t>(dot);
+          values[r] = static_cast<int32_t>(dot);
         } else if constexpr (kKind == OutputKind::kFloat32) {
-          if (valid) out[m * s.out_channels + o] = ScaleBias(dot, smem.cols[col].scale,
-                                                             smem.cols[col].bias);
+          values[r] = ScaleBias(dot, smem.cols[col].scale, smem.cols[col].bias);
         } else {
           bits[mt][nt][r] =
-              valid ? SignBit(ScaleBias(dot, smem.cols[col].scale, smem.cols[col].bias)) : 0u;
+              valid[r] ? SignBit(ScaleBias(dot, smem.cols[col].scale, smem.cols[col].bias)) : 0u;
+        }
+      }
+      if constexpr (kKind != OutputKind::kPacked) {
+        // Registers (0, 1) and (2, 3) are adjacent columns of one row: one 8-byte store each
+        // when O is even (then the pair is aligned, and both or neither are valid; the host
+        // emulation checks the latter).
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) {
+          const int64_t index = (m0 + tc::BlockRow(warp, mt, lane, r)) * s.out_channels + n0 +
+                                tc::BlockCol(warp, nt, lane, r);
+          if (paired_stores) {
+            if (valid[r]) {
+              if constexpr (kKind == OutputKind::kInt32) {
+                *reinterpret_cast<int2*>(out + index) = make_int2(values[r], values[r + 1]);
+              } else {
+                *reinterpret_cast<float2*>(out + index) = make_float2(values[r], values[r + 1]);
+              }
+            }
+          } else {
+            if (valid[r]) out[index] = values[r];
+            if (valid[r + 1]) out[index + 1] = values[r + 1];
+          }
         }
       }
     }
@@ -309,7 +335,9 @@ ffi::Error LaunchMma(cudaStream_t stream, ffi::ScratchAllocator& scratch, const 
   const int64_t pixels = s.batch * s.in_h * s.in_w;
   const int64_t prefix_entries = s.out_channels * PrefixTableSize(s);
   const int64_t ktable_offset = (pixels + prefix_entries + 1) / 2 * 2;
-  const int64_t k_entries = tc::KTableSize(s);
+  const int chunk_words =
+      tc::ChunkWords(s, reinterpret_cast<uintptr_t>(x), reinterpret_cast<uintptr_t>(w));
+  const int64_t k_entries = tc::KTableSize(s, chunk_words);
   const size_t bytes = static_cast<size_t>(ktable_offset) * sizeof(int32_t) +
                        static_cast<size_t>(k_entries) * sizeof(tc::KChunk);
   auto buffer = scratch.Allocate(bytes, 256);
@@ -324,9 +352,9 @@ ffi::Error LaunchMma(cudaStream_t stream, ffi::ScratchAllocator& scratch, const 
     constexpr int kBlock = 256;
     const int64_t blocks = tc::CeilDiv(pixels + s.out_channels + k_entries, kBlock);
     PrepassKernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), kBlock, 0, stream>>>(
-        s, x, w, pixel_popc, w_prefix, ktable);
+        s, x, w, pixel_popc, w_prefix, ktable, chunk_words);
   }
-  switch (tc::ChunkWords(s)) {
+  switch (chunk_words) {
     case 4:
       LaunchMmaKernel<kKind, 4>(stream, s, x, w, pixel_popc, w_prefix, ktable, scale, bias, out);
       break;

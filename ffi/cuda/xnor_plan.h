@@ -254,10 +254,15 @@ XNORJAX_HOST_DEVICE inline int64_t Slabs(const ConvShape& s) {
   return CeilDiv(GemmKWords(s), kSlabWords);
 }
 
-// Words per gather chunk: the largest of 4, 2, 1 dividing Cw. A chunk then never straddles a tap
-// (nor the end of K, since Cw divides Kw), and its global address is 4 * V-byte aligned.
-XNORJAX_HOST_DEVICE inline int ChunkWords(const ConvShape& s) {
-  return s.in_words % 4 == 0 ? 4 : (s.in_words % 2 == 0 ? 2 : 1);
+// Words per gather chunk V: the largest of 4, 2, 1 dividing Cw whose 4 * V bytes also divide the
+// alignment of both operand addresses (XLA aligns buffers to 16 bytes or more; checked anyway).
+// A chunk then never straddles a tap (nor the end of K, since Cw divides Kw), and every cp.async
+// source is 4 * V-byte aligned.
+XNORJAX_HOST_DEVICE inline int ChunkWords(const ConvShape& s, uint64_t x_address = 0,
+                                          uint64_t w_address = 0) {
+  int v = s.in_words % 4 == 0 ? 4 : (s.in_words % 2 == 0 ? 2 : 1);
+  while (v > 1 && ((x_address | w_address) % (4u * v)) != 0) v /= 2;
+  return v;
 }
 
 // The tensor-core path indexes rows, K-table offsets and grid columns with 32-bit integers; larger
@@ -275,12 +280,12 @@ struct KChunk {
   int32_t offset;   // (kh * W + kw) * Cw + word, added to RowInfo::x_base
   int16_t kh, kw;   // the tap
 };
-XNORJAX_HOST_DEVICE inline int64_t KTableSize(const ConvShape& s) {
-  return GemmKWords(s) / ChunkWords(s);
+XNORJAX_HOST_DEVICE inline int64_t KTableSize(const ConvShape& s, int chunk_words) {
+  return GemmKWords(s) / chunk_words;
 }
-// Entry `index` (K words [index * V, index * V + V)) of the K table.
-XNORJAX_HOST_DEVICE inline KChunk MakeKChunk(const ConvShape& s, int64_t index) {
-  const int64_t j = index * ChunkWords(s);
+// Entry `index` (K words [index * V, index * V + V), V = chunk_words) of the K table.
+XNORJAX_HOST_DEVICE inline KChunk MakeKChunk(const ConvShape& s, int chunk_words, int64_t index) {
+  const int64_t j = index * chunk_words;
   const int64_t tap = j / s.in_words;
   const int64_t word = j - tap * s.in_words;
   KChunk k;
