@@ -248,7 +248,7 @@ def test_bad_input_errors():
   with pytest.raises(ValueError, match="kernel_size must be"):
     xnn.BinaryConv(3, 4, 0, rngs=rngs)
   with pytest.raises(ValueError, match="forward must be one of"):
-    xnn.BinaryConv(3, 4, 3, forward="packed", rngs=rngs)
+    xnn.BinaryConv(3, 4, 3, forward="popcount", rngs=rngs)
   with pytest.raises(ValueError, match="activation_scaling=True needs an input_quantizer"):
     xnn.BinaryConv(3, 4, 3, activation_scaling=True, rngs=rngs)
   with pytest.raises(ValueError, match="in_features must be a positive int"):

@@ -219,6 +219,18 @@ _REGISTRY: dict[str, Quantizer] = {
 QUANTIZER_NAMES = tuple(_REGISTRY)
 
 
+def is_sign(quantizer) -> bool:
+  """True for the quantizers whose forward is exactly sign(x) (ste_sign, approx_sign)."""
+  func = quantizer.func if isinstance(quantizer, functools.partial) else quantizer
+  return func in (ste_sign, approx_sign)
+
+
+def is_magnitude_aware_sign(quantizer) -> bool:
+  """True for magnitude_aware_sign in any gradient variant (forward alpha * sign(w))."""
+  func = quantizer.func if isinstance(quantizer, functools.partial) else quantizer
+  return func is magnitude_aware_sign
+
+
 def get(identifier: Union[str, Quantizer, None], *, argument: str = "identifier") -> Optional[Quantizer]:
   """Resolves a quantizer: a name in `QUANTIZER_NAMES`, a callable (returned as is), or None (float).
 

@@ -38,17 +38,19 @@ class BinaryConv(nnx.Module):
 
   Padding: `padding` ("SAME", "VALID", an int, or ((top, bottom), (left, right))) is applied to the
   (binarized) input explicitly with `pad_value`, then the conv runs VALID. With pad_value=0 (the
-  default, as in float training) a binarized input sees {-1, 0, +1} at the border, which a
-  bit-packed kernel cannot store in one bit; pad_value=-1 or +1 keeps it binary. Choose at
-  training time and keep it: the reference PyTorch XNOR-Net trains with 0 and infers with -1,
-  silently changing its own model.
+  default, as in float training) a binarized input sees {-1, 0, +1} at the border, which one bit
+  cannot store; the packed kernels reproduce it exactly with a per-border-position correction.
+  pad_value=-1 or +1 keeps the padded input binary. Choose at training time and keep it: the
+  reference PyTorch XNOR-Net trains with 0 and infers with -1, silently changing its own model.
 
   activation_scaling=True adds XNOR-Net's K (the paper's full form): the output is
   (sign(I) conv alpha sign(W)) * K, K = mean_c |I| convolved with the box filter 1/(kh*kw) at the
   layer's strides and padding (see `functional.activation_scale`).
 
-  `forward` names the implementation of the binarized product (the seam for packed kernels); only
-  "xla" exists today. `formulation` is passed to `xnorjax.ops.conv2d` ("auto" chooses per shape
+  `forward`: the implementation of the binarized product (see `xnorjax.nn.functional`): "xla"
+  (float conv), "packed" (XNOR-popcount kernels forward, the float conv's gradient backward), or
+  "auto" (default: "packed" in inference mode, i.e. after `model.eval()`, when the quantizers are
+  sign-like and the extension is built; "xla" in training). `formulation` is passed to `xnorjax.ops.conv2d` ("auto" chooses per shape
   and may pick "lax_im2col", a custom_vjp: use "lax" or "im2col" if you need forward-mode AD).
 
   Unlike `nnx.Conv`, an int kernel_size means a square kernel (this layer is 2-D only).
@@ -58,7 +60,7 @@ class BinaryConv(nnx.Module):
                padding="SAME", input_quantizer=None, kernel_quantizer=None, pad_value: float = 0.0,
                activation_scaling: bool = False, use_bias: bool = False,
                kernel_init=default_kernel_init, bias_init=default_bias_init, dtype=None,
-               param_dtype=jnp.float32, forward: str = "xla", formulation: str = "auto",
+               param_dtype=jnp.float32, forward: str = "auto", formulation: str = "auto",
                preferred_element_type=None, kernel_metadata: Mapping[str, Any] = _EMPTY,
                bias_metadata: Mapping[str, Any] = _EMPTY, rngs: nnx.Rngs):
     self.in_features = _check_features(in_features, "in_features")
@@ -74,7 +76,9 @@ class BinaryConv(nnx.Module):
     if activation_scaling and self.input_quantizer is None:
       raise ValueError("activation_scaling=True needs an input_quantizer (K rescales binarized inputs)")
     self.activation_scaling = bool(activation_scaling)
-    self.forward = functional.check_forward(forward)
+    functional.resolve_forward(forward, self.input_quantizer, self.kernel_quantizer, False)  # validates
+    self.forward = forward  # resolved per call, with the train/eval mode
+    self.deterministic = False  # set by model.eval() / model.train(); "auto" packs in inference
     if formulation not in conv_lib.FORMULATIONS:
       raise ValueError(f"formulation must be one of {conv_lib.FORMULATIONS}, got {formulation!r}")
     self.formulation = formulation
@@ -93,7 +97,8 @@ class BinaryConv(nnx.Module):
         strides=self.strides, padding=self.padding, input_quantizer=self.input_quantizer,
         kernel_quantizer=self.kernel_quantizer, pad_value=self.pad_value,
         activation_scaling=self.activation_scaling, dtype=self.dtype, forward=self.forward,
-        formulation=self.formulation, preferred_element_type=self.preferred_element_type)
+        deterministic=self.deterministic, formulation=self.formulation,
+        preferred_element_type=self.preferred_element_type)
 
 
 class BinaryDense(nnx.Module):
@@ -101,14 +106,16 @@ class BinaryDense(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, *, input_quantizer=None,
                kernel_quantizer=None, use_bias: bool = False, kernel_init=default_kernel_init,
-               bias_init=default_bias_init, dtype=None, param_dtype=jnp.float32, forward: str = "xla",
+               bias_init=default_bias_init, dtype=None, param_dtype=jnp.float32, forward: str = "auto",
                preferred_element_type=None, kernel_metadata: Mapping[str, Any] = _EMPTY,
                bias_metadata: Mapping[str, Any] = _EMPTY, rngs: nnx.Rngs):
     self.in_features = _check_features(in_features, "in_features")
     self.out_features = _check_features(out_features, "out_features")
     self.input_quantizer = quantizers.get(input_quantizer, argument="input_quantizer")
     self.kernel_quantizer = quantizers.get(kernel_quantizer, argument="kernel_quantizer")
-    self.forward = functional.check_forward(forward)
+    functional.resolve_forward(forward, self.input_quantizer, self.kernel_quantizer, False)  # validates
+    self.forward = forward  # resolved per call, with the train/eval mode
+    self.deterministic = False  # set by model.eval() / model.train(); "auto" packs in inference
     self.use_bias = use_bias
     self.dtype = dtype
     self.param_dtype = param_dtype
@@ -122,4 +129,5 @@ class BinaryDense(nnx.Module):
     return functional.binary_dense(
         inputs, self.kernel[...], None if self.bias is None else self.bias[...],
         input_quantizer=self.input_quantizer, kernel_quantizer=self.kernel_quantizer,
-        dtype=self.dtype, forward=self.forward, preferred_element_type=self.preferred_element_type)
+        dtype=self.dtype, forward=self.forward, deterministic=self.deterministic,
+        preferred_element_type=self.preferred_element_type)

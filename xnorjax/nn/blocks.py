@@ -34,7 +34,7 @@ class BinaryConvBlock(nnx.Module):
                activation: Optional[Callable[[jax.Array], jax.Array]] = None,
                kernel_init=binary_layers.default_kernel_init,
                bias_init=binary_layers.default_bias_init, dtype=None, param_dtype=jnp.float32,
-               forward: str = "xla", formulation: str = "auto", rngs: nnx.Rngs):
+               forward: str = "auto", formulation: str = "auto", rngs: nnx.Rngs):
     if activation is not None and not callable(activation):
       raise TypeError(f"activation must be a callable or None, got {type(activation).__name__}")
     self.batch_norm = (nnx.BatchNorm(in_features, momentum=batch_norm_momentum,

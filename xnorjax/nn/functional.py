@@ -5,10 +5,17 @@ Order of a binarized conv (XNOR-Net, Rastegari et al. 2016):
   Ib = input_quantizer(I), Wb = kernel_quantizer(W)    (e.g. sign(I), alpha * sign(W))
   O  = conv(pad(Ib, pad_value), Wb) * K (+ bias)
 
-The seam for packed kernels: `conv_binarized` / `dense_binarized` compute the product of already
-binarized operands and dispatch on `forward`; today only "xla" (float conv / dot on the +-1 and
-alpha values) exists. A packed XNOR-popcount forward registers another name there and must
-reproduce "xla" exactly for the same pad_value.
+`conv_binarized` / `dense_binarized` compute the product of already binarized operands and
+dispatch on `forward`:
+  "xla"     a float conv / dot on the +-1 and alpha values (`xnorjax.ops.conv2d`).
+  "packed"  the forward product by the packed XNOR-popcount kernels (`xnorjax.ops.xnor_conv` /
+            `xnor_dense`, alpha fused into the epilogue); the backward pass is the "xla" product's
+            vjp, so gradients (straight-through, through the quantizers) are unchanged. Needs a
+            sign input quantizer and a sign or alpha * sign kernel quantizer.
+  "auto"    "packed" when the layer is in inference mode (`model.eval()`), both quantizers are
+            sign-like and the C++ extension is built; "xla" otherwise.
+"packed" and "xla" agree within float32 rounding (the kernel's integer dot is exact; "xla" sums
++-alpha in floating point), for every pad_value.
 """
 
 from __future__ import annotations
@@ -19,18 +26,64 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xnorjax import _native
 from xnorjax import quantizers
 from xnorjax.ops import conv as conv_lib
+from xnorjax.ops import xnor as xnor_lib
 
-FORWARDS = ("xla",)
+FORWARDS = ("auto", "xla", "packed")
 BINARY_PAD_VALUES = (0.0, -1.0, 1.0)
 
 
 def check_forward(forward: str) -> str:
   if forward not in FORWARDS:
-    raise ValueError(f"forward must be one of {FORWARDS} (packed kernels are not wired in yet), "
-                     f"got {forward!r}")
+    raise ValueError(f"forward must be one of {FORWARDS}, got {forward!r}")
   return forward
+
+
+def packable(input_quantizer, kernel_quantizer) -> bool:
+  """True when the packed kernels reproduce this layer: sign(x) inputs and c_o * sign(W) kernels."""
+  return (quantizers.is_sign(input_quantizer)
+          and (quantizers.is_sign(kernel_quantizer) or quantizers.is_magnitude_aware_sign(kernel_quantizer)))
+
+
+def resolve_forward(forward: str, input_quantizer, kernel_quantizer, deterministic: bool) -> str:
+  """The concrete forward ("xla" or "packed") for a layer's options and train/eval mode.
+
+  Raises:
+    ValueError: forward="packed" with quantizers the packed kernels cannot reproduce.
+  """
+  check_forward(forward)
+  if forward == "packed" and not packable(input_quantizer, kernel_quantizer):
+    raise ValueError("forward='packed' needs input_quantizer 'ste_sign' or 'approx_sign' and "
+                     "kernel_quantizer 'ste_sign' or 'magnitude_aware_sign' (any gradient variant)")
+  if forward == "auto":
+    use_packed = deterministic and packable(input_quantizer, kernel_quantizer) and _native.extension_available()
+    return "packed" if use_packed else "xla"
+  return forward
+
+
+def _channel_scale(wb: jax.Array) -> jax.Array:
+  """Per-output-channel c_o of a c_o * sign(W) kernel (1 for sign, alpha for magnitude-aware)."""
+  return jnp.max(jnp.abs(wb.astype(jnp.float32)), axis=tuple(range(wb.ndim - 1)))
+
+
+def _packed_with_xla_gradient(packed_fn, xla_fn, xb, wb):
+  """packed_fn(xb, wb) forward; the vjp of xla_fn (the same product in floating point) backward."""
+
+  @jax.custom_vjp
+  def product(xb, wb):
+    return packed_fn(xb, wb)
+
+  def fwd(xb, wb):
+    return packed_fn(xb, wb), (xb, wb)
+
+  def bwd(residuals, g):
+    _, vjp = jax.vjp(xla_fn, *residuals)
+    return vjp(g)
+
+  product.defvjp(fwd, bwd)
+  return product(xb, wb)
 
 
 def check_pad_value(pad_value, input_binarized: bool) -> float:
@@ -76,17 +129,48 @@ def activation_scale(x: jax.Array, kernel_size, *, strides=1, padding="SAME",
 def conv_binarized(xb: jax.Array, wb: jax.Array, *, strides=1, padding="SAME", pad_value=0.0,
                    forward: str = "xla", formulation: str = "auto",
                    preferred_element_type=None) -> jax.Array:
-  """Convolution of already-quantized operands: the seam where packed kernels plug in."""
+  """Convolution of already-quantized operands, by `forward` ("xla" or "packed", see module doc).
+
+  For "packed", xb must be +-1 and wb = c_o * sign(W) per output channel (c_o >= 0).
+  """
   check_forward(forward)
-  return conv_lib.conv2d(xb, wb, strides=strides, padding=padding, pad_value=pad_value,
-                         formulation=formulation, preferred_element_type=preferred_element_type)
+
+  def xla_product(xb, wb):
+    return conv_lib.conv2d(xb, wb, strides=strides, padding=padding, pad_value=pad_value,
+                           formulation=formulation, preferred_element_type=preferred_element_type)
+
+  if forward == "xla":
+    return xla_product(xb, wb)
+  if forward != "packed":
+    raise ValueError(f"conv_binarized needs a concrete forward ('xla' or 'packed'), got {forward!r}")
+  out_dtype = jnp.result_type(xb, wb) if preferred_element_type is None else preferred_element_type
+
+  def packed_product(xb, wb):
+    y = xnor_lib.xnor_conv(xb, wb, strides=strides, padding=padding, pad_value=pad_value,
+                           scale=_channel_scale(wb))
+    return y.astype(out_dtype)
+
+  return _packed_with_xla_gradient(packed_product, xla_product, xb, wb)
 
 
 def dense_binarized(xb: jax.Array, wb: jax.Array, *, forward: str = "xla",
                     preferred_element_type=None) -> jax.Array:
-  """Matrix product of already-quantized operands (..., I) x (I, O): the dense seam."""
+  """Matrix product of already-quantized operands (..., I) x (I, O), by `forward` (see module doc)."""
   check_forward(forward)
-  return jnp.dot(xb, wb, preferred_element_type=preferred_element_type)
+
+  def xla_product(xb, wb):
+    return jnp.dot(xb, wb, preferred_element_type=preferred_element_type)
+
+  if forward == "xla":
+    return xla_product(xb, wb)
+  if forward != "packed":
+    raise ValueError(f"dense_binarized needs a concrete forward ('xla' or 'packed'), got {forward!r}")
+  out_dtype = jnp.result_type(xb, wb) if preferred_element_type is None else preferred_element_type
+
+  def packed_product(xb, wb):
+    return xnor_lib.xnor_dense(xb, wb, scale=_channel_scale(wb)).astype(out_dtype)
+
+  return _packed_with_xla_gradient(packed_product, xla_product, xb, wb)
 
 
 def _promote(arrays, dtype):
@@ -97,16 +181,18 @@ def _promote(arrays, dtype):
 
 def binary_conv2d(inputs, kernel, bias=None, *, strides=1, padding="SAME", input_quantizer=None,
                   kernel_quantizer=None, pad_value: float = 0.0, activation_scaling: bool = False,
-                  dtype=None, forward: str = "xla", formulation: str = "auto",
-                  preferred_element_type=None) -> jax.Array:
+                  dtype=None, forward: str = "auto", deterministic: bool = False,
+                  formulation: str = "auto", preferred_element_type=None) -> jax.Array:
   """A (binarized) conv layer's forward pass: NHWC inputs, HWIO kernel, optional bias (O,).
 
   Quantizers are names, callables or None (see `xnorjax.quantizers.get`); with both None this is a
   plain float conv through `xnorjax.ops.conv2d`. `dtype` is the computation dtype (default: the
-  promoted dtype of inputs, kernel and bias), as in `nnx.Conv`.
+  promoted dtype of inputs, kernel and bias), as in `nnx.Conv`. `forward` and `deterministic`
+  (inference mode) choose the product's implementation (`resolve_forward`).
   """
   input_quantizer = quantizers.get(input_quantizer, argument="input_quantizer")
   kernel_quantizer = quantizers.get(kernel_quantizer, argument="kernel_quantizer")
+  forward = resolve_forward(forward, input_quantizer, kernel_quantizer, deterministic)
   inputs = _check_float_input(inputs, "inputs", rank=4)
   kernel = _check_float_input(kernel, "kernel", rank=4)
   if inputs.shape[-1] != kernel.shape[2]:
@@ -132,10 +218,12 @@ def binary_conv2d(inputs, kernel, bias=None, *, strides=1, padding="SAME", input
 
 
 def binary_dense(inputs, kernel, bias=None, *, input_quantizer=None, kernel_quantizer=None,
-                 dtype=None, forward: str = "xla", preferred_element_type=None) -> jax.Array:
+                 dtype=None, forward: str = "auto", deterministic: bool = False,
+                 preferred_element_type=None) -> jax.Array:
   """A (binarized) dense layer's forward pass: inputs (..., I), kernel (I, O), optional bias (O,)."""
   input_quantizer = quantizers.get(input_quantizer, argument="input_quantizer")
   kernel_quantizer = quantizers.get(kernel_quantizer, argument="kernel_quantizer")
+  forward = resolve_forward(forward, input_quantizer, kernel_quantizer, deterministic)
   inputs = _check_float_input(inputs, "inputs")
   kernel = _check_float_input(kernel, "kernel", rank=2)
   if inputs.ndim < 1 or inputs.shape[-1] != kernel.shape[0]:
