@@ -97,38 +97,43 @@ def test_conv_matches_lax_exactly(rng, impl, case):
     np.testing.assert_array_equal(got, lax_conv_reference(x, kernel, strides, pads, pad_value))
 
 
-def _conv_into(impl, xp, wt, scale, bias, out, output, c, strides, pads, pad_value, threads):
+def _conv_into(impl, xp, w, scale, bias, out, output, c, strides, pads, pad_value, threads,
+               input_major):
   xnorjax.require_extension().xnor.conv_into(
-      xp, wt, scale, bias, out, output, c, strides[0], strides[1], pads[0][0], pads[0][1],
-      pads[1][0], pads[1][1], int(pad_value), IMPL_CODES[impl], threads)
+      xp, w, scale, bias, out, output, c, strides[0], strides[1], pads[0][0], pads[0][1],
+      pads[1][0], pads[1][1], int(pad_value), IMPL_CODES[impl], threads, input_major)
 
 
-def _packed_operands(x, kernel):
+def _packed_operands(x, kernel, input_major):
+  """Packed x, and the packed kernel as [KH, KW, Cw, O] (input-major) or [O, KH, KW, Cw]."""
   xp = np.asarray(pack_bits(x))
-  wt = np.ascontiguousarray(np.asarray(pack_bits(kernel, axis=-2)).transpose(3, 0, 1, 2))
-  return xp, wt
+  wp = np.asarray(pack_bits(kernel, axis=-2))
+  return xp, wp if input_major else np.ascontiguousarray(wp.transpose(3, 0, 1, 2))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("threads", [1, 3])
-def test_poisoned_outputs_are_all_written(rng, impl, threads):
+@pytest.mark.parametrize("threads,input_major", [(1, True), (3, True), (2, False)])
+def test_poisoned_outputs_are_all_written(rng, impl, threads, input_major):
   # The engine runs on caller buffers filled with a sentinel: every element must be overwritten.
   for n, h, w, c, o, kh, kw, strides, padding in CONV_CASES:
     x, kernel = signs(rng, (n, h, w, c)), signs(rng, (kh, kw, c, o))
     pads = conv_lib.normalize_padding(padding, (h, w), (kh, kw), strides)
     pad_value = int(rng.integers(-1, 2))
     want = numpy_conv_reference(x, kernel, strides, pads, pad_value)
-    xp, wt = _packed_operands(x, kernel)
+    xp, wt = _packed_operands(x, kernel, input_major)
     scale = rng.uniform(0.5, 2.0, o).astype(np.float32)
     bias = rng.uniform(-3, 3, o).astype(np.float32)
     out = np.full(want.shape, np.iinfo(np.int32).min, np.int32)
-    _conv_into(impl, xp, wt, scale, bias, out, "int32", c, strides, pads, pad_value, threads)
+    _conv_into(impl, xp, wt, scale, bias, out, "int32", c, strides, pads, pad_value, threads,
+               input_major)
     np.testing.assert_array_equal(out, want)
     out_f = np.full(want.shape, np.nan, np.float32)
-    _conv_into(impl, xp, wt, scale, bias, out_f, "float32", c, strides, pads, pad_value, threads)
+    _conv_into(impl, xp, wt, scale, bias, out_f, "float32", c, strides, pads, pad_value, threads,
+               input_major)
     np.testing.assert_allclose(out_f, want * scale + bias, rtol=1e-6, atol=1e-5)
     out_p = np.full(want.shape[:3] + (-(-o // 32),), 0xDEADBEEF, np.uint32)
-    _conv_into(impl, xp, wt, scale, bias, out_p, "packed", c, strides, pads, pad_value, threads)
+    _conv_into(impl, xp, wt, scale, bias, out_p, "packed", c, strides, pads, pad_value, threads,
+               input_major)
     np.testing.assert_array_equal(out_p, np.asarray(pack_bits(out_f)))
 
 
@@ -149,14 +154,16 @@ def test_shape_fuzz_every_impl(n, h, w, c, o, kh, kw, sh, sw, pad_value, pad_mod
     return  # no output: the op rejects this shape (tested in test_bad_input)
   x, kernel = signs(rng, (n, h, w, c)), signs(rng, (kh, kw, c, o))
   want = numpy_conv_reference(x, kernel, (sh, sw), pads, pad_value)
-  xp, wt = _packed_operands(x, kernel)
   ones, zeros = np.ones(o, np.float32), np.zeros(o, np.float32)
-  for impl in IMPL_CODES:
-    if not _supported(impl):
-      continue
-    out = np.full(want.shape, np.iinfo(np.int32).max, np.int32)
-    _conv_into(impl, xp, wt, ones, zeros, out, "int32", c, (sh, sw), pads, pad_value, threads)
-    np.testing.assert_array_equal(out, want, err_msg=f"impl={impl}")
+  for input_major in (True, False):
+    xp, w = _packed_operands(x, kernel, input_major)
+    for impl in IMPL_CODES:
+      if not _supported(impl):
+        continue
+      out = np.full(want.shape, np.iinfo(np.int32).max, np.int32)
+      _conv_into(impl, xp, w, ones, zeros, out, "int32", c, (sh, sw), pads, pad_value, threads,
+                 input_major)
+      np.testing.assert_array_equal(out, want, err_msg=f"impl={impl} input_major={input_major}")
 
 
 def test_auto_uses_the_kernel_and_matches_reference(rng):
@@ -340,6 +347,46 @@ def test_kernel_rejects_inconsistent_calls_without_crashing(rng):
     xnorjax.require_extension().xnor.conv_into(
         np.asarray(xp), np.asarray(wt), np.ones(8, np.float32), np.zeros(8, np.float32),
         np.zeros((1, 4, 4, 8), np.int32), "int32", 100, 1, 1, 1, 1, 1, 1, 0, 0, 1)
+
+
+@pytest.mark.parametrize("impl", [0, 3])
+def test_contract_targets_match_the_cpu_layout_targets(rng, impl):
+  # The FFI contract's targets (weights output-major, shared with CUDA) and the CPU-only ones the
+  # wrapper calls (weights as packed, input-major) compute the same, for every output form.
+  c, o = 45, 37
+  xp = pack_bits(signs(rng, (2, 5, 4, c)))
+  wp = pack_bits(signs(rng, (3, 2, c, o)), axis=-2)
+  scale = jnp.asarray(rng.uniform(0.5, 2, o), jnp.float32)
+  bias = jnp.asarray(rng.uniform(-9, 9, o), jnp.float32)
+  attrs = dict(channels=np.int64(c), stride_h=np.int64(2), stride_w=np.int64(1),
+               pad_top=np.int64(1), pad_bottom=np.int64(1), pad_left=np.int64(0),
+               pad_right=np.int64(1), pad_value=np.int64(0), impl=np.int64(impl))
+  shapes = {"i32": ((2, 3, 4, o), jnp.int32), "f32": ((2, 3, 4, o), jnp.float32),
+            "packed": ((2, 3, 4, 2), jnp.uint32)}
+  for kind, (shape, dtype) in shapes.items():
+    extra = () if kind == "i32" else (scale, bias)
+    out = jax.ShapeDtypeStruct(shape, dtype)
+    contract = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{kind}", out)(
+        xp, jnp.transpose(wp, (3, 0, 1, 2)), *extra, **attrs)
+    cpu = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{kind}_hwio", out)(xp, wp, *extra, **attrs)
+    np.testing.assert_array_equal(np.asarray(contract), np.asarray(cpu), err_msg=kind)
+  want = xnor_conv(xp, wp, channels=c, strides=(2, 1), padding=((1, 1), (0, 1)),
+                   implementation="xla")
+  i32 = jax.ffi.ffi_call("xnorjax_xnor_conv_i32", jax.ShapeDtypeStruct((2, 3, 4, o), jnp.int32))(
+      xp, jnp.transpose(wp, (3, 0, 1, 2)), **attrs)
+  np.testing.assert_array_equal(np.asarray(i32), np.asarray(want))
+  xd, wd = pack_bits(signs(rng, (6, 70))), pack_bits(signs(rng, (70, o)), axis=-2)
+  for kind, (dtype, width) in {"i32": (jnp.int32, o), "f32": (jnp.float32, o),
+                               "packed": (jnp.uint32, 2)}.items():
+    extra = () if kind == "i32" else (scale, bias)
+    out = jax.ShapeDtypeStruct((6, width), dtype)
+    kw = dict(features=np.int64(70), impl=np.int64(impl))
+    contract = jax.ffi.ffi_call(f"xnorjax_xnor_dense_{kind}", out)(xd, wd.T, *extra, **kw)
+    cpu = jax.ffi.ffi_call(f"xnorjax_xnor_dense_{kind}_kn", out)(xd, wd, *extra, **kw)
+    np.testing.assert_array_equal(np.asarray(contract), np.asarray(cpu), err_msg=kind)
+    if kind == "i32":
+      np.testing.assert_array_equal(
+          np.asarray(contract), np.asarray(xnor_dense(xd, wd, features=70, implementation="xla")))
 
 
 def unpack(xp, c):

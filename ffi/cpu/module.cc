@@ -25,6 +25,19 @@ NB_MODULE(_ffi, m) {
         xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseF32Cpu);
     registrations["xnorjax_xnor_dense_packed"] =
         xnorjax::EncapsulateFfiHandler(xnorjax::XnorDensePackedCpu);
+    // CPU-only: weights in their public packed layout (see cpu/xnor_ffi.h).
+    registrations["xnorjax_xnor_conv_i32_hwio"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvI32HwioCpu);
+    registrations["xnorjax_xnor_conv_f32_hwio"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvF32HwioCpu);
+    registrations["xnorjax_xnor_conv_packed_hwio"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvPackedHwioCpu);
+    registrations["xnorjax_xnor_dense_i32_kn"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseI32KnCpu);
+    registrations["xnorjax_xnor_dense_f32_kn"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseF32KnCpu);
+    registrations["xnorjax_xnor_dense_packed_kn"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDensePackedKnCpu);
     return registrations;
   });
   xnorjax::BindGeometry(m);

@@ -26,7 +26,7 @@ using Out4 = nb::ndarray<nb::ndim<4>, nb::c_contig, nb::device::cpu>;
 void ConvInto(Packed4 x, Packed4 w, Vector scale, Vector bias, Out4 out, const std::string& output,
               int64_t channels, int64_t stride_h, int64_t stride_w, int64_t pad_top,
               int64_t pad_bottom, int64_t pad_left, int64_t pad_right, int64_t pad_value,
-              int64_t impl, int64_t num_threads) {
+              int64_t impl, int64_t num_threads, bool w_input_major) {
   XnorOutput kind;
   if (output == "int32" && out.dtype() == nb::dtype<int32_t>()) {
     kind = XnorOutput::kInt32;
@@ -38,16 +38,18 @@ void ConvInto(Packed4 x, Packed4 w, Vector scale, Vector bias, Out4 out, const s
     throw std::invalid_argument("output must be int32, float32 or packed with a matching out dtype");
   }
   if (!ImplSupported(impl)) throw std::invalid_argument("impl not supported on this CPU");
-  if (w.shape(3) != x.shape(3)) throw std::invalid_argument("x and w words differ");
+  // w: u32[O, KH, KW, Cw] (the FFI contract) or, input-major, u32[KH, KW, Cw, O].
+  const size_t w_words = w.shape(w_input_major ? 2 : 3);
+  if (w_words != x.shape(3)) throw std::invalid_argument("x and w words differ");
   ConvProblem p;
   p.batch = x.shape(0);
   p.height = x.shape(1);
   p.width = x.shape(2);
   p.words = x.shape(3);
   p.channels = channels;
-  p.out_channels = w.shape(0);
-  p.kernel_h = w.shape(1);
-  p.kernel_w = w.shape(2);
+  p.out_channels = w.shape(w_input_major ? 3 : 0);
+  p.kernel_h = w.shape(w_input_major ? 0 : 1);
+  p.kernel_w = w.shape(w_input_major ? 1 : 2);
   p.stride_h = stride_h;
   p.stride_w = stride_w;
   p.pad_top = pad_top;
@@ -69,10 +71,11 @@ void ConvInto(Packed4 x, Packed4 w, Vector scale, Vector bias, Out4 out, const s
     throw std::invalid_argument("scale and bias must have one entry per output channel");
   }
   nb::gil_scoped_release release;
-  RunXnorConv(p, ResolveImpl(impl), kind, x.data(), w.data(), scale.data(), bias.data(),
+  RunXnorConv(p, w_input_major ? WeightLayout::kInputMajor : WeightLayout::kOutputMajor,
+              ResolveImpl(impl), kind, x.data(), w.data(), scale.data(), bias.data(),
               out.data(), num_threads,
-              [num_threads](int64_t n, const std::function<void(int64_t)>& body) {
-                ParallelForOnThreads(num_threads, n, body);
+              [](int64_t n, int64_t use, const std::function<void(int64_t)>& body) {
+                ParallelForOnThreads(use, n, body);
               });
 }
 
@@ -97,6 +100,7 @@ void BindXnor(nb::module_& parent) {
         nb::arg("out"), nb::arg("output"), nb::arg("channels"), nb::arg("stride_h"),
         nb::arg("stride_w"), nb::arg("pad_top"), nb::arg("pad_bottom"), nb::arg("pad_left"),
         nb::arg("pad_right"), nb::arg("pad_value"), nb::arg("impl"), nb::arg("num_threads"),
+        nb::arg("w_input_major") = false,
         "Test-only: runs the conv engine into the caller's (poisoned) numpy buffer `out`");
 }
 

@@ -22,7 +22,8 @@ std::string Dims(ffi::Span<const int64_t> dims) {
 
 // Checks what is common to every target (impl, scale / bias shapes, output shape) and runs.
 template <XnorOutput kOutput, typename OutBuffer>
-ffi::Error Run(const char* target, ffi::ThreadPool& pool, ConvProblem problem, int64_t impl,
+ffi::Error Run(const char* target, ffi::ThreadPool& pool, ConvProblem problem,
+               WeightLayout layout, int64_t impl,
                const uint32_t* x, const uint32_t* w, const F32* scale, const F32* bias,
                OutBuffer& out, ffi::Span<const int64_t> want_out_dims) {
   const std::string prefix = std::string(target) + ": ";
@@ -50,11 +51,11 @@ ffi::Error Run(const char* target, ffi::ThreadPool& pool, ConvProblem problem, i
                            ", got " + Dims(out_dims));
   }
   const int64_t threads = pool.num_threads();
-  RunXnorConv(problem, ResolveImpl(impl), kOutput, x, w,
+  RunXnorConv(problem, layout, ResolveImpl(impl), kOutput, x, w,
               scale ? scale->typed_data() : nullptr, bias ? bias->typed_data() : nullptr,
               out->untyped_data(), threads,
-              [&pool, threads](int64_t n, const std::function<void(int64_t)>& body) {
-                ParallelForOnPool(&pool, threads, n, body);
+              [&pool](int64_t n, int64_t use, const std::function<void(int64_t)>& body) {
+                ParallelForOnPool(&pool, use, n, body);
               });
   return ffi::Error::Success();
 }
@@ -64,7 +65,8 @@ int64_t OutWidth(XnorOutput output, int64_t channels) {
 }
 
 template <XnorOutput kOutput, typename OutBuffer>
-ffi::Error Conv(const char* target, ffi::ThreadPool pool, U32 x, U32 w, const F32* scale,
+ffi::Error Conv(const char* target, WeightLayout layout, ffi::ThreadPool pool, U32 x, U32 w,
+                const F32* scale,
                 const F32* bias, OutBuffer out, int64_t channels, int64_t stride_h,
                 int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                 int64_t pad_right, int64_t pad_value, int64_t impl) {
@@ -72,12 +74,15 @@ ffi::Error Conv(const char* target, ffi::ThreadPool pool, U32 x, U32 w, const F3
   const auto xd = x.dimensions();
   const auto wd = w.dimensions();
   if (xd.size() != 4) return InvalidArgument(prefix + "x must be u32[N, H, W, Cw], got " + Dims(xd));
+  const bool input_major = layout == WeightLayout::kInputMajor;
   if (wd.size() != 4) {
-    return InvalidArgument(prefix + "w must be u32[O, KH, KW, Cw], got " + Dims(wd));
+    return InvalidArgument(prefix + "w must be u32[" +
+                           (input_major ? "KH, KW, Cw, O" : "O, KH, KW, Cw") + "], got " + Dims(wd));
   }
-  if (wd[3] != xd[3]) {
+  const int64_t w_words = input_major ? wd[2] : wd[3];
+  if (w_words != xd[3]) {
     return InvalidArgument(prefix + "x has " + std::to_string(xd[3]) + " words per pixel but w has " +
-                           std::to_string(wd[3]));
+                           std::to_string(w_words));
   }
   ConvProblem p;
   p.batch = xd[0];
@@ -85,9 +90,9 @@ ffi::Error Conv(const char* target, ffi::ThreadPool pool, U32 x, U32 w, const F3
   p.width = xd[2];
   p.words = xd[3];
   p.channels = channels;
-  p.out_channels = wd[0];
-  p.kernel_h = wd[1];
-  p.kernel_w = wd[2];
+  p.out_channels = input_major ? wd[3] : wd[0];
+  p.kernel_h = input_major ? wd[0] : wd[1];
+  p.kernel_w = input_major ? wd[1] : wd[2];
   p.stride_h = stride_h;
   p.stride_w = stride_w;
   p.pad_top = pad_top;
@@ -100,32 +105,48 @@ ffi::Error Conv(const char* target, ffi::ThreadPool pool, U32 x, U32 w, const F3
     return InvalidArgument(prefix + error);
   }
   const int64_t want[4] = {p.batch, shape.out_h, shape.out_w, OutWidth(kOutput, p.out_channels)};
-  return Run<kOutput>(target, pool, p, impl, x.typed_data(), w.typed_data(), scale, bias, out,
-                      ffi::Span<const int64_t>(want, 4));
+  return Run<kOutput>(target, pool, p, layout, impl, x.typed_data(), w.typed_data(), scale, bias,
+                      out, ffi::Span<const int64_t>(want, 4));
 }
 
 template <XnorOutput kOutput, typename OutBuffer>
-ffi::Error Dense(const char* target, ffi::ThreadPool pool, U32 x, U32 w, const F32* scale,
+ffi::Error Dense(const char* target, WeightLayout layout, ffi::ThreadPool pool, U32 x, U32 w,
+                 const F32* scale,
                  const F32* bias, OutBuffer out, int64_t features, int64_t impl) {
   const std::string prefix = std::string(target) + ": ";
   const auto xd = x.dimensions();
   const auto wd = w.dimensions();
   if (xd.size() != 2) return InvalidArgument(prefix + "x must be u32[M, Kw], got " + Dims(xd));
-  if (wd.size() != 2) return InvalidArgument(prefix + "w must be u32[N, Kw], got " + Dims(wd));
-  if (wd[1] != xd[1]) {
+  const bool input_major = layout == WeightLayout::kInputMajor;
+  if (wd.size() != 2) {
+    return InvalidArgument(prefix + "w must be u32[" + (input_major ? "Kw, N" : "N, Kw") +
+                           "], got " + Dims(wd));
+  }
+  const int64_t w_words = input_major ? wd[0] : wd[1];
+  if (w_words != xd[1]) {
     return InvalidArgument(prefix + "x has " + std::to_string(xd[1]) + " words per row but w has " +
-                           std::to_string(wd[1]));
+                           std::to_string(w_words));
   }
   ConvProblem p;
   p.batch = xd[0];
   p.height = p.width = p.kernel_h = p.kernel_w = 1;
   p.words = xd[1];
   p.channels = features;
-  p.out_channels = wd[0];
+  p.out_channels = input_major ? wd[1] : wd[0];
   const int64_t want[2] = {p.batch, OutWidth(kOutput, p.out_channels)};
-  return Run<kOutput>(target, pool, p, impl, x.typed_data(), w.typed_data(), scale, bias, out,
-                      ffi::Span<const int64_t>(want, 2));
+  return Run<kOutput>(target, pool, p, layout, impl, x.typed_data(), w.typed_data(), scale, bias,
+                      out, ffi::Span<const int64_t>(want, 2));
 }
+
+// [output kind][weights input-major]
+constexpr const char* kConvNames[3][2] = {
+    {"xnorjax_xnor_conv_i32", "xnorjax_xnor_conv_i32_hwio"},
+    {"xnorjax_xnor_conv_f32", "xnorjax_xnor_conv_f32_hwio"},
+    {"xnorjax_xnor_conv_packed", "xnorjax_xnor_conv_packed_hwio"}};
+constexpr const char* kDenseNames[3][2] = {
+    {"xnorjax_xnor_dense_i32", "xnorjax_xnor_dense_i32_kn"},
+    {"xnorjax_xnor_dense_f32", "xnorjax_xnor_dense_f32_kn"},
+    {"xnorjax_xnor_dense_packed", "xnorjax_xnor_dense_packed_kn"}};
 
 #define XNORJAX_CONV_ATTRS                                                                    \
   .Attr<int64_t>("channels")                                                                  \
@@ -138,49 +159,64 @@ ffi::Error Dense(const char* target, ffi::ThreadPool pool, U32 x, U32 w, const F
       .Attr<int64_t>("pad_value")                                                             \
       .Attr<int64_t>("impl")
 
+template <WeightLayout kLayout>
 ffi::Error ConvI32(ffi::ThreadPool pool, U32 x, U32 w, ffi::ResultBuffer<ffi::S32> out,
                    int64_t channels, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
                    int64_t pr, int64_t pv, int64_t impl) {
-  return Conv<XnorOutput::kInt32>("xnorjax_xnor_conv_i32", pool, x, w, nullptr, nullptr, out,
-                                  channels, sh, sw, pt, pb, pl, pr, pv, impl);
+  return Conv<XnorOutput::kInt32>(kConvNames[0][kLayout == WeightLayout::kInputMajor], kLayout,
+                                  pool, x, w, nullptr, nullptr, out, channels, sh, sw, pt, pb, pl,
+                                  pr, pv, impl);
 }
+template <WeightLayout kLayout>
 ffi::Error ConvF32(ffi::ThreadPool pool, U32 x, U32 w, F32 scale, F32 bias,
                    ffi::ResultBuffer<ffi::F32> out, int64_t channels, int64_t sh, int64_t sw,
                    int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t pv, int64_t impl) {
-  return Conv<XnorOutput::kFloat32>("xnorjax_xnor_conv_f32", pool, x, w, &scale, &bias, out,
-                                    channels, sh, sw, pt, pb, pl, pr, pv, impl);
+  return Conv<XnorOutput::kFloat32>(kConvNames[1][kLayout == WeightLayout::kInputMajor], kLayout,
+                                    pool, x, w, &scale, &bias, out, channels, sh, sw, pt, pb, pl,
+                                    pr, pv, impl);
 }
+template <WeightLayout kLayout>
 ffi::Error ConvPacked(ffi::ThreadPool pool, U32 x, U32 w, F32 scale, F32 bias,
                       ffi::ResultBuffer<ffi::U32> out, int64_t channels, int64_t sh, int64_t sw,
                       int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t pv, int64_t impl) {
-  return Conv<XnorOutput::kPacked>("xnorjax_xnor_conv_packed", pool, x, w, &scale, &bias, out,
-                                   channels, sh, sw, pt, pb, pl, pr, pv, impl);
+  return Conv<XnorOutput::kPacked>(kConvNames[2][kLayout == WeightLayout::kInputMajor], kLayout,
+                                   pool, x, w, &scale, &bias, out, channels, sh, sw, pt, pb, pl,
+                                   pr, pv, impl);
 }
+template <WeightLayout kLayout>
 ffi::Error DenseI32(ffi::ThreadPool pool, U32 x, U32 w, ffi::ResultBuffer<ffi::S32> out,
                     int64_t features, int64_t impl) {
-  return Dense<XnorOutput::kInt32>("xnorjax_xnor_dense_i32", pool, x, w, nullptr, nullptr, out,
-                                   features, impl);
+  return Dense<XnorOutput::kInt32>(kDenseNames[0][kLayout == WeightLayout::kInputMajor], kLayout,
+                                   pool, x, w, nullptr, nullptr, out, features, impl);
 }
+template <WeightLayout kLayout>
 ffi::Error DenseF32(ffi::ThreadPool pool, U32 x, U32 w, F32 scale, F32 bias,
                     ffi::ResultBuffer<ffi::F32> out, int64_t features, int64_t impl) {
-  return Dense<XnorOutput::kFloat32>("xnorjax_xnor_dense_f32", pool, x, w, &scale, &bias, out,
-                                     features, impl);
+  return Dense<XnorOutput::kFloat32>(kDenseNames[1][kLayout == WeightLayout::kInputMajor],
+                                     kLayout, pool, x, w, &scale, &bias, out, features, impl);
 }
+template <WeightLayout kLayout>
 ffi::Error DensePacked(ffi::ThreadPool pool, U32 x, U32 w, F32 scale, F32 bias,
                        ffi::ResultBuffer<ffi::U32> out, int64_t features, int64_t impl) {
-  return Dense<XnorOutput::kPacked>("xnorjax_xnor_dense_packed", pool, x, w, &scale, &bias, out,
-                                    features, impl);
+  return Dense<XnorOutput::kPacked>(kDenseNames[2][kLayout == WeightLayout::kInputMajor], kLayout,
+                                    pool, x, w, &scale, &bias, out, features, impl);
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cpu, ConvI32,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cpu, ConvI32<WeightLayout::kOutputMajor>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<U32>()
                                   .Arg<U32>()
                                   .Ret<ffi::Buffer<ffi::S32>>() XNORJAX_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvF32Cpu, ConvF32,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32HwioCpu, ConvI32<WeightLayout::kInputMajor>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Ret<ffi::Buffer<ffi::S32>>() XNORJAX_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvF32Cpu, ConvF32<WeightLayout::kOutputMajor>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<U32>()
@@ -188,7 +224,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvF32Cpu, ConvF32,
                                   .Arg<F32>()
                                   .Arg<F32>()
                                   .Ret<ffi::Buffer<ffi::F32>>() XNORJAX_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvPackedCpu, ConvPacked,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvF32HwioCpu, ConvF32<WeightLayout::kInputMajor>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() XNORJAX_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvPackedCpu, ConvPacked<WeightLayout::kOutputMajor>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<U32>()
@@ -196,7 +240,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvPackedCpu, ConvPacked,
                                   .Arg<F32>()
                                   .Arg<F32>()
                                   .Ret<ffi::Buffer<ffi::U32>>() XNORJAX_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cpu, DenseI32,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvPackedHwioCpu, ConvPacked<WeightLayout::kInputMajor>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<ffi::Buffer<ffi::U32>>() XNORJAX_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cpu, DenseI32<WeightLayout::kOutputMajor>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<U32>()
@@ -204,7 +256,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cpu, DenseI32,
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<int64_t>("features")
                                   .Attr<int64_t>("impl"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseF32Cpu, DenseF32,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32KnCpu, DenseI32<WeightLayout::kInputMajor>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("features")
+                                  .Attr<int64_t>("impl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseF32Cpu, DenseF32<WeightLayout::kOutputMajor>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<U32>()
@@ -214,7 +274,27 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseF32Cpu, DenseF32,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("features")
                                   .Attr<int64_t>("impl"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDensePackedCpu, DensePacked,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseF32KnCpu, DenseF32<WeightLayout::kInputMajor>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("features")
+                                  .Attr<int64_t>("impl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDensePackedCpu, DensePacked<WeightLayout::kOutputMajor>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<U32>()
+                                  .Arg<U32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<ffi::Buffer<ffi::U32>>()
+                                  .Attr<int64_t>("features")
+                                  .Attr<int64_t>("impl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDensePackedKnCpu, DensePacked<WeightLayout::kInputMajor>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<U32>()

@@ -13,13 +13,23 @@
 namespace xnorjax {
 namespace {
 
+// Bit count of a 32-bit word without a popcount instruction (vectorizes in loops).
+inline int32_t Popcount32(uint32_t v) {
+  v = v - ((v >> 1) & 0x55555555u);
+  v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+  v = (v + (v >> 4)) & 0x0F0F0F0Fu;
+  return static_cast<int32_t>((v * 0x01010101u) >> 24);
+}
+
 constexpr int kRows = 2;
 constexpr int kCols = 2;             // registers of 8 output channels
 constexpr int64_t kMaxByteSteps = 31;  // byte counters hold at most 31 * 8 = 248
 
+// `lanes[q]` masks the existing lanes of register q (loads never read past them).
 template <int P, int Q>
 XNORJAX_TARGET_AVX2 inline void Block(const uint32_t* a, int64_t lda, const uint32_t* bt,
-                                      int64_t ldb, int64_t kw, int32_t* out, int64_t ldo) {
+                                      int64_t ldb, int64_t kw, int32_t* out, int64_t ldo,
+                                      const __m256i* lanes) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
@@ -38,7 +48,7 @@ XNORJAX_TARGET_AVX2 inline void Block(const uint32_t* a, int64_t lda, const uint
     for (int64_t k = k0; k < k1; ++k) {
       __m256i b[Q];
       for (int q = 0; q < Q; ++q) {
-        b[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bt + k * ldb + 8 * q));
+        b[q] = _mm256_maskload_epi32(reinterpret_cast<const int*>(bt + k * ldb + 8 * q), lanes[q]);
       }
       for (int p = 0; p < P; ++p) {
         const __m256i av = _mm256_set1_epi32(static_cast<int>(a[p * lda + k]));
@@ -71,14 +81,24 @@ XNORJAX_TARGET_AVX2 inline void Block(const uint32_t* a, int64_t lda, const uint
 XNORJAX_TARGET_AVX2 void PopcountGemmAvx2(const uint32_t* a, int64_t lda, int64_t rows,
                                           const uint32_t* bt, int64_t ldb, int64_t cols,
                                           int64_t kw, int32_t* out, int64_t ldo) {
-  // cols is a multiple of 16 = kCols * 8.
+  const __m256i lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int64_t c = 0; c < cols; c += 8 * kCols) {
+    __m256i lanes[kCols];
+    for (int q = 0; q < kCols; ++q) {
+      const int64_t valid = std::clamp<int64_t>(cols - c - 8 * q, 0, 8);
+      lanes[q] = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), lane_index);
+    }
     int64_t r = 0;
     for (; r + kRows <= rows; r += kRows) {
-      Block<kRows, kCols>(a + r * lda, lda, bt + c, ldb, kw, out + r * ldo + c, ldo);
+      Block<kRows, kCols>(a + r * lda, lda, bt + c, ldb, kw, out + r * ldo + c, ldo, lanes);
     }
-    if (r < rows) Block<1, kCols>(a + r * lda, lda, bt + c, ldb, kw, out + r * ldo + c, ldo);
+    if (r < rows) Block<1, kCols>(a + r * lda, lda, bt + c, ldb, kw, out + r * ldo + c, ldo, lanes);
   }
+}
+
+XNORJAX_TARGET_AVX2 void AddColumnPopcountsAvx2(const uint32_t* row, int64_t n, uint32_t mask,
+                                                int32_t* acc) {
+  for (int64_t o = 0; o < n; ++o) acc[o] += Popcount32(row[o] & mask);
 }
 
 }  // namespace xnorjax

@@ -4,6 +4,7 @@
 // CPUs that have it (the module itself runs on any x86-64).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cpu/xnor_kernels.h"
@@ -17,9 +18,11 @@ namespace {
 constexpr int kRows = 6;   // pixels per block
 constexpr int kCols = 4;   // registers of 16 output channels per block
 
+// `last` masks the lanes of the last of the Q registers that exist (loads never read past them).
 template <int P, int Q>
 XNORJAX_TARGET_AVX512 inline void Block(const uint32_t* a, int64_t lda, const uint32_t* bt,
-                                        int64_t ldb, int64_t kw, int32_t* out, int64_t ldo) {
+                                        int64_t ldb, int64_t kw, int32_t* out, int64_t ldo,
+                                        __mmask16 last) {
   __m512i acc[P][Q];
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) {
@@ -29,7 +32,8 @@ XNORJAX_TARGET_AVX512 inline void Block(const uint32_t* a, int64_t lda, const ui
   for (int64_t k = 0; k < kw; ++k) {
     __m512i b[Q];
 #pragma GCC unroll 8
-    for (int q = 0; q < Q; ++q) b[q] = _mm512_loadu_si512(bt + k * ldb + 16 * q);
+    for (int q = 0; q < Q - 1; ++q) b[q] = _mm512_loadu_si512(bt + k * ldb + 16 * q);
+    b[Q - 1] = _mm512_maskz_loadu_epi32(last, bt + k * ldb + 16 * (Q - 1));
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[p * lda + k]));
@@ -48,17 +52,20 @@ XNORJAX_TARGET_AVX512 inline void Block(const uint32_t* a, int64_t lda, const ui
 
 template <int Q>
 XNORJAX_TARGET_AVX512 void Strip(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
-                                 int64_t ldb, int64_t kw, int32_t* out, int64_t ldo) {
+                                 int64_t ldb, int64_t kw, int32_t* out, int64_t ldo,
+                                 __mmask16 last) {
   int64_t r = 0;
   for (; r + kRows <= rows; r += kRows) {
-    Block<kRows, Q>(a + r * lda, lda, bt, ldb, kw, out + r * ldo, ldo);
+    Block<kRows, Q>(a + r * lda, lda, bt, ldb, kw, out + r * ldo, ldo, last);
   }
+  const uint32_t* ar = a + r * lda;
+  int32_t* outr = out + r * ldo;
   switch (rows - r) {
-    case 5: Block<5, Q>(a + r * lda, lda, bt, ldb, kw, out + r * ldo, ldo); break;
-    case 4: Block<4, Q>(a + r * lda, lda, bt, ldb, kw, out + r * ldo, ldo); break;
-    case 3: Block<3, Q>(a + r * lda, lda, bt, ldb, kw, out + r * ldo, ldo); break;
-    case 2: Block<2, Q>(a + r * lda, lda, bt, ldb, kw, out + r * ldo, ldo); break;
-    case 1: Block<1, Q>(a + r * lda, lda, bt, ldb, kw, out + r * ldo, ldo); break;
+    case 5: Block<5, Q>(ar, lda, bt, ldb, kw, outr, ldo, last); break;
+    case 4: Block<4, Q>(ar, lda, bt, ldb, kw, outr, ldo, last); break;
+    case 3: Block<3, Q>(ar, lda, bt, ldb, kw, outr, ldo, last); break;
+    case 2: Block<2, Q>(ar, lda, bt, ldb, kw, outr, ldo, last); break;
+    case 1: Block<1, Q>(ar, lda, bt, ldb, kw, outr, ldo, last); break;
     default: break;
   }
 }
@@ -68,15 +75,30 @@ XNORJAX_TARGET_AVX512 void Strip(const uint32_t* a, int64_t lda, int64_t rows, c
 XNORJAX_TARGET_AVX512 void PopcountGemmAvx512(const uint32_t* a, int64_t lda, int64_t rows,
                                               const uint32_t* bt, int64_t ldb, int64_t cols,
                                               int64_t kw, int32_t* out, int64_t ldo) {
-  int64_t c = 0;
-  for (; c + 16 * kCols <= cols; c += 16 * kCols) {
-    Strip<kCols>(a, lda, rows, bt + c, ldb, kw, out + c, ldo);
+  for (int64_t c = 0; c < cols; c += 16 * kCols) {
+    const int64_t width = std::min<int64_t>(cols - c, 16 * kCols);
+    const int regs = static_cast<int>((width + 15) / 16);
+    const int tail = static_cast<int>(width - 16 * (regs - 1));
+    const __mmask16 last = static_cast<__mmask16>(tail == 16 ? 0xFFFF : (1u << tail) - 1u);
+    switch (regs) {
+      case 4: Strip<4>(a, lda, rows, bt + c, ldb, kw, out + c, ldo, last); break;
+      case 3: Strip<3>(a, lda, rows, bt + c, ldb, kw, out + c, ldo, last); break;
+      case 2: Strip<2>(a, lda, rows, bt + c, ldb, kw, out + c, ldo, last); break;
+      default: Strip<1>(a, lda, rows, bt + c, ldb, kw, out + c, ldo, last); break;
+    }
   }
-  switch ((cols - c) / 16) {
-    case 3: Strip<3>(a, lda, rows, bt + c, ldb, kw, out + c, ldo); break;
-    case 2: Strip<2>(a, lda, rows, bt + c, ldb, kw, out + c, ldo); break;
-    case 1: Strip<1>(a, lda, rows, bt + c, ldb, kw, out + c, ldo); break;
-    default: break;
+}
+
+XNORJAX_TARGET_AVX512 void AddColumnPopcountsAvx512(const uint32_t* row, int64_t n, uint32_t mask,
+                                                    int32_t* acc) {
+  const __m512i m = _mm512_set1_epi32(static_cast<int>(mask));
+  for (int64_t o = 0; o < n; o += 16) {
+    const __mmask16 lanes =
+        static_cast<__mmask16>(n - o >= 16 ? 0xFFFF : (1u << (n - o)) - 1u);
+    const __m512i v = _mm512_and_si512(_mm512_maskz_loadu_epi32(lanes, row + o), m);
+    const __m512i sum = _mm512_add_epi32(_mm512_maskz_loadu_epi32(lanes, acc + o),
+                                         _mm512_popcnt_epi32(v));
+    _mm512_mask_storeu_epi32(acc + o, lanes, sum);
   }
 }
 

@@ -30,4 +30,9 @@ void PopcountGemmPortable(const uint32_t* a, int64_t lda, int64_t rows, const ui
   }
 }
 
+void AddColumnPopcountsPortable(const uint32_t* row, int64_t n, uint32_t mask,
+                                int32_t* acc) {
+  for (int64_t o = 0; o < n; ++o) acc[o] += Popcount32(row[o] & mask);
+}
+
 }  // namespace xnorjax

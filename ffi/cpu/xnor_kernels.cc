@@ -6,7 +6,9 @@
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "conv_geometry.h"
@@ -121,18 +123,42 @@ GemmFn GemmFor(XnorImpl impl) {
   }
 }
 
+using ColumnPopcountFn = void (*)(const uint32_t*, int64_t, uint32_t, int32_t*);
+
+ColumnPopcountFn ColumnPopcountsFor(XnorImpl impl) {
+  switch (impl) {
+    case XnorImpl::kAvx512: return AddColumnPopcountsAvx512;
+    case XnorImpl::kAvx2: return AddColumnPopcountsAvx2;
+    default: return AddColumnPopcountsPortable;
+  }
+}
+
+// [O][K] -> [K][O], in 16 x 16 tiles (cache-friendly both ways).
+void TransposeWeights(const uint32_t* w, int64_t out_c, int64_t kw, uint32_t* bt) {
+  constexpr int64_t kTile = 16;
+  for (int64_t o0 = 0; o0 < out_c; o0 += kTile) {
+    const int64_t o1 = std::min(out_c, o0 + kTile);
+    for (int64_t k0 = 0; k0 < kw; k0 += kTile) {
+      const int64_t k1 = std::min(kw, k0 + kTile);
+      for (int64_t o = o0; o < o1; ++o) {
+        for (int64_t k = k0; k < k1; ++k) bt[k * out_c + o] = w[o * kw + k];
+      }
+    }
+  }
+}
+
 constexpr int64_t kRowBlock = 48;   // output pixels per work item (a multiple of 6 and 2)
+// Below about this many vector XOR-popcount steps per thread, extra threads do not pay off.
+constexpr int64_t kMinWorkPerThread = 64 * 1024;
 constexpr int64_t kColAlign = 64;   // output-channel chunks: multiples of 64 (whole packed words)
 
 int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-int32_t Popcount(uint32_t v) { return __builtin_popcount(v); }
 
 // Per-thread scratch, grown on demand and reused across calls.
 struct Scratch {
   std::vector<uint32_t> a;     // im2col block: rows x taps * words
   std::vector<int32_t> tile;   // popcounts: rows x chunk
-  std::vector<int32_t> corr;   // padding correction of one row: chunk
 };
 Scratch& ThreadScratch() {
   thread_local Scratch scratch;
@@ -141,154 +167,281 @@ Scratch& ThreadScratch() {
 
 }  // namespace
 
-void RunXnorConv(const ConvProblem& p, XnorImpl impl, XnorOutput output, const uint32_t* x,
-                 const uint32_t* w, const float* scale, const float* bias, void* out,
-                 int64_t num_threads, const ParallelFor& parallel_for) {
-  const int64_t taps = p.kernel_h * p.kernel_w;
-  const int64_t words = p.words;
-  const int64_t kw = taps * words;            // words per receptive field
-  const int64_t bits = taps * p.channels;     // +-1 products per output (padding included)
-  const int64_t out_c = p.out_channels;
-  const int64_t ldb = RoundUp(out_c, kLaneGroup);
-  const int64_t pixels = p.out_h * p.out_w;
-  const int64_t rows = p.batch * pixels;
-  const uint32_t last_mask = g::TailMask(p.channels, words - 1);
+namespace {
+
+// Everything one work item needs, computed once per call.
+struct Plan {
+  ConvProblem p;
+  XnorOutput output;
+  GemmFn gemm;
+  const uint32_t* x;
+  const uint32_t* bt;        // weights [K words][O]
+  const float* scale;
+  const float* bias;
+  void* out;
+  int64_t taps, words, kw, bits, out_c, pixels, rows;
+  uint32_t last_mask;
+  bool mask_tails;
+  const int32_t* garbage;    // [O] weight tail bits per output channel (mask_tails only)
+  const uint32_t* pad_words; // [words] the gathered value of a padded tap
+  // Zero-padding correction per border class: row_class[oh], col_class[ow] index the distinct
+  // inside-tap ranges; class_corr[(rc * col_classes + cc) * O + o]; nullptr for interior rows.
+  const int32_t* class_corr;
+  const int32_t* row_class;
+  const int32_t* col_class;
+  int64_t col_classes;
+  int64_t chunk, col_chunks;
+};
+
+// Packed im2col of rows [m0, m0 + n_rows) into a (n_rows x kw words), padding as the plan's pad
+// words, tails masked. The KW taps of one kernel row read KW adjacent input pixels: one
+// contiguous copy when all are inside.
+void Gather(const Plan& pl, int64_t m0, int64_t n_rows, uint32_t* __restrict a) {
+  const ConvProblem& p = pl.p;
+  const int64_t words = pl.words, kw = pl.kw, pixels = pl.pixels;
+  const int64_t row_words = p.kernel_w * words;
+  const uint32_t* __restrict x = pl.x;
+  const uint32_t* __restrict pad = pl.pad_words;
+  const uint32_t last_mask = pl.last_mask;
+  int64_t n = m0 / pixels, oh = (m0 % pixels) / p.out_w, ow = m0 % p.out_w;
+  for (int64_t r = 0; r < n_rows; ++r, ++ow) {
+    if (ow == p.out_w) {  // next output row (and image): no divisions per pixel
+      ow = 0;
+      if (++oh == p.out_h) oh = 0, ++n;
+    }
+    const int64_t iw0 = g::TapInputIndex(ow, 0, p.stride_w, p.pad_left);
+    const bool cols_inside = iw0 >= 0 && iw0 + p.kernel_w <= p.width;
+    uint32_t* __restrict dst = a + r * kw;
+    for (int64_t kh = 0; kh < p.kernel_h; ++kh, dst += row_words) {
+      const int64_t ih = g::TapInputIndex(oh, kh, p.stride_h, p.pad_top);
+      const bool row_inside = g::TapInside(ih, p.height);
+      const int64_t base = ((n * p.height + ih) * p.width + iw0) * words;  // used only inside
+      if (row_inside && cols_inside) {
+        std::memcpy(dst, x + base, sizeof(uint32_t) * row_words);
+      } else {
+        for (int64_t kx = 0; kx < p.kernel_w; ++kx) {
+          const bool inside = row_inside && g::TapInside(iw0 + kx, p.width);
+          const uint32_t* from = inside ? x + base + kx * words : pad;
+          for (int64_t j = 0; j < words; ++j) dst[kx * words + j] = from[j];
+        }
+      }
+      if (pl.mask_tails) {
+        for (int64_t kx = 0; kx < p.kernel_w; ++kx) dst[kx * words + words - 1] &= last_mask;
+      }
+    }
+  }
+}
+
+// Epilogue of one row: dot = bits - 2 * (popcount - weight tail bits) + padding correction,
+// written as int32, float32 (dot * scale + bias) or packed bits of that (>= 0).
+void Epilogue(const Plan& pl, int64_t m, int64_t oh, int64_t ow, int64_t c0, int64_t c1,
+              const int32_t* __restrict pc) {
+  const int64_t width = c1 - c0;
+  const int32_t base = static_cast<int32_t>(pl.bits);
+  const int32_t* __restrict garbage = pl.mask_tails ? pl.garbage + c0 : nullptr;
+  const int32_t* __restrict corr = nullptr;
+  if (pl.class_corr != nullptr) {
+    const int64_t cls = pl.row_class[oh] * pl.col_classes + pl.col_class[ow];
+    corr = pl.class_corr + cls * pl.out_c + c0;
+  }
+  // dot[o] for o in [c0, c1), in a small stack buffer per 64 channels.
+  int32_t dot[kColAlign];
+  const float* __restrict scale = pl.scale;
+  const float* __restrict bias = pl.bias;
+  for (int64_t o0 = 0; o0 < width; o0 += kColAlign) {
+    const int64_t n = std::min<int64_t>(kColAlign, width - o0);
+    for (int64_t o = 0; o < n; ++o) dot[o] = base - 2 * pc[o0 + o];
+    if (garbage != nullptr) {
+      for (int64_t o = 0; o < n; ++o) dot[o] += 2 * garbage[o0 + o];
+    }
+    if (corr != nullptr) {
+      for (int64_t o = 0; o < n; ++o) dot[o] += corr[o0 + o];
+    }
+    const int64_t first = c0 + o0;
+    switch (pl.output) {
+      case XnorOutput::kInt32: {
+        int32_t* __restrict dst = static_cast<int32_t*>(pl.out) + m * pl.out_c + first;
+        for (int64_t o = 0; o < n; ++o) dst[o] = dot[o];
+        break;
+      }
+      case XnorOutput::kFloat32: {
+        float* __restrict dst = static_cast<float*>(pl.out) + m * pl.out_c + first;
+        for (int64_t o = 0; o < n; ++o) {
+          dst[o] = static_cast<float>(static_cast<double>(dot[o]) * scale[first + o] +
+                                      bias[first + o]);
+        }
+        break;
+      }
+      case XnorOutput::kPacked: {
+        uint32_t* __restrict dst =
+            static_cast<uint32_t*>(pl.out) + m * g::PackedWords(pl.out_c) + g::WordOfChannel(first);
+        for (int64_t j = 0; j * g::kWordBits < n; ++j) {
+          uint32_t word = 0;
+          for (int64_t b = 0; b < g::kWordBits && j * g::kWordBits + b < n; ++b) {
+            const int64_t o = j * g::kWordBits + b;
+            const float y = static_cast<float>(static_cast<double>(dot[o]) * scale[first + o] +
+                                               bias[first + o]);
+            word |= static_cast<uint32_t>(y >= 0.0f) << b;
+          }
+          dst[j] = word;
+        }
+        break;
+      }
+    }
+  }
+}
+
+void RunItem(const Plan& pl, int64_t item) {
+  const int64_t m0 = (item / pl.col_chunks) * kRowBlock;
+  const int64_t n_rows = std::min(pl.rows, m0 + kRowBlock) - m0;
+  const int64_t c0 = (item % pl.col_chunks) * pl.chunk;
+  const int64_t c1 = std::min(pl.out_c, c0 + pl.chunk);
+  Scratch& s = ThreadScratch();
+  if (s.a.size() < static_cast<size_t>(kRowBlock * pl.kw)) s.a.resize(kRowBlock * pl.kw);
+  if (s.tile.size() < static_cast<size_t>(kRowBlock * pl.chunk)) {
+    s.tile.resize(kRowBlock * pl.chunk);
+  }
+  Gather(pl, m0, n_rows, s.a.data());
+  pl.gemm(s.a.data(), pl.kw, n_rows, pl.bt + c0, pl.out_c, c1 - c0, pl.kw, s.tile.data(),
+          pl.chunk);
+  int64_t oh = (m0 % pl.pixels) / pl.p.out_w, ow = m0 % pl.p.out_w;
+  for (int64_t r = 0; r < n_rows; ++r, ++ow) {
+    if (ow == pl.p.out_w) {
+      ow = 0;
+      if (++oh == pl.p.out_h) oh = 0;
+    }
+    Epilogue(pl, m0 + r, oh, ow, c0, c1, s.tile.data() + r * pl.chunk);
+  }
+}
+
+// Distinct inside-tap ranges [begin, end) along one axis: the class (index into `ranges`) of
+// every output position. Interior positions share the range [0, kernel), whose correction is 0.
+void AxisClasses(int64_t out, int64_t stride, int64_t pad_lo, int64_t in, int64_t kernel,
+                 std::vector<int32_t>* cls, std::vector<std::pair<int64_t, int64_t>>* ranges) {
+  cls->resize(out);
+  for (int64_t i = 0; i < out; ++i) {
+    const std::pair<int64_t, int64_t> range(g::InsideTapBegin(i, stride, pad_lo),
+                                            g::InsideTapEnd(i, stride, pad_lo, in, kernel));
+    auto it = std::find(ranges->begin(), ranges->end(), range);
+    (*cls)[i] = static_cast<int32_t>(it - ranges->begin());
+    if (it == ranges->end()) ranges->push_back(range);
+  }
+}
+
+}  // namespace
+
+void RunXnorConv(const ConvProblem& p, WeightLayout layout, XnorImpl impl, XnorOutput output,
+                 const uint32_t* x, const uint32_t* w, const float* scale, const float* bias,
+                 void* out, int64_t num_threads, const ParallelFor& parallel_for) {
+  Plan pl;
+  pl.p = p;
+  pl.output = output;
+  pl.gemm = GemmFor(impl);
+  pl.x = x;
+  pl.scale = scale;
+  pl.bias = bias;
+  pl.out = out;
+  pl.taps = p.kernel_h * p.kernel_w;
+  pl.words = p.words;
+  pl.kw = pl.taps * p.words;          // words per receptive field
+  pl.bits = pl.taps * p.channels;     // +-1 products per output (padding included)
+  pl.out_c = p.out_channels;
+  pl.pixels = p.out_h * p.out_w;
+  pl.rows = p.batch * pl.pixels;
+  pl.last_mask = g::TailMask(p.channels, p.words - 1);
+  pl.mask_tails = pl.last_mask != 0xFFFFFFFFu;
+  const int64_t taps = pl.taps, words = pl.words, out_c = pl.out_c;
   // Padded taps are gathered as the +-1 value `assumed_pad`; zero padding (not representable in
   // bits) is gathered as -1 and fixed by the per-border-position correction.
   const int64_t assumed_pad = p.pad_value != 0 ? p.pad_value : -1;
   const bool any_padding = p.pad_top > 0 || p.pad_bottom > 0 || p.pad_left > 0 || p.pad_right > 0;
   const bool correct = any_padding && p.pad_value != assumed_pad;
+  const ColumnPopcountFn column_popcounts = ColumnPopcountsFor(impl);
 
-  // Weights transposed to [K words][ldb] with tail bits masked and zero columns past O; for the
-  // correction, the sum of the +-1 weights of every (tap, output channel).
-  std::vector<uint32_t> bt(static_cast<size_t>(kw * ldb), 0u);
-  std::vector<int32_t> tap_sums(correct ? static_cast<size_t>(taps * ldb) : 0, 0);
-  for (int64_t o = 0; o < out_c; ++o) {
-    const uint32_t* src = w + o * kw;
+  // The microkernels read the weights as bt[k * out_c + o] ([K words][O]): the input-major layout
+  // is that already; the output-major one (the FFI contract's) is transposed here.
+  std::unique_ptr<uint32_t[]> transposed;
+  pl.bt = w;
+  if (layout == WeightLayout::kOutputMajor) {
+    transposed.reset(new uint32_t[pl.kw * out_c]);
+    TransposeWeights(w, out_c, pl.kw, transposed.get());
+    pl.bt = transposed.get();
+  }
+  // Tail bits of the weights are not masked in place; the gathered inputs' tails are zero, so
+  // each weight tail bit adds 1 to the XOR popcount: `garbage` takes those counts back out.
+  std::vector<int32_t> garbage(pl.mask_tails ? out_c : 0, 0);
+  if (pl.mask_tails) {
     for (int64_t t = 0; t < taps; ++t) {
-      int64_t ones = 0;
-      for (int64_t j = 0; j < words; ++j) {
-        uint32_t word = src[t * words + j];
-        if (j == words - 1) word &= last_mask;
-        bt[(t * words + j) * ldb + o] = word;
-        ones += Popcount(word);
-      }
-      if (correct) tap_sums[t * ldb + o] = static_cast<int32_t>(g::SumFromPopcount(p.channels, ones));
+      column_popcounts(pl.bt + (t * words + words - 1) * out_c, out_c, ~pl.last_mask,
+                       garbage.data());
     }
   }
+  pl.garbage = garbage.data();
   std::vector<uint32_t> pad_words(words);
   for (int64_t j = 0; j < words; ++j) pad_words[j] = g::ConstantWord(assumed_pad, p.channels, j);
+  pl.pad_words = pad_words.data();
+
+  // Zero padding: the correction of each border class (a distinct pair of inside-tap ranges),
+  // from the sum of the +-1 weights of every (tap, output channel).
+  std::vector<int32_t> row_class, col_class, class_corr;
+  pl.class_corr = nullptr;
+  if (correct) {
+    std::vector<int32_t> tap_sums(taps * out_c, 0);
+    for (int64_t t = 0; t < taps; ++t) {
+      int32_t* sums = tap_sums.data() + t * out_c;
+      for (int64_t j = 0; j < words; ++j) {
+        column_popcounts(pl.bt + (t * words + j) * out_c, out_c,
+                         j == words - 1 ? pl.last_mask : 0xFFFFFFFFu, sums);
+      }
+      for (int64_t o = 0; o < out_c; ++o) {
+        sums[o] = static_cast<int32_t>(g::SumFromPopcount(p.channels, sums[o]));
+      }
+    }
+    std::vector<std::pair<int64_t, int64_t>> row_ranges, col_ranges;
+    AxisClasses(p.out_h, p.stride_h, p.pad_top, p.height, p.kernel_h, &row_class, &row_ranges);
+    AxisClasses(p.out_w, p.stride_w, p.pad_left, p.width, p.kernel_w, &col_class, &col_ranges);
+    const int64_t classes = static_cast<int64_t>(row_ranges.size() * col_ranges.size());
+    class_corr.assign(classes * out_c, 0);
+    for (size_t rc = 0; rc < row_ranges.size(); ++rc) {
+      for (size_t cc = 0; cc < col_ranges.size(); ++cc) {
+        int32_t* corr = class_corr.data() + (rc * col_ranges.size() + cc) * out_c;
+        const auto [h0, h1] = row_ranges[rc];
+        const auto [w0, w1] = col_ranges[cc];
+        for (int64_t kh = 0; kh < p.kernel_h; ++kh) {
+          for (int64_t kx = 0; kx < p.kernel_w; ++kx) {
+            if (kh >= h0 && kh < h1 && kx >= w0 && kx < w1) continue;  // inside: no correction
+            const int32_t* sums = tap_sums.data() + (kh * p.kernel_w + kx) * out_c;
+            for (int64_t o = 0; o < out_c; ++o) corr[o] += sums[o];
+          }
+        }
+        for (int64_t o = 0; o < out_c; ++o) {
+          corr[o] = static_cast<int32_t>(g::PadCorrection(p.pad_value, assumed_pad, corr[o]));
+        }
+      }
+    }
+    pl.class_corr = class_corr.data();
+    pl.row_class = row_class.data();
+    pl.col_class = col_class.data();
+    pl.col_classes = static_cast<int64_t>(col_ranges.size());
+  }
 
   // Work items: blocks of output pixels x chunks of output channels (more chunks when there are
-  // few pixel blocks, so that every thread has work even for batch 1 on a 2x2 map).
-  const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
-  int64_t chunk = RoundUp(ldb, kColAlign);
-  const int64_t want_items = 4 * std::max<int64_t>(num_threads, 1);
-  if (row_blocks < want_items) {
+  // few pixel blocks, so that every thread has work even for batch 1 on a 2x2 map). Chunks are
+  // multiples of 64 channels, so packed output words never straddle two items. Small problems
+  // run on fewer threads (waking a thread costs more than it saves).
+  const int64_t row_blocks = (pl.rows + kRowBlock - 1) / kRowBlock;
+  const int64_t lane_work = pl.rows * RoundUp(out_c, kColAlign) * pl.kw / 16;  // vector XORs
+  const int64_t threads = std::clamp<int64_t>(lane_work / kMinWorkPerThread, 1,
+                                              std::max<int64_t>(num_threads, 1));
+  pl.chunk = RoundUp(out_c, kColAlign);
+  const int64_t want_items = 4 * threads;
+  if (threads > 1 && row_blocks < want_items) {
     const int64_t splits = (want_items + row_blocks - 1) / row_blocks;
-    chunk = std::max(kColAlign, RoundUp((ldb + splits - 1) / splits, kColAlign));
+    pl.chunk = std::max(kColAlign, RoundUp((out_c + splits - 1) / splits, kColAlign));
   }
-  const int64_t col_chunks = (ldb + chunk - 1) / chunk;
-  const GemmFn gemm = GemmFor(impl);
-  const int64_t packed_out_words = g::PackedWords(out_c);
-
-  parallel_for(row_blocks * col_chunks, [&](int64_t item) {
-    const int64_t m0 = (item / col_chunks) * kRowBlock;
-    const int64_t m1 = std::min(rows, m0 + kRowBlock);
-    const int64_t c0 = (item % col_chunks) * chunk;
-    const int64_t c1 = std::min(ldb, c0 + chunk);
-    const int64_t o_end = std::min(out_c, c1);
-    const int64_t n_rows = m1 - m0;
-    Scratch& s = ThreadScratch();
-    if (s.a.size() < static_cast<size_t>(kRowBlock * kw)) s.a.resize(kRowBlock * kw);
-    if (s.tile.size() < static_cast<size_t>(kRowBlock * chunk)) s.tile.resize(kRowBlock * chunk);
-    if (s.corr.size() < static_cast<size_t>(chunk)) s.corr.resize(chunk);
-
-    // Gather the receptive fields (packed im2col), padding as `assumed_pad`, tails masked.
-    for (int64_t r = 0; r < n_rows; ++r) {
-      const int64_t m = m0 + r;
-      const int64_t n = m / pixels;
-      const int64_t oh = (m % pixels) / p.out_w;
-      const int64_t ow = m % p.out_w;
-      uint32_t* dst = s.a.data() + r * kw;
-      for (int64_t kh = 0; kh < p.kernel_h; ++kh) {
-        const int64_t ih = g::TapInputIndex(oh, kh, p.stride_h, p.pad_top);
-        const bool row_inside = g::TapInside(ih, p.height);
-        for (int64_t kx = 0; kx < p.kernel_w; ++kx, dst += words) {
-          const int64_t iw = g::TapInputIndex(ow, kx, p.stride_w, p.pad_left);
-          if (row_inside && g::TapInside(iw, p.width)) {
-            std::memcpy(dst, x + ((n * p.height + ih) * p.width + iw) * words,
-                        sizeof(uint32_t) * words);
-            dst[words - 1] &= last_mask;
-          } else {
-            std::memcpy(dst, pad_words.data(), sizeof(uint32_t) * words);
-          }
-        }
-      }
-    }
-
-    gemm(s.a.data(), kw, n_rows, bt.data() + c0, ldb, c1 - c0, kw, s.tile.data(), chunk);
-
-    // Epilogue: dot = bits - 2 * popcount (+ the padding correction), then the output form.
-    for (int64_t r = 0; r < n_rows; ++r) {
-      const int64_t m = m0 + r;
-      const int32_t* pc = s.tile.data() + r * chunk;
-      int32_t* corr = s.corr.data();
-      const int64_t width = o_end - c0;
-      std::fill(corr, corr + width, 0);
-      if (correct) {
-        const int64_t oh = (m % pixels) / p.out_w;
-        const int64_t ow = m % p.out_w;
-        const int64_t h0 = g::InsideTapBegin(oh, p.stride_h, p.pad_top);
-        const int64_t h1 = g::InsideTapEnd(oh, p.stride_h, p.pad_top, p.height, p.kernel_h);
-        const int64_t w0 = g::InsideTapBegin(ow, p.stride_w, p.pad_left);
-        const int64_t w1 = g::InsideTapEnd(ow, p.stride_w, p.pad_left, p.width, p.kernel_w);
-        if (!(h0 == 0 && h1 == p.kernel_h && w0 == 0 && w1 == p.kernel_w)) {
-          for (int64_t kh = 0; kh < p.kernel_h; ++kh) {
-            for (int64_t kx = 0; kx < p.kernel_w; ++kx) {
-              if (kh >= h0 && kh < h1 && kx >= w0 && kx < w1) continue;
-              const int32_t* sums = tap_sums.data() + (kh * p.kernel_w + kx) * ldb + c0;
-              for (int64_t o = 0; o < width; ++o) corr[o] += sums[o];
-            }
-          }
-          for (int64_t o = 0; o < width; ++o) {
-            corr[o] = static_cast<int32_t>(g::PadCorrection(p.pad_value, assumed_pad, corr[o]));
-          }
-        }
-      }
-      const int32_t base = static_cast<int32_t>(bits);
-      switch (output) {
-        case XnorOutput::kInt32: {
-          int32_t* dst = static_cast<int32_t*>(out) + m * out_c + c0;
-          for (int64_t o = 0; o < width; ++o) dst[o] = base - 2 * pc[o] + corr[o];
-          break;
-        }
-        case XnorOutput::kFloat32: {
-          float* dst = static_cast<float*>(out) + m * out_c + c0;
-          for (int64_t o = 0; o < width; ++o) {
-            const double dot = static_cast<double>(base - 2 * pc[o] + corr[o]);
-            dst[o] = static_cast<float>(dot * scale[c0 + o] + bias[c0 + o]);
-          }
-          break;
-        }
-        case XnorOutput::kPacked: {
-          uint32_t* dst = static_cast<uint32_t*>(out) + m * packed_out_words;
-          for (int64_t j = g::WordOfChannel(c0); j * g::kWordBits < o_end; ++j) {
-            uint32_t word = 0;
-            const int64_t first = j * g::kWordBits;
-            const int64_t last = std::min(o_end, first + g::kWordBits);
-            for (int64_t o = first; o < last; ++o) {
-              const double dot = static_cast<double>(base - 2 * pc[o - c0] + corr[o - c0]);
-              const float y = static_cast<float>(dot * scale[o] + bias[o]);
-              word |= static_cast<uint32_t>(y >= 0.0f) << g::BitOfChannel(o);
-            }
-            dst[j] = word;
-          }
-          break;
-        }
-      }
-    }
-  });
+  pl.col_chunks = (out_c + pl.chunk - 1) / pl.chunk;
+  parallel_for(row_blocks * pl.col_chunks, threads,
+               [&pl](int64_t item) { RunItem(pl, item); });
 }
 
 }  // namespace xnorjax

@@ -46,20 +46,30 @@ struct ConvProblem {
 // string when the problem is valid, else a message naming what is wrong.
 std::string ValidateConvProblem(ConvProblem* problem);
 
-// Runs body(i) for every i in [0, n), possibly in parallel; returns when all are done.
-using ParallelFor = std::function<void(int64_t n, const std::function<void(int64_t)>& body)>;
+// Memory order of the packed weights.
+enum class WeightLayout {
+  kOutputMajor,  // u32[O, KH, KW, Cw]: each output channel's bits contiguous (the FFI contract)
+  kInputMajor,   // u32[KH, KW, Cw, O]: pack_bits(kernel, axis=-2) of an HWIO kernel, as is
+};
+
+// Runs body(i) for every i in [0, n) on up to `threads` threads; returns when all are done.
+using ParallelFor =
+    std::function<void(int64_t n, int64_t threads, const std::function<void(int64_t)>& body)>;
 
 // Runs a validated problem. `out` holds int32 [N, OH, OW, O], float32 [N, OH, OW, O] or uint32
 // [N, OH, OW, ceil(O / 32)] per `output`; `scale` and `bias` (f32[O]) are read for kFloat32 and
 // kPacked: y = dot * scale + bias, packed as the bit (y >= 0). Every output element is written.
-// `num_threads` only shapes the work split (enough work items for that many threads).
-void RunXnorConv(const ConvProblem& problem, XnorImpl impl, XnorOutput output, const uint32_t* x,
-                 const uint32_t* w, const float* scale, const float* bias, void* out,
-                 int64_t num_threads, const ParallelFor& parallel_for);
+// `num_threads` is the most threads to use (fewer for small problems).
+// Weight tail bits past `channels` may hold anything (they are discounted), like the input's.
+void RunXnorConv(const ConvProblem& problem, WeightLayout layout, XnorImpl impl,
+                 XnorOutput output, const uint32_t* x, const uint32_t* w, const float* scale,
+                 const float* bias, void* out, int64_t num_threads,
+                 const ParallelFor& parallel_for);
 
 // Microkernels, one per instruction set, all with the same contract:
 //   out[r * ldo + o] = sum_{k < kw} popcount(a[r * lda + k] ^ bt[k * ldb + o])
-// for r < rows and o < cols; cols and ldb are multiples of 16 (bt is zero-padded to ldb).
+// for r < rows and o < cols. They read bt only at o < cols, but may write out[r * ldo + o] up to
+// o < RoundUp(cols, 16) (ldo must leave room).
 void PopcountGemmAvx512(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
                         int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo);
 void PopcountGemmAvx2(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
@@ -67,7 +77,9 @@ void PopcountGemmAvx2(const uint32_t* a, int64_t lda, int64_t rows, const uint32
 void PopcountGemmPortable(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
                           int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo);
 
-// The padded output-channel stride of the transposed weights (a multiple of 16).
-constexpr int64_t kLaneGroup = 16;
+// acc[o] += popcount(row[o] & mask) for o < n (per instruction set, like the microkernels).
+void AddColumnPopcountsAvx512(const uint32_t* row, int64_t n, uint32_t mask, int32_t* acc);
+void AddColumnPopcountsAvx2(const uint32_t* row, int64_t n, uint32_t mask, int32_t* acc);
+void AddColumnPopcountsPortable(const uint32_t* row, int64_t n, uint32_t mask, int32_t* acc);
 
 }  // namespace xnorjax

@@ -22,6 +22,10 @@ The FFI contract (shared by ffi/cpu and ffi/cuda; the geometry is ffi/conv_geome
     2 AVX2, 3 portable; CUDA ignores it).
   "xnorjax_xnor_dense_{i32,f32,packed}": x u32[M, Kw], w u32[N, Kw] (+ scale, bias f32[N]);
     results s32[M, N] / f32[M, N] / u32[M, ceil(N / 32)]; attributes features, impl.
+  CPU only, and what this wrapper calls there: "xnorjax_xnor_conv_{i32,f32,packed}_hwio" and
+    "xnorjax_xnor_dense_{i32,f32,packed}_kn", the same with the weights in their public packed
+    layout as is (conv w u32[KH, KW, Cw, O], dense w u32[Kw, N]): the CPU microkernels read
+    weights output-channel-minor, so these skip a transpose of the weights at every call.
 
 Transformations: the ops work under `jit`; under `vmap` (a `custom_vmap` rule) a batch of inputs
 is folded into the kernel's batch axis (one call), and batched weights run one call per example.
@@ -58,8 +62,8 @@ PAD_VALUES = (-1.0, 0.0, 1.0)
 _OUTPUTS = ("i32", "f32", "packed")
 _EXACT_F32_BITS = 1 << 24  # float32 sums of +-1 are exact up to 2**24 terms
 # Shardy rules of the (x, w, scale, bias) -> y calls: only the batch factor n may stay sharded.
-_CONV_RULE = "n h w c, o kh kw cw, o, o -> n oh ow p"
-_DENSE_RULE = "n k, o kw, o, o -> n p"
+_CONV_RULE = "n h w c, kh kw cw o, o, o -> n oh ow p"
+_DENSE_RULE = "n k, kw o, o, o -> n p"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,10 +99,10 @@ def _epilogue_reference(dot: jax.Array, scale: jax.Array, bias: jax.Array, outpu
 
 
 def _conv_reference(x, w, scale, bias, p: _ConvParams):
-  bits = w.shape[1] * w.shape[2] * p.channels
+  bits = w.shape[0] * w.shape[1] * p.channels
   dtype = jnp.float32 if bits < _EXACT_F32_BITS else jnp.int32
   xs = unpack_bits(x, p.channels, axis=-1, dtype=dtype)
-  ws = jnp.transpose(unpack_bits(w, p.channels, axis=-1, dtype=dtype), (1, 2, 3, 0))
+  ws = unpack_bits(w, p.channels, axis=-2, dtype=dtype)
   xs = jnp.pad(xs, ((0, 0), p.pads[0], p.pads[1], (0, 0)), constant_values=p.pad_value)
   dot = lax.conv_general_dilated(xs, ws, p.strides, "VALID",
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -109,13 +113,16 @@ def _conv_reference(x, w, scale, bias, p: _ConvParams):
 def _dense_reference(x, w, scale, bias, p: _DenseParams):
   dtype = jnp.float32 if p.features < _EXACT_F32_BITS else jnp.int32
   xs = unpack_bits(x, p.features, axis=-1, dtype=dtype)
-  ws = unpack_bits(w, p.features, axis=-1, dtype=dtype)
-  dot = jnp.matmul(xs, ws.T, precision=lax.Precision.HIGHEST, preferred_element_type=dtype)
+  ws = unpack_bits(w, p.features, axis=-2, dtype=dtype)
+  dot = jnp.matmul(xs, ws, precision=lax.Precision.HIGHEST, preferred_element_type=dtype)
   return _epilogue_reference(dot.astype(jnp.int32), scale, bias, p.output)
 
 
 # ----------------------------------------------------------------------------------------------
-# FFI calls and the platform choice.
+# FFI calls and the platform choice. The wrapper's weights are in the public packed layout
+# (conv u32[KH, KW, Cw, O], dense u32[Kw, N]). The contract targets (shared with CUDA) take them
+# output-major, transposed here; on the CPU the "_hwio" / "_kn" targets read the public layout as
+# is, so no weight transpose runs per call.
 
 
 def _result_type(rows_shape: tuple[int, ...], out_channels: int, output: str):
@@ -125,12 +132,15 @@ def _result_type(rows_shape: tuple[int, ...], out_channels: int, output: str):
   return jax.ShapeDtypeStruct(rows_shape + (out_channels,), dtype)
 
 
-def _conv_ffi(x, w, scale, bias, p: _ConvParams):
+def _conv_ffi(x, w, scale, bias, p: _ConvParams, input_major: bool):
   _native.require_extension()
   n, h, wd, _ = x.shape
-  o, kh, kw, _ = w.shape
+  kh, kw, _, o = w.shape
   oh, ow = conv_lib.output_hw((h, wd), (kh, kw), p.strides, p.pads)
-  call = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{p.output}", _result_type((n, oh, ow), o, p.output))
+  target = f"xnorjax_xnor_conv_{p.output}" + ("_hwio" if input_major else "")
+  if not input_major:
+    w = jnp.transpose(w, (3, 0, 1, 2))  # [O, KH, KW, Cw]: each output channel's bits contiguous
+  call = jax.ffi.ffi_call(target, _result_type((n, oh, ow), o, p.output))
   operands = (x, w) if p.output == "i32" else (x, w, scale, bias)
   return call(*operands, channels=np.int64(p.channels), stride_h=np.int64(p.strides[0]),
               stride_w=np.int64(p.strides[1]), pad_top=np.int64(p.pads[0][0]),
@@ -139,11 +149,12 @@ def _conv_ffi(x, w, scale, bias, p: _ConvParams):
               impl=np.int64(p.impl))
 
 
-def _dense_ffi(x, w, scale, bias, p: _DenseParams):
+def _dense_ffi(x, w, scale, bias, p: _DenseParams, input_major: bool):
   _native.require_extension()
-  call = jax.ffi.ffi_call(f"xnorjax_xnor_dense_{p.output}",
-                          _result_type((x.shape[0],), w.shape[0], p.output))
-  operands = (x, w) if p.output == "i32" else (x, w, scale, bias)
+  target = f"xnorjax_xnor_dense_{p.output}" + ("_kn" if input_major else "")
+  call = jax.ffi.ffi_call(target, _result_type((x.shape[0],), w.shape[1], p.output))
+  operands = (x, w if input_major else w.T) if p.output == "i32" else (
+      x, w if input_major else w.T, scale, bias)
   return call(*operands, features=np.int64(p.features), impl=np.int64(p.impl))
 
 
@@ -157,16 +168,19 @@ def _cuda_targets() -> frozenset[str]:
 
 
 def _dispatch(ffi_fn, reference_fn, target: str, implementation: str, x, *args):
+  """The CPU kernel, the CUDA kernel where registered, or the reference, per platform."""
   if implementation == "xla":
     return reference_fn(x, *args)
-  if implementation == "ffi":
-    return ffi_fn(x, *args)
-  if not _native.extension_available():
+  cpu_fn = functools.partial(ffi_fn, input_major=True)
+  if implementation == "auto" and not _native.extension_available():
     return reference_fn(x, *args)
-  kernels = {"cpu": ffi_fn}
+  kernels = {"cpu": cpu_fn}
   if target in _cuda_targets():
-    kernels["cuda"] = ffi_fn
-  return lax.platform_dependent(x, *args, default=reference_fn, **kernels)
+    kernels["cuda"] = functools.partial(ffi_fn, input_major=False)
+  default = cpu_fn if implementation == "ffi" else reference_fn
+  if implementation == "ffi":
+    _native.require_extension()
+  return lax.platform_dependent(x, *args, default=default, **kernels)
 
 
 def _packed_rows(x):
@@ -354,9 +368,8 @@ def xnor_conv(x, kernel, *, strides=(1, 1), padding="SAME", pad_value=0.0, chann
 
   x = x if _is_packed(x) else _as_float(x)
   wp = kernel if _is_packed(kernel) else pack_bits(kernel, axis=-2)
-  wt = jnp.transpose(wp, (3, 0, 1, 2))  # [O, KH, KW, Cw]: each output channel's bits contiguous
   params = _ConvParams(c, strides, pads, int(pad_value), output, impl_code, implementation)
-  return _batchable(_conv_call, params, _CONV_RULE)(x, wt, scale, bias)
+  return _batchable(_conv_call, params, _CONV_RULE)(x, wp, scale, bias)
 
 
 def xnor_dense(x, kernel, *, features=None, scale=None, bias=None, pack_output: bool = False,
@@ -391,7 +404,7 @@ def xnor_dense(x, kernel, *, features=None, scale=None, bias=None, pack_output: 
   leading = x.shape[:-1]
   rows = x.reshape((-1, x.shape[-1]))
   params = _DenseParams(k, output, impl_code, implementation)
-  y = _batchable(_dense_call, params, _DENSE_RULE)(rows, wp.T, scale, bias)
+  y = _batchable(_dense_call, params, _DENSE_RULE)(rows, wp, scale, bias)
   return y.reshape(leading + y.shape[-1:])
 
 
