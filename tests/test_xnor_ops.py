@@ -137,6 +137,26 @@ def test_poisoned_outputs_are_all_written(rng, impl, threads, input_major):
     np.testing.assert_array_equal(out_p, np.asarray(pack_bits(out_f)))
 
 
+def test_every_impl_gives_identical_results(rng):
+  # Integers, floats (one fused multiply-add rounding on every path) and packed bits, bit for bit.
+  impls = [i for i in IMPL_CODES if _supported(i)]
+  x, kernel = signs(rng, (2, 7, 6, 75)), signs(rng, (3, 3, 75, 45))
+  pads = ((1, 1), (1, 1))
+  xp, wp = _packed_operands(x, kernel, True)
+  scale = rng.standard_normal(45).astype(np.float32)
+  bias = (rng.standard_normal(45) * 30).astype(np.float32)
+  for output, dtype, width in (("int32", np.int32, 45), ("float32", np.float32, 45),
+                               ("packed", np.uint32, 2)):
+    results = []
+    for impl in impls:
+      out = np.zeros((2, 7, 6, width), dtype)
+      _conv_into(impl, xp, wp, scale, bias, out, output, 75, (1, 1), pads, 0, 2, True)
+      results.append(out)
+    for impl, out in zip(impls[1:], results[1:]):
+      np.testing.assert_array_equal(out.view(np.uint32), results[0].view(np.uint32),
+                                    err_msg=f"{output}: {impl} vs {impls[0]}")
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 100),
        o=st.integers(1, 80), kh=st.integers(1, 7), kw=st.integers(1, 7),

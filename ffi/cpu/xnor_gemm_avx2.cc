@@ -6,9 +6,10 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu/xnor_epilogue.h"
 #include "cpu/xnor_kernels.h"
 
-#define XNORJAX_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
+#define XNORJAX_TARGET_AVX2 __attribute__((target("avx2,fma,popcnt")))
 
 namespace xnorjax {
 namespace {
@@ -100,5 +101,7 @@ XNORJAX_TARGET_AVX2 void AddColumnPopcountsAvx2(const uint32_t* row, int64_t n, 
                                                 int32_t* acc) {
   for (int64_t o = 0; o < n; ++o) acc[o] += Popcount32(row[o] & mask);
 }
+
+XNORJAX_TARGET_AVX2 void EpilogueRowAvx2(const EpilogueArgs& e) { EpilogueRowGeneric(e); }
 
 }  // namespace xnorjax

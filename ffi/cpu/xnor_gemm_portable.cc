@@ -2,6 +2,7 @@
 // readable statement of what the SIMD microkernels compute.
 #include <cstdint>
 
+#include "cpu/xnor_epilogue.h"
 #include "cpu/xnor_kernels.h"
 
 namespace xnorjax {
@@ -34,5 +35,7 @@ void AddColumnPopcountsPortable(const uint32_t* row, int64_t n, uint32_t mask,
                                 int32_t* acc) {
   for (int64_t o = 0; o < n; ++o) acc[o] += Popcount32(row[o] & mask);
 }
+
+void EpilogueRowPortable(const EpilogueArgs& e) { EpilogueRowGeneric(e); }
 
 }  // namespace xnorjax

@@ -174,6 +174,7 @@ struct Plan {
   ConvProblem p;
   XnorOutput output;
   GemmFn gemm;
+  void (*epilogue)(const EpilogueArgs&);
   const uint32_t* x;
   const uint32_t* bt;        // weights [K words][O]
   const float* scale;
@@ -192,6 +193,15 @@ struct Plan {
   int64_t col_classes;
   int64_t chunk, col_chunks;
 };
+
+// dst[0, n) = src[0, n) for the few words of a receptive-field row: 16-byte moves, never a call
+// to memcpy or a `rep movs` (whose start-up costs more than these copies).
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void CopyWords(
+    uint32_t* __restrict dst, const uint32_t* __restrict src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) __builtin_memcpy(dst + i, src + i, 16);
+  for (; i < n; ++i) dst[i] = src[i];
+}
 
 // Packed im2col of rows [m0, m0 + n_rows) into a (n_rows x kw words), padding as the plan's pad
 // words, tails masked. The KW taps of one kernel row read KW adjacent input pixels: one
@@ -217,12 +227,11 @@ void Gather(const Plan& pl, int64_t m0, int64_t n_rows, uint32_t* __restrict a) 
       const bool row_inside = g::TapInside(ih, p.height);
       const int64_t base = ((n * p.height + ih) * p.width + iw0) * words;  // used only inside
       if (row_inside && cols_inside) {
-        std::memcpy(dst, x + base, sizeof(uint32_t) * row_words);
+        CopyWords(dst, x + base, row_words);
       } else {
         for (int64_t kx = 0; kx < p.kernel_w; ++kx) {
           const bool inside = row_inside && g::TapInside(iw0 + kx, p.width);
-          const uint32_t* from = inside ? x + base + kx * words : pad;
-          for (int64_t j = 0; j < words; ++j) dst[kx * words + j] = from[j];
+          CopyWords(dst + kx * words, inside ? x + base + kx * words : pad, words);
         }
       }
       if (pl.mask_tails) {
@@ -235,60 +244,28 @@ void Gather(const Plan& pl, int64_t m0, int64_t n_rows, uint32_t* __restrict a) 
 // Epilogue of one row: dot = bits - 2 * (popcount - weight tail bits) + padding correction,
 // written as int32, float32 (dot * scale + bias) or packed bits of that (>= 0).
 void Epilogue(const Plan& pl, int64_t m, int64_t oh, int64_t ow, int64_t c0, int64_t c1,
-              const int32_t* __restrict pc) {
-  const int64_t width = c1 - c0;
-  const int32_t base = static_cast<int32_t>(pl.bits);
-  const int32_t* __restrict garbage = pl.mask_tails ? pl.garbage + c0 : nullptr;
-  const int32_t* __restrict corr = nullptr;
+              const int32_t* pc) {
+  EpilogueArgs e;
+  e.pc = pc;
+  e.garbage = pl.mask_tails ? pl.garbage + c0 : nullptr;
+  e.corr = nullptr;
   if (pl.class_corr != nullptr) {
     const int64_t cls = pl.row_class[oh] * pl.col_classes + pl.col_class[ow];
-    corr = pl.class_corr + cls * pl.out_c + c0;
+    e.corr = pl.class_corr + cls * pl.out_c + c0;
   }
-  // dot[o] for o in [c0, c1), in a small stack buffer per 64 channels.
-  int32_t dot[kColAlign];
-  const float* __restrict scale = pl.scale;
-  const float* __restrict bias = pl.bias;
-  for (int64_t o0 = 0; o0 < width; o0 += kColAlign) {
-    const int64_t n = std::min<int64_t>(kColAlign, width - o0);
-    for (int64_t o = 0; o < n; ++o) dot[o] = base - 2 * pc[o0 + o];
-    if (garbage != nullptr) {
-      for (int64_t o = 0; o < n; ++o) dot[o] += 2 * garbage[o0 + o];
-    }
-    if (corr != nullptr) {
-      for (int64_t o = 0; o < n; ++o) dot[o] += corr[o0 + o];
-    }
-    const int64_t first = c0 + o0;
-    switch (pl.output) {
-      case XnorOutput::kInt32: {
-        int32_t* __restrict dst = static_cast<int32_t*>(pl.out) + m * pl.out_c + first;
-        for (int64_t o = 0; o < n; ++o) dst[o] = dot[o];
-        break;
-      }
-      case XnorOutput::kFloat32: {
-        float* __restrict dst = static_cast<float*>(pl.out) + m * pl.out_c + first;
-        for (int64_t o = 0; o < n; ++o) {
-          dst[o] = static_cast<float>(static_cast<double>(dot[o]) * scale[first + o] +
-                                      bias[first + o]);
-        }
-        break;
-      }
-      case XnorOutput::kPacked: {
-        uint32_t* __restrict dst =
-            static_cast<uint32_t*>(pl.out) + m * g::PackedWords(pl.out_c) + g::WordOfChannel(first);
-        for (int64_t j = 0; j * g::kWordBits < n; ++j) {
-          uint32_t word = 0;
-          for (int64_t b = 0; b < g::kWordBits && j * g::kWordBits + b < n; ++b) {
-            const int64_t o = j * g::kWordBits + b;
-            const float y = static_cast<float>(static_cast<double>(dot[o]) * scale[first + o] +
-                                               bias[first + o]);
-            word |= static_cast<uint32_t>(y >= 0.0f) << b;
-          }
-          dst[j] = word;
-        }
-        break;
-      }
-    }
+  e.base = static_cast<int32_t>(pl.bits);
+  e.n = c1 - c0;
+  e.output = pl.output;
+  e.scale = pl.scale == nullptr ? nullptr : pl.scale + c0;
+  e.bias = pl.bias == nullptr ? nullptr : pl.bias + c0;
+  switch (pl.output) {
+    case XnorOutput::kInt32: e.out = static_cast<int32_t*>(pl.out) + m * pl.out_c + c0; break;
+    case XnorOutput::kFloat32: e.out = static_cast<float*>(pl.out) + m * pl.out_c + c0; break;
+    case XnorOutput::kPacked:
+      e.out = static_cast<uint32_t*>(pl.out) + m * g::PackedWords(pl.out_c) + g::WordOfChannel(c0);
+      break;
   }
+  pl.epilogue(e);
 }
 
 void RunItem(const Plan& pl, int64_t item) {
@@ -337,6 +314,9 @@ void RunXnorConv(const ConvProblem& p, WeightLayout layout, XnorImpl impl, XnorO
   pl.p = p;
   pl.output = output;
   pl.gemm = GemmFor(impl);
+  pl.epilogue = impl == XnorImpl::kAvx512 ? EpilogueRowAvx512
+                : impl == XnorImpl::kAvx2 ? EpilogueRowAvx2
+                                          : EpilogueRowPortable;
   pl.x = x;
   pl.scale = scale;
   pl.bias = bias;

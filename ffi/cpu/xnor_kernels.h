@@ -77,6 +77,26 @@ void PopcountGemmAvx2(const uint32_t* a, int64_t lda, int64_t rows, const uint32
 void PopcountGemmPortable(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
                           int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo);
 
+// One output row of the fused epilogue, for o < n (pointers already offset to the row's first
+// channel): dot = base - 2 * pc[o] (+ 2 * garbage[o] when given: weight tail bits) (+ corr[o]
+// when given: zero padding), then int32 dot, float32 y = fma(float(dot), scale[o], bias[o])
+// (one rounding, the same on every path), or packed bits (y >= 0), bit b of word j = channel
+// 32 j + b, zero past n.
+struct EpilogueArgs {
+  const int32_t* pc;
+  const int32_t* garbage;
+  const int32_t* corr;
+  int32_t base;
+  int64_t n;
+  XnorOutput output;
+  const float* scale;
+  const float* bias;
+  void* out;
+};
+void EpilogueRowAvx512(const EpilogueArgs& e);
+void EpilogueRowAvx2(const EpilogueArgs& e);
+void EpilogueRowPortable(const EpilogueArgs& e);
+
 // acc[o] += popcount(row[o] & mask) for o < n (per instruction set, like the microkernels).
 void AddColumnPopcountsAvx512(const uint32_t* row, int64_t n, uint32_t mask, int32_t* acc);
 void AddColumnPopcountsAvx2(const uint32_t* row, int64_t n, uint32_t mask, int32_t* acc);
