@@ -6,12 +6,14 @@ Run by experiments/gpu_check.sh (which builds the extension first) on a CUDA mac
 1. Exactness: every bin_vgg16 binary layer shape and odd shapes (channel tails, partial tiles,
    strides, asymmetric padding, pad values -1 / 0 / +1, maps smaller than the kernel), random
    data, each result kind (i32 / f32 / packed) on each CUDA path (impl 100 = simple, 101 =
-   tensor cores mma.sync, 0 = the public op's auto dispatch), compared for equality with XLA's
+   tensor cores mma.sync, 102 = warpgroup tiling, wgmma on an sm_90a build, 0 = the public op's
+   auto dispatch), compared for equality with XLA's
    conv of the same +-1 values (xnor_conv(..., implementation="xla")). Scale and bias are dyadic,
    so the float epilogue is exact with or without fused multiply-add.
 2. Timing, batch 1 and 128, per distinct bin_vgg16 binary layer: XLA's bfloat16 conv, XLA's int8
    conv (int32 accumulation, then a cast to float32: the form XLA gives cuDNN), and the packed
-   kernels (packed input; i32 output, and the fused packed output a BNN layer feeds the next).
+   kernels (packed input; i32 output, and the fused packed output a BNN layer feeds the next; the
+   packed output also on the wgmma and the simple paths).
    Each timed call runs the op on R different inputs inside one jit (dispatch amortized, no
    common-subexpression elimination possible); the best of several calls, divided by R.
 3. A short table last (also written, with all numbers, to DIR/gpu_check.json and .txt).
@@ -40,8 +42,8 @@ import xnorjax
 from xnorjax.ops import xnor as xnor_lib
 
 PEAK_BIT_MACS = 7.9e15  # H200 1-bit tensor-core peak (AND-popc), inferred
-IMPL_SIMPLE, IMPL_MMA, IMPL_AUTO = 100, 101, 0
-PATHS = {"simple": IMPL_SIMPLE, "mma": IMPL_MMA, "auto": IMPL_AUTO}
+IMPL_SIMPLE, IMPL_MMA, IMPL_WGMMA, IMPL_AUTO = 100, 101, 102, 0
+PATHS = {"simple": IMPL_SIMPLE, "mma": IMPL_MMA, "wgmma": IMPL_WGMMA, "auto": IMPL_AUTO}
 KINDS = ("i32", "f32", "packed")
 
 # bin_vgg16's 13 binary 3x3 SAME stride-1 layers as (C_in, C_out, H = W, count).
@@ -154,6 +156,7 @@ def paths_under_test(on_gpu: bool):
                 "auto": lambda p, k: jax.jit(public_conv(p, k, "ffi"))}
   return {"simple": lambda p, k: emulated_conv(p, k, "simple"),
           "mma": lambda p, k: emulated_conv(p, k, "mma"),
+          "wgmma": lambda p, k: emulated_conv(p, k, "wgmma"),
           "auto": lambda p, k: jax.jit(public_conv(p, k, "ffi"))}
 
 
@@ -274,6 +277,7 @@ def timing(rng, on_gpu: bool, smoke: bool, deadline: float):
         scale = jax.device_put(problem.scale, device)
         bias = jax.device_put(problem.bias, device)
         variants = [("xnor_i32_us", "i32", IMPL_MMA), ("xnor_packed_us", "packed", IMPL_MMA),
+                    ("wgmma_packed_us", "packed", IMPL_WGMMA),
                     ("simple_packed_us", "packed", IMPL_SIMPLE)]
         for key, kind, impl in variants:
           if on_gpu:
@@ -283,7 +287,7 @@ def timing(rng, on_gpu: bool, smoke: bool, deadline: float):
           args = (xps, wp) if kind == "i32" else (xps, wp, scale, bias)
           fn = _repeated(op, reps)
           row[key] = 1e6 * _time_per_op(fn, args, reps, calls)
-          if key == "xnor_packed_us" or key == "xnor_i32_us":  # exact at this batch too
+          if key != "simple_packed_us":  # exact at this batch too
             got = np.asarray(fn(*args)[0])
             ref_args = (xps[0], wp) if kind == "i32" else (xps[0], wp, scale, bias)
             want = np.asarray(jax.jit(public_conv(problem, kind, "xla"))(*ref_args))
@@ -307,7 +311,8 @@ def _aggregate(rows, batch):
     return None
   total = lambda key: sum(r[key] * r["count"] for r in done)  # noqa: E731
   agg = dict(batch=batch, layers=sum(r["count"] for r in done))
-  for key in ("bf16_us", "int8_us", "xnor_i32_us", "xnor_packed_us", "simple_packed_us"):
+  for key in ("bf16_us", "int8_us", "xnor_i32_us", "xnor_packed_us", "wgmma_packed_us",
+              "simple_packed_us"):
     if all(key in r for r in done):
       agg[key] = total(key)
   agg["vs_bf16"] = agg["bf16_us"] / agg["xnor_packed_us"]
@@ -317,32 +322,36 @@ def _aggregate(rows, batch):
   return agg
 
 
-def table(rows, exact_failures, exact_checked) -> str:
+def table(rows, exact_failures, exact_checked, calls) -> str:
   lines = []
   hdr = (f"{'layer':>14} {'N':>4} {'bf16 us':>9} {'int8 us':>9} {'xnor i32':>9} "
-         f"{'xnor pk':>9} {'simple pk':>9} {'x bf16':>7} {'x int8':>7} {'% peak':>7} exact")
+         f"{'xnor pk':>9} {'wgmma pk':>9} {'simple pk':>9} {'x bf16':>7} {'x int8':>7} "
+         f"{'% peak':>7} exact")
   lines.append(hdr)
   for r in rows:
     if "xnor_packed_us" not in r:
       lines.append(f"{r['layer']:>14} {r['batch']:>4}  {r.get('skipped') or r.get('error', '')}")
       continue
-    exact = "yes" if r.get("xnor_packed_exact") and r.get("xnor_i32_exact") else "NO"
+    exact = "yes" if all(r.get(k) for k in ("xnor_i32_exact", "xnor_packed_exact",
+                                            "wgmma_packed_exact")) else "NO"
     lines.append(
         f"{r['layer']:>14} {r['batch']:>4} {r['bf16_us']:9.1f} {r['int8_us']:9.1f} "
-        f"{r['xnor_i32_us']:9.1f} {r['xnor_packed_us']:9.1f} {r['simple_packed_us']:9.1f} "
-        f"{r['vs_bf16']:7.2f} {r['vs_int8']:7.2f} {100 * r['peak_fraction']:7.2f} {exact}")
+        f"{r['xnor_i32_us']:9.1f} {r['xnor_packed_us']:9.1f} {r['wgmma_packed_us']:9.1f} "
+        f"{r['simple_packed_us']:9.1f} {r['vs_bf16']:7.2f} {r['vs_int8']:7.2f} "
+        f"{100 * r['peak_fraction']:7.2f} {exact}")
   for batch in sorted({r["batch"] for r in rows}):
     agg = _aggregate(rows, batch)
     if agg:
       lines.append(
           f"{'all ' + str(agg['layers']) + ' layers':>14} {batch:>4} {agg['bf16_us']:9.1f} "
           f"{agg['int8_us']:9.1f} {agg.get('xnor_i32_us', float('nan')):9.1f} "
-          f"{agg['xnor_packed_us']:9.1f} {agg.get('simple_packed_us', float('nan')):9.1f} "
+          f"{agg['xnor_packed_us']:9.1f} {agg.get('wgmma_packed_us', float('nan')):9.1f} "
+          f"{agg.get('simple_packed_us', float('nan')):9.1f} "
           f"{agg['vs_bf16']:7.2f} {agg['vs_int8']:7.2f} {100 * agg['peak_fraction']:7.2f}")
   lines.append(f"exactness vs XLA: {exact_checked - exact_failures}/{exact_checked} exact "
-               f"(all paths, kinds, shapes); times are per layer call, best of 5, in microseconds; "
-               f"'x bf16' / 'x int8' = XLA time / xnor packed time; % peak of "
-               f"{PEAK_BIT_MACS / 1e15:.1f} P bit-MAC/s.")
+               f"(all paths, kinds, shapes); times per layer call in microseconds (best of "
+               f"{calls}); 'xnor' = mma.sync path; 'x bf16' / 'x int8' / '% peak' (of "
+               f"{PEAK_BIT_MACS / 1e15:.1f} P bit-MAC/s) for the xnor packed column.")
   return "\n".join(lines)
 
 
@@ -362,7 +371,10 @@ def main(argv=None):
   env = dict(jax=jax.__version__, backend=jax.default_backend(),
              devices=[str(d) for d in jax.devices()], python=platform.python_version())
   if on_gpu:
+    from xnorjax import _ffi_cuda  # pylint: disable=g-import-not-at-top
     env["device_kind"] = jax.devices()[0].device_kind
+    # 1: the loaded kernels are the sm_90a build, so impl=102 runs wgmma (else its mma.sync twin).
+    env["wgmma_compiled_for_device"] = _ffi_cuda.wgmma_compiled_for_device()
   print("environment:", json.dumps(env), flush=True)
   rng = np.random.default_rng(int(time.time()))
   # Exactness gets up to 40% of the budget; timing the rest.
@@ -370,7 +382,7 @@ def main(argv=None):
   checked = sum(1 for r in results if "exact" in r)
   print(f"[{time.time() - start:.0f}s] timing", flush=True)
   rows = timing(rng, on_gpu, args.smoke, start + args.budget_s)
-  text = table(rows, failures, checked)
+  text = table(rows, failures, checked, 2 if args.smoke else 5)
   report = dict(environment=env, exactness=results, timing=rows,
                 aggregate=[_aggregate(rows, b) for b in sorted({r["batch"] for r in rows})],
                 seconds=time.time() - start)

@@ -30,6 +30,10 @@ has_gpu = jax.default_backend() == "gpu"
 requires_gpu = pytest.mark.skipif(not has_gpu, reason="needs a CUDA GPU")
 
 KINDS = ("i32", "f32", "packed")
+# The CUDA paths as the host emulation runs them: the simple kernel; the tensor-core kernel with its
+# 2 x 2 warp tiling on mma.sync; with the warpgroup tiling on sm_90a (wgmma); and the warpgroup
+# tiling on the mma.sync code that other architectures compile it to.
+PATHS = ("simple", "mma", "wgmma", "warpgroup_mma_sync")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +134,7 @@ def test_emulated_paths_match_numpy(shape, rng):
   dot = _reference_conv_dot(x, wt, c, strides, pads, pad_value)
   for kind in KINDS:
     want = _epilogue(dot, scale, bias, kind)
-    for path in ("mma", "simple"):
+    for path in PATHS:
       got, conflicts = _cuda_host.conv(x, wt, scale, bias, **attrs, kind=kind, path=path)
       np.testing.assert_array_equal(got, want, err_msg=f"{kind} {path}")
       assert conflicts == 0
@@ -143,9 +147,10 @@ def test_emulated_gather_widths(chunk_words, rng):
   x, wt, scale, bias, attrs, (strides, pads) = _problem(rng, 2, 5, 7, 256, 70, 3, (2, 1),
                                                         ((2, 1), (1, 1)), 1)
   dot = _reference_conv_dot(x, wt, 256, strides, pads, 1)
-  got, _ = _cuda_host.conv(x, wt, scale, bias, **attrs, kind="packed", path="mma",
-                           chunk_words=chunk_words)
-  np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, "packed"))
+  for path in ("mma", "wgmma"):
+    got, _ = _cuda_host.conv(x, wt, scale, bias, **attrs, kind="packed", path=path,
+                             chunk_words=chunk_words)
+    np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, "packed"))
 
 
 @requires_host
@@ -157,8 +162,9 @@ def test_emulated_epilogue_with_arbitrary_floats(rng):
   bias = rng.standard_normal(45).astype(np.float32) * 10
   dot = _reference_conv_dot(x, wt, 70, strides, pads, 0)
   for kind in ("f32", "packed"):
-    got, _ = _cuda_host.conv(x, wt, scale, bias, **attrs, kind=kind, path="mma")
-    np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, kind))
+    for path in ("mma", "wgmma"):
+      got, _ = _cuda_host.conv(x, wt, scale, bias, **attrs, kind=kind, path=path)
+      np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, kind))
 
 
 BIN_VGG16_LAYERS = [  # (C_in, C_out, H = W) of bin_vgg16's binary 3x3 SAME stride-1 layers
@@ -172,10 +178,11 @@ def test_emulated_bin_vgg16_layers(layer, rng):
   c, o, hw = layer
   x, wt, scale, bias, attrs, (strides, pads) = _problem(rng, 1, hw, hw, c, o, 3)
   dot = _reference_conv_dot(x, wt, c, strides, pads, 0)
-  kind = KINDS[int(rng.integers(3))]
-  got, conflicts = _cuda_host.conv(x, wt, scale, bias, **attrs, kind=kind, path="mma")
-  np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, kind), err_msg=kind)
-  assert conflicts == 0
+  for path in ("mma", "wgmma"):
+    kind = KINDS[int(rng.integers(3))]
+    got, conflicts = _cuda_host.conv(x, wt, scale, bias, **attrs, kind=kind, path=path)
+    np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, kind), err_msg=f"{kind} {path}")
+    assert conflicts == 0
 
 
 @requires_host
@@ -186,7 +193,7 @@ def test_emulated_dense_matches_numpy(m, k, n, rng):
   scale, bias = _dyadic(rng, n), _dyadic(rng, n)
   dot = _unpack(x, k) @ _unpack(w, k).T
   for kind in KINDS:
-    for path in ("mma", "simple"):
+    for path in PATHS:
       got, _ = _cuda_host.dense(x, w, scale, bias, features=k, kind=kind, path=path)
       np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, kind), err_msg=kind)
 
@@ -219,8 +226,21 @@ def test_accumulator_layout_covers_the_tile():
 
 
 @requires_host
+def test_wgmma_descriptor_fields():
+  # K-major, 32-byte swizzle: start >> 4 in bits 0-13, leading offset 1 (unused), stride 256 bytes
+  # (>> 4) in bits 32-45, base offset 0, swizzle mode 3 in bits 62-63.
+  d = _cuda_host.wgmma_descriptor(0x1A300)
+  assert d & 0x3FFF == 0x1A300 >> 4
+  assert (d >> 16) & 0x3FFF == 1
+  assert (d >> 32) & 0x3FFF == 256 >> 4
+  assert (d >> 49) & 7 == 0
+  assert d >> 62 == 3
+
+
+@requires_host
 def test_path_choice():
   assert _cuda_host.choose_path(0, 9) == "mma"
+  assert _cuda_host.choose_path(_cuda_host.IMPL_WGMMA, 9) == "warpgroup"
   assert _cuda_host.choose_path(3, 8) == "mma"
   assert _cuda_host.choose_path(0, 7) == "simple"
   assert _cuda_host.choose_path(_cuda_host.IMPL_SIMPLE, 9) == "simple"

@@ -79,6 +79,51 @@ void MmaAndPopc(const std::array<std::array<uint32_t, 4>, 32>& a,
   }
 }
 
+// wgmma shared-memory operand, K-major, from its matrix descriptor (PTX ISA, "Matrix Descriptor
+// Format" and "Shared Memory Matrix Layout"): start address bits 0-13 (>> 4), stride byte offset
+// bits 32-45 (>> 4), swizzle mode bits 62-63 (3 = 32-byte). With 32-byte swizzling a K-major atom
+// is 8 rows of 32 bytes, atoms `stride` bytes apart; within each 256-byte-aligned pattern, byte
+// address bit 4 (the 16-byte chunk) is XOR-ed with bit 7. Returns rows x 8 words (256 bits each).
+std::vector<std::array<uint32_t, 8>> WgmmaReadKMajor(const uint8_t* shared_base, uint64_t desc,
+                                                     int rows) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+  const uint32_t stride = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+  const int mode = static_cast<int>(desc >> 62);
+  const int base_offset = static_cast<int>((desc >> 49) & 7);
+  if (mode != 3 || base_offset != 0 || start % 256 != 0) {
+    throw std::runtime_error("emulated wgmma: only 32-byte swizzle, 256-byte aligned tiles");
+  }
+  std::vector<std::array<uint32_t, 8>> m(rows);
+  for (int r = 0; r < rows; ++r) {
+    for (int chunk = 0; chunk < 2; ++chunk) {
+      uint32_t address = start + (r / 8) * stride + (r % 8) * 32 + chunk * 16;
+      address ^= ((address >> 7) & 1u) << 4;
+      std::memcpy(&m[r][4 * chunk], shared_base + address, 16);
+    }
+  }
+  return m;
+}
+
+// wgmma.mma_async.sync.aligned.m64n64k256.s32.b1.b1.and.popc with A and B from shared memory:
+// D (64 x 64) += popc(A & B); accumulator register j of lane `lane` of warp w: row
+// 16 w + g + 8 * ((j >> 1) & 1), column 8 * (j >> 2) + 2 t + (j & 1).
+void WgmmaAndPopc(const uint8_t* shared_base, uint64_t a_desc, uint64_t b_desc,
+                  int32_t (*acc)[32][32]) {
+  const auto a = WgmmaReadKMajor(shared_base, a_desc, 64);
+  const auto b = WgmmaReadKMajor(shared_base, b_desc, 64);
+  for (int warp = 0; warp < 4; ++warp) {
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane / 4, t = lane % 4;
+      for (int j = 0; j < 32; ++j) {
+        const int row = 16 * warp + g + 8 * ((j >> 1) & 1), col = 8 * (j >> 2) + 2 * t + (j & 1);
+        int32_t sum = 0;
+        for (int k = 0; k < 8; ++k) sum += Popcount(a[row][k] & b[col][k]);
+        acc[warp][lane][j] += sum;
+      }
+    }
+  }
+}
+
 }  // namespace ptx
 
 constexpr uint32_t kPoison = 0xA5C3A5C3u;
@@ -114,9 +159,11 @@ void EmulateSimple(const ConvShape& s, const uint32_t* x, const uint32_t* w, con
   for (int64_t i = 0; i < total; ++i) out[i] = SimpleOutput<kKind>(s, x, w, scale, bias, i);
 }
 
-template <OutputKind kKind>
+// The tensor-core kernel with tiling kT; for kWarpgroup, `wgmma` selects the sm_90a code (one
+// wgmma per k-step) rather than the mma.sync code other architectures run.
+template <OutputKind kKind, tc::Tiling kT>
 void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const float* scale,
-                const float* bias, Out<kKind>* out, Checks* checks) {
+                const float* bias, Out<kKind>* out, bool wgmma, Checks* checks) {
   using tc::kBlockCols;
   using tc::kBlockRows;
   const int64_t rows = GemmRows(s);
@@ -169,12 +216,7 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
       for (int c = 0; c < kBlockCols; ++c) {
         smem->cols[c] = tc::MakeColInfo(s, w_prefix.data(), scale, bias, n0 + c);
       }
-      // acc[warp][lane][mt][nt][r]
-      std::vector<int32_t> acc_storage(tc::kWarps * 32 * tc::kMTiles * tc::kNTiles * 4, 0);
-      const auto acc = [&](int warp, int lane, int mt, int nt) {
-        return reinterpret_cast<int32_t(*)[4]>(
-            &acc_storage[(((warp * 32 + lane) * tc::kMTiles + mt) * tc::kNTiles + nt) * 4]);
-      };
+      int32_t acc[tc::kWarps][32][tc::kFragments] = {};
       const auto load = [&](int64_t slab, int stage) {
         for (int thread = 0; thread < tc::kThreads; ++thread) {
           switch (chunk_words) {
@@ -183,6 +225,10 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
             default: tc::LoadSlab<1>(s, ktable.data(), *smem, n0, slab, stage, thread, copy); break;
           }
         }
+      };
+      const auto* shared_base = reinterpret_cast<const uint8_t*>(smem.get());
+      const auto shared_address = [&](const uint32_t* p) {
+        return static_cast<uint32_t>(reinterpret_cast<const uint8_t*>(p) - shared_base);
       };
       const int64_t slabs = tc::Slabs(s), k_steps = tc::KSteps(s);
       load(0, 0);
@@ -194,30 +240,37 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
         for (int step = 0; step < steps; ++step) {
           const uint32_t* a_tile = smem->a[stage][step];
           const uint32_t* b_tile = smem->b[stage][step];
+          if (wgmma) {
+            ptx::WgmmaAndPopc(shared_base, tc::WgmmaDescriptor(shared_address(a_tile)),
+                              tc::WgmmaDescriptor(shared_address(b_tile)), acc);
+            continue;
+          }
+          constexpr int kMTiles = tc::WarpMTiles<kT>(), kNTiles = tc::WarpNTiles<kT>();
           for (int warp = 0; warp < tc::kWarps; ++warp) {
-            std::array<std::array<std::array<uint32_t, 4>, 32>, tc::kMTiles> a;
-            std::array<std::array<std::array<uint32_t, 2>, 32>, tc::kNTiles> b;
-            for (int mt = 0; mt < tc::kMTiles; ++mt) {
+            std::array<std::array<std::array<uint32_t, 4>, 32>, kMTiles> a;
+            std::array<std::array<std::array<uint32_t, 2>, 32>, kNTiles> b;
+            for (int mt = 0; mt < kMTiles; ++mt) {
               std::array<int, 32> offsets;
-              for (int lane = 0; lane < 32; ++lane) offsets[lane] = tc::ALdmatrixOffset(warp, mt, lane);
+              for (int lane = 0; lane < 32; ++lane) offsets[lane] = tc::ALdmatrixOffset<kT>(warp, mt, lane);
               checks->bank_conflicts += LdmatrixConflicts(offsets);
               a[mt] = ptx::LdmatrixX4(a_tile, offsets);
             }
-            for (int np = 0; np < tc::kNTiles / 2; ++np) {
+            for (int np = 0; np < kNTiles / 2; ++np) {
               std::array<int, 32> offsets;
-              for (int lane = 0; lane < 32; ++lane) offsets[lane] = tc::BLdmatrixOffset(warp, np, lane);
+              for (int lane = 0; lane < 32; ++lane) offsets[lane] = tc::BLdmatrixOffset<kT>(warp, np, lane);
               checks->bank_conflicts += LdmatrixConflicts(offsets);
               const auto r = ptx::LdmatrixX4(b_tile, offsets);
               for (int lane = 0; lane < 32; ++lane) {
                 for (int q = 0; q < 4; ++q) b[tc::LdmatrixBTile(np, q)][lane][tc::LdmatrixBReg(q)] = r[lane][q];
               }
             }
-            for (int mt = 0; mt < tc::kMTiles; ++mt) {
-              for (int nt = 0; nt < tc::kNTiles; ++nt) {
+            for (int mt = 0; mt < kMTiles; ++mt) {
+              for (int nt = 0; nt < kNTiles; ++nt) {
                 int32_t tile_acc[32][4];
-                for (int lane = 0; lane < 32; ++lane) std::memcpy(tile_acc[lane], acc(warp, lane, mt, nt), sizeof(tile_acc[lane]));
+                const int f0 = tc::FragmentIndex<kT>(mt, nt, 0);
+                for (int lane = 0; lane < 32; ++lane) std::memcpy(tile_acc[lane], &acc[warp][lane][f0], sizeof(tile_acc[lane]));
                 ptx::MmaAndPopc(a[mt], b[nt], tile_acc);
-                for (int lane = 0; lane < 32; ++lane) std::memcpy(acc(warp, lane, mt, nt), tile_acc[lane], sizeof(tile_acc[lane]));
+                for (int lane = 0; lane < 32; ++lane) std::memcpy(&acc[warp][lane][f0], tile_acc[lane], sizeof(tile_acc[lane]));
               }
             }
           }
@@ -232,56 +285,50 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
         ++writes[index];
       };
       for (int warp = 0; warp < tc::kWarps; ++warp) {
-        uint32_t bits[32][tc::kMTiles][tc::kNTiles][4] = {};
+        uint32_t slot_words[32][4] = {};
         for (int lane = 0; lane < 32; ++lane) {
-          for (int mt = 0; mt < tc::kMTiles; ++mt) {
-            for (int nt = 0; nt < tc::kNTiles; ++nt) {
-              for (int r = 0; r < 4; ++r) {
-                const int row = tc::BlockRow(warp, mt, lane, r);
-                const int col = tc::BlockCol(warp, nt, lane, r);
-                const int64_t m = m0 + row, o = n0 + col;
-                const bool valid = m < rows && o < s.out_channels;
-                int64_t dot = 0;
-                if (valid) {
-                  dot = tc::EpilogueDot(s, smem->rows[row], smem->cols[col],
-                                        w_prefix.data() + o * prefix_size, acc(warp, lane, mt, nt)[0][r]);
-                }
-                if (s.out_channels % 2 == 0 && (r & 1) == 1) {
-                  // The kernel stores registers (r - 1, r) as one pair when O is even.
-                  const int64_t o_first = n0 + tc::BlockCol(warp, nt, lane, r - 1);
-                  const int64_t m_first = m0 + tc::BlockRow(warp, mt, lane, r - 1);
-                  if (o_first + 1 != o || m_first != m ||
-                      (m_first < rows && o_first < s.out_channels) != valid) {
-                    throw std::runtime_error("paired store of non-adjacent or half-valid outputs");
-                  }
-                }
-                if constexpr (kKind == OutputKind::kInt32) {
-                  if (valid) store(m * s.out_channels + o, static_cast<int32_t>(dot));
-                } else if constexpr (kKind == OutputKind::kFloat32) {
-                  if (valid) store(m * s.out_channels + o, ScaleBias(dot, smem->cols[col].scale, smem->cols[col].bias));
-                } else {
-                  bits[lane][mt][nt][r] =
-                      valid ? SignBit(ScaleBias(dot, smem->cols[col].scale, smem->cols[col].bias)) : 0u;
-                }
+          for (int f = 0; f < tc::kFragments; ++f) {
+            const int row = tc::FragmentRow<kT>(warp, lane, f);
+            const int col = tc::FragmentCol<kT>(warp, lane, f);
+            const int64_t m = m0 + row, o = n0 + col;
+            const bool valid = m < rows && o < s.out_channels;
+            if (f & 1) {
+              // The kernel handles fragments (f - 1, f) as one pair: adjacent columns of one row,
+              // both or neither valid when O is even (then stored with one 8-byte store).
+              const int64_t o_first = n0 + tc::FragmentCol<kT>(warp, lane, f - 1);
+              const int64_t m_first = m0 + tc::FragmentRow<kT>(warp, lane, f - 1);
+              if (o_first + 1 != o || m_first != m ||
+                  (s.out_channels % 2 == 0 && (m_first < rows && o_first < s.out_channels) != valid)) {
+                throw std::runtime_error("fragment pair is not two adjacent, equally valid outputs");
               }
+            }
+            int64_t dot = 0;
+            if (valid) {
+              dot = tc::EpilogueDot(s, smem->rows[row], smem->cols[col],
+                                    w_prefix.data() + o * prefix_size, acc[warp][lane][f]);
+            }
+            if constexpr (kKind == OutputKind::kInt32) {
+              if (valid) store(m * s.out_channels + o, static_cast<int32_t>(dot));
+            } else if constexpr (kKind == OutputKind::kFloat32) {
+              if (valid) store(m * s.out_channels + o, ScaleBias(dot, smem->cols[col].scale, smem->cols[col].bias));
+            } else {
+              const uint32_t bit =
+                  valid ? SignBit(ScaleBias(dot, smem->cols[col].scale, smem->cols[col].bias)) : 0u;
+              slot_words[lane][tc::FragmentSlot<kT>(f)] |= bit << (col % geometry::kWordBits);
             }
           }
         }
         if constexpr (kKind == OutputKind::kPacked) {
           const int64_t out_words = OutputWords(s);
-          const int64_t word_col = tc::PackedWordCol(n0, warp);
-          for (int mt = 0; mt < tc::kMTiles; ++mt) {
-            for (int half = 0; half < 2; ++half) {
-              uint32_t partial[32];
-              for (int lane = 0; lane < 32; ++lane) partial[lane] = tc::QuadPartialWord(bits[lane][mt], lane, half);
-              for (int lane = 0; lane < 32; ++lane) {
-                // word |= shfl_xor(word, 1); word |= shfl_xor(word, 2): the OR over the quad.
-                const uint32_t after1 = partial[lane] | partial[lane ^ 1];
-                const uint32_t after2 = after1 | (partial[lane ^ 2] | partial[lane ^ 3]);
-                const int64_t m = m0 + tc::BlockRow(warp, mt, lane, 2 * half);
-                if (tc::StoresPackedWord(lane, half) && m < rows && word_col < out_words) {
-                  store(m * out_words + word_col, after2);
-                }
+          for (int slot = 0; slot < 4; ++slot) {
+            for (int lane = 0; lane < 32; ++lane) {
+              // word |= shfl_xor(word, 1); word |= shfl_xor(word, 2): the OR over the quad.
+              const uint32_t word = slot_words[lane][slot] | slot_words[lane ^ 1][slot] |
+                                    slot_words[lane ^ 2][slot] | slot_words[lane ^ 3][slot];
+              const int64_t m = m0 + tc::SlotRow<kT>(warp, lane, slot);
+              const int64_t word_col = tc::SlotWordCol<kT>(n0, warp, slot);
+              if (tc::StoresSlot(lane, slot) && m < rows && word_col < out_words) {
+                store(m * out_words + word_col, word);
               }
             }
           }
@@ -333,11 +380,15 @@ nb::object RunEmulation(const ConvShape& s, const std::string& path, const uint3
   checks.force_chunk_words = chunk_words;
   if (GemmRows(s) > 0 && s.out_channels > 0) {
     if (path == "mma") {
-      EmulateMma<kKind>(s, x, w, scale, bias, data, &checks);
+      EmulateMma<kKind, tc::Tiling::kSync>(s, x, w, scale, bias, data, false, &checks);
+    } else if (path == "wgmma") {
+      EmulateMma<kKind, tc::Tiling::kWarpgroup>(s, x, w, scale, bias, data, true, &checks);
+    } else if (path == "warpgroup_mma_sync") {
+      EmulateMma<kKind, tc::Tiling::kWarpgroup>(s, x, w, scale, bias, data, false, &checks);
     } else if (path == "simple") {
       EmulateSimple<kKind>(s, x, w, scale, bias, data);
     } else {
-      throw nb::value_error("path must be 'mma' or 'simple'");
+      throw nb::value_error("path must be 'simple', 'mma', 'wgmma' or 'warpgroup_mma_sync'");
     }
   }
   *bank_conflicts = checks.bank_conflicts;
@@ -479,11 +530,10 @@ NB_MODULE(_cuda_host, m) {
     Path path = Path::kSimple;
     const std::string error = ChoosePath(impl, cc_major, &path);
     if (!error.empty()) throw nb::value_error(error.c_str());
-    return path == Path::kMma ? "mma" : "simple";
+    return path == Path::kMma ? "mma" : (path == Path::kWarpgroup ? "warpgroup" : "simple");
   });
   m.def("swizzled_word", &tc::SwizzledWord, nb::arg("row"), nb::arg("word"));
-  m.def("a_ldmatrix_offset", &tc::ALdmatrixOffset, nb::arg("warp"), nb::arg("mt"), nb::arg("lane"));
-  m.def("b_ldmatrix_offset", &tc::BLdmatrixOffset, nb::arg("warp"), nb::arg("np"), nb::arg("lane"));
+  m.def("wgmma_descriptor", &tc::WgmmaDescriptor, nb::arg("shared_address"));
   m.def("acc_row", &tc::AccRow, nb::arg("lane"), nb::arg("r"));
   m.def("acc_col", &tc::AccCol, nb::arg("lane"), nb::arg("r"));
   m.def("slab_chunk_at", [](int chunk, int rows, int chunk_words) {
@@ -493,6 +543,7 @@ NB_MODULE(_cuda_host, m) {
   m.def("slab_chunks", &tc::SlabChunks, nb::arg("rows"), nb::arg("chunk_words"));
   m.attr("IMPL_SIMPLE") = kImplSimple;
   m.attr("IMPL_MMA") = kImplMma;
+  m.attr("IMPL_WGMMA") = kImplWgmma;
   m.attr("BLOCK_ROWS") = tc::kBlockRows;
   m.attr("BLOCK_COLS") = tc::kBlockCols;
   m.attr("SLAB_WORDS") = tc::kSlabWords;

@@ -16,4 +16,10 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDenseI32Cuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDenseF32Cuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDensePackedCuda);
 
+namespace cuda {
+// 1 if the current device runs the sm_90a build of the kernels (wgmma available to impl=102),
+// 0 if another build, -1 on a CUDA error. Initializes CUDA: call it only where a GPU is expected.
+int WgmmaCompiledForDevice();
+}  // namespace cuda
+
 }  // namespace xnorjax

@@ -30,4 +30,8 @@ NB_MODULE(_ffi_cuda, m) {
   // CUDA-only values of the `impl` attribute, which select one path (0-3 mean auto on CUDA).
   m.attr("IMPL_SIMPLE") = xnorjax::cuda::kImplSimple;
   m.attr("IMPL_MMA") = xnorjax::cuda::kImplMma;
+  m.attr("IMPL_WGMMA") = xnorjax::cuda::kImplWgmma;
+  m.def("wgmma_compiled_for_device", &xnorjax::cuda::WgmmaCompiledForDevice,
+        "1 if the current GPU runs the sm_90a build (impl=IMPL_WGMMA uses wgmma), 0 if not, "
+        "-1 on a CUDA error. Initializes CUDA.");
 }

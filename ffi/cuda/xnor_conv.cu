@@ -139,37 +139,97 @@ __device__ __forceinline__ void MmaAndPopc(int32_t (&acc)[4], const uint32_t (&a
 #endif
 }
 
-// One k-step (256 bits) of the warp's 32 x 32 tile.
-__device__ __forceinline__ void MmaStep(const uint32_t* a_tile, const uint32_t* b_tile, int warp,
-                                        int lane,
-                                        int32_t (&acc)[tc::kMTiles][tc::kNTiles][4]) {
-  uint32_t a[tc::kMTiles][4];
-  uint32_t b[tc::kNTiles][2];
+// One k-step (256 bits) of the warp's tile with mma.sync (any tiling).
+template <tc::Tiling kT>
+__device__ __forceinline__ void MmaSyncStep(const uint32_t* a_tile, const uint32_t* b_tile,
+                                            int warp, int lane, int32_t (&acc)[tc::kFragments]) {
+  constexpr int kMTiles = tc::WarpMTiles<kT>(), kNTiles = tc::WarpNTiles<kT>();
+  uint32_t a[kMTiles][4];
+  uint32_t b[kNTiles][2];
 #pragma unroll
-  for (int mt = 0; mt < tc::kMTiles; ++mt) {
-    LdmatrixX4(a_tile + tc::ALdmatrixOffset(warp, mt, lane), a[mt]);
+  for (int mt = 0; mt < kMTiles; ++mt) {
+    LdmatrixX4(a_tile + tc::ALdmatrixOffset<kT>(warp, mt, lane), a[mt]);
   }
 #pragma unroll
-  for (int np = 0; np < tc::kNTiles / 2; ++np) {
+  for (int np = 0; np < kNTiles / 2; ++np) {
     uint32_t r[4];
-    LdmatrixX4(b_tile + tc::BLdmatrixOffset(warp, np, lane), r);
+    LdmatrixX4(b_tile + tc::BLdmatrixOffset<kT>(warp, np, lane), r);
 #pragma unroll
     for (int q = 0; q < 4; ++q) b[tc::LdmatrixBTile(np, q)][tc::LdmatrixBReg(q)] = r[q];
   }
 #pragma unroll
-  for (int mt = 0; mt < tc::kMTiles; ++mt) {
+  for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < tc::kNTiles; ++nt) MmaAndPopc(acc[mt][nt], a[mt], b[nt]);
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      MmaAndPopc(*reinterpret_cast<int32_t(*)[4]>(&acc[tc::FragmentIndex<kT>(mt, nt, 0)]), a[mt],
+                 b[nt]);
+    }
   }
 }
 
-template <OutputKind kKind, int V>
+// Whether this compilation has Hopper's warpgroup MMA (sm_90a).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define XNORJAX_HAS_WGMMA 1
+#else
+#define XNORJAX_HAS_WGMMA 0
+#endif
+
+#if XNORJAX_HAS_WGMMA
+// acc += popc(A & B) for the block's 64 x 64 tile over 256 bits: one wgmma.m64n64k256 AND-popc
+// of the whole warpgroup, A and B read by the tensor cores from shared memory (descriptors).
+__device__ __forceinline__ void WgmmaAndPopc(uint64_t a_desc, uint64_t b_desc,
+                                             int32_t (&d)[tc::kFragments]) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k256.s32.b1.b1.and.popc "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]),
+        "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]),
+        "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]),
+        "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]),
+        "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+      : "l"(a_desc), "l"(b_desc));
+}
+#endif
+
+// The k-steps of one shared-memory stage.
+template <tc::Tiling kT>
+__device__ __forceinline__ void MmaSlab(const tc::Smem& smem, int stage, int steps, int warp,
+                                        int lane, int32_t (&acc)[tc::kFragments]) {
+  if constexpr (kT == tc::Tiling::kWarpgroup && XNORJAX_HAS_WGMMA) {
+#if XNORJAX_HAS_WGMMA
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    for (int step = 0; step < steps; ++step) {
+      WgmmaAndPopc(tc::WgmmaDescriptor(SharedAddress(smem.a[stage][step])),
+                   tc::WgmmaDescriptor(SharedAddress(smem.b[stage][step])), acc);
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+  } else {
+    for (int step = 0; step < steps; ++step) {
+      MmaSyncStep<kT>(smem.a[stage][step], smem.b[stage][step], warp, lane, acc);
+    }
+  }
+}
+
+// Makes this thread's shared-memory writes (cp.async and plain stores) visible to the async proxy
+// the wgmma tensor-core reads go through; the barrier that follows publishes them to the block.
+__device__ __forceinline__ void FenceForTensorCoreReads() {
+#if XNORJAX_HAS_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+template <OutputKind kKind, int V, tc::Tiling kT>
 __global__ void __launch_bounds__(tc::kThreads, 4)
     MmaKernel(ConvShape s, const uint32_t* __restrict__ x, const uint32_t* __restrict__ w,
               const int32_t* __restrict__ pixel_popc, const int32_t* __restrict__ w_prefix,
               const tc::KChunk* __restrict__ ktable, const float* __restrict__ scale,
               const float* __restrict__ bias, typename OutputTraits<kKind>::Type* __restrict__ out) {
-  __shared__ __align__(16) tc::Smem smem;
+  __shared__ tc::Smem smem;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * tc::kBlockRows;
@@ -183,7 +243,7 @@ __global__ void __launch_bounds__(tc::kThreads, 4)
   }
   __syncthreads();
 
-  int32_t acc[tc::kMTiles][tc::kNTiles][4] = {};
+  int32_t acc[tc::kFragments] = {};
   const int64_t slabs = tc::Slabs(s);
   const int64_t k_steps = tc::KSteps(s);
   const DeviceCopy<V> copy{x, w};
@@ -198,90 +258,84 @@ __global__ void __launch_bounds__(tc::kThreads, 4)
     } else {
       CpAsyncWait<0>();
     }
+    if constexpr (kT == tc::Tiling::kWarpgroup) FenceForTensorCoreReads();
     __syncthreads();
     const int64_t steps_left = k_steps - slab * tc::kSlabSteps;
     const int steps = static_cast<int>(steps_left < tc::kSlabSteps ? steps_left : tc::kSlabSteps);
-    for (int step = 0; step < steps; ++step) {
-      MmaStep(smem.a[stage][step], smem.b[stage][step], warp, lane, acc);
-    }
+    MmaSlab<kT>(smem, stage, steps, warp, lane, acc);
     __syncthreads();
   }
 
-  // Fused epilogue.
+  // Fused epilogue over the 32 fragments (xnor_plan.h: FragmentRow / FragmentCol / FragmentSlot).
+  using Out = typename OutputTraits<kKind>::Type;
   const int64_t rows = GemmRows(s);
   const int64_t prefix_size = PrefixTableSize(s);
-  [[maybe_unused]] uint32_t bits[tc::kMTiles][tc::kNTiles][4];
+  [[maybe_unused]] uint32_t slot_words[4] = {0, 0, 0, 0};
   [[maybe_unused]] const bool paired_stores =
       s.out_channels % 2 == 0 && (reinterpret_cast<uintptr_t>(out) & 7) == 0;
 #pragma unroll
-  for (int mt = 0; mt < tc::kMTiles; ++mt) {
+  for (int f = 0; f < tc::kFragments; f += 2) {
+    // Fragments (f, f + 1) are adjacent columns of one row.
+    [[maybe_unused]] Out values[2];
+    bool valid[2];
 #pragma unroll
-    for (int nt = 0; nt < tc::kNTiles; ++nt) {
-      using Out = typename OutputTraits<kKind>::Type;
-      [[maybe_unused]] Out values[4];
-      bool valid[4];
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int row = tc::BlockRow(warp, mt, lane, r);
-        const int col = tc::BlockCol(warp, nt, lane, r);
-        const int64_t o = n0 + col;
-        valid[r] = m0 + row < rows && o < s.out_channels;
-        int64_t dot = 0;
-        if (valid[r]) {
-          dot = tc::EpilogueDot(s, smem.rows[row], smem.cols[col], w_prefix + o * prefix_size,
-                                acc[mt][nt][r]);
-        }
-        if constexpr (kKind == OutputKind::kInt32) {
-          values[r] = static_cast<int32_t>(dot);
-        } else if constexpr (kKind == OutputKind::kFloat32) {
-          values[r] = ScaleBias(dot, smem.cols[col].scale, smem.cols[col].bias);
-        } else {
-          bits[mt][nt][r] =
-              valid[r] ? SignBit(ScaleBias(dot, smem.cols[col].scale, smem.cols[col].bias)) : 0u;
-        }
+    for (int i = 0; i < 2; ++i) {
+      const int row = tc::FragmentRow<kT>(warp, lane, f + i);
+      const int col = tc::FragmentCol<kT>(warp, lane, f + i);
+      const int64_t o = n0 + col;
+      valid[i] = m0 + row < rows && o < s.out_channels;
+      int64_t dot = 0;
+      if (valid[i]) {
+        dot = tc::EpilogueDot(s, smem.rows[row], smem.cols[col], w_prefix + o * prefix_size,
+                              acc[f + i]);
       }
-      if constexpr (kKind != OutputKind::kPacked) {
-        // Registers (0, 1) and (2, 3) are adjacent columns of one row: one 8-byte store each
-        // when O is even (then the pair is aligned, and both or neither are valid; the host
-        // emulation checks the latter).
-#pragma unroll
-        for (int r = 0; r < 4; r += 2) {
-          const int64_t index = (m0 + tc::BlockRow(warp, mt, lane, r)) * s.out_channels + n0 +
-                                tc::BlockCol(warp, nt, lane, r);
-          if (paired_stores) {
-            if (valid[r]) {
-              if constexpr (kKind == OutputKind::kInt32) {
-                *reinterpret_cast<int2*>(out + index) = make_int2(values[r], values[r + 1]);
-              } else {
-                *reinterpret_cast<float2*>(out + index) = make_float2(values[r], values[r + 1]);
-              }
-            }
+      if constexpr (kKind == OutputKind::kInt32) {
+        values[i] = static_cast<int32_t>(dot);
+      } else if constexpr (kKind == OutputKind::kFloat32) {
+        values[i] = ScaleBias(dot, smem.cols[col].scale, smem.cols[col].bias);
+      } else {
+        const uint32_t bit =
+            valid[i] ? SignBit(ScaleBias(dot, smem.cols[col].scale, smem.cols[col].bias)) : 0u;
+        slot_words[tc::FragmentSlot<kT>(f + i)] |= bit << (col % geometry::kWordBits);
+      }
+    }
+    if constexpr (kKind != OutputKind::kPacked) {
+      // One 8-byte store when O is even (the pair is then aligned, and both or neither are
+      // valid; the host emulation checks the latter).
+      const int64_t index = (m0 + tc::FragmentRow<kT>(warp, lane, f)) * s.out_channels + n0 +
+                            tc::FragmentCol<kT>(warp, lane, f);
+      if (paired_stores) {
+        if (valid[0]) {
+          if constexpr (kKind == OutputKind::kInt32) {
+            *reinterpret_cast<int2*>(out + index) = make_int2(values[0], values[1]);
           } else {
-            if (valid[r]) out[index] = values[r];
-            if (valid[r + 1]) out[index + 1] = values[r + 1];
+            *reinterpret_cast<float2*>(out + index) = make_float2(values[0], values[1]);
           }
         }
+      } else {
+        if (valid[0]) out[index] = values[0];
+        if (valid[1]) out[index + 1] = values[1];
       }
     }
   }
   if constexpr (kKind == OutputKind::kPacked) {
     const int64_t out_words = OutputWords(s);
-    const int64_t word_col = tc::PackedWordCol(n0, warp);
 #pragma unroll
-    for (int mt = 0; mt < tc::kMTiles; ++mt) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        uint32_t word = tc::QuadPartialWord(bits[mt], lane, half);
-        word |= __shfl_xor_sync(0xffffffffu, word, 1);
-        word |= __shfl_xor_sync(0xffffffffu, word, 2);
-        const int64_t m = m0 + tc::BlockRow(warp, mt, lane, 2 * half);
-        if (tc::StoresPackedWord(lane, half) && m < rows && word_col < out_words) {
-          out[m * out_words + word_col] = word;
-        }
+    for (int slot = 0; slot < 4; ++slot) {
+      uint32_t word = slot_words[slot];
+      word |= __shfl_xor_sync(0xffffffffu, word, 1);
+      word |= __shfl_xor_sync(0xffffffffu, word, 2);
+      const int64_t m = m0 + tc::SlotRow<kT>(warp, lane, slot);
+      const int64_t word_col = tc::SlotWordCol<kT>(n0, warp, slot);
+      if (tc::StoresSlot(lane, slot) && m < rows && word_col < out_words) {
+        out[m * out_words + word_col] = word;
       }
     }
   }
 }
+
+// 1 when the device runs this file's sm_90a code (wgmma), 0 when another build of it.
+__global__ void ProbeWgmmaKernel(int* flag) { *flag = XNORJAX_HAS_WGMMA; }
 
 // ---------------------------------------------------------------------------------------------
 // Launch.
@@ -316,17 +370,17 @@ ffi::Error LaunchSimple(cudaStream_t stream, const ConvShape& s, const uint32_t*
   return LastCudaError("xnorjax simple kernel");
 }
 
-template <OutputKind kKind, int V>
+template <OutputKind kKind, int V, tc::Tiling kT>
 void LaunchMmaKernel(cudaStream_t stream, const ConvShape& s, const uint32_t* x, const uint32_t* w,
                      const int32_t* pixel_popc, const int32_t* w_prefix, const tc::KChunk* ktable,
                      const float* scale, const float* bias,
                      typename OutputTraits<kKind>::Type* out) {
   const dim3 grid(static_cast<unsigned>(tc::GridRows(s)), static_cast<unsigned>(tc::GridCols(s)));
-  MmaKernel<kKind, V><<<grid, tc::kThreads, 0, stream>>>(s, x, w, pixel_popc, w_prefix, ktable,
+  MmaKernel<kKind, V, kT><<<grid, tc::kThreads, 0, stream>>>(s, x, w, pixel_popc, w_prefix, ktable,
                                                          scale, bias, out);
 }
 
-template <OutputKind kKind>
+template <OutputKind kKind, tc::Tiling kT>
 ffi::Error LaunchMma(cudaStream_t stream, ffi::ScratchAllocator& scratch, const ConvShape& s,
                      const uint32_t* x, const uint32_t* w, const float* scale, const float* bias,
                      typename OutputTraits<kKind>::Type* out) {
@@ -356,13 +410,13 @@ ffi::Error LaunchMma(cudaStream_t stream, ffi::ScratchAllocator& scratch, const 
   }
   switch (chunk_words) {
     case 4:
-      LaunchMmaKernel<kKind, 4>(stream, s, x, w, pixel_popc, w_prefix, ktable, scale, bias, out);
+      LaunchMmaKernel<kKind, 4, kT>(stream, s, x, w, pixel_popc, w_prefix, ktable, scale, bias, out);
       break;
     case 2:
-      LaunchMmaKernel<kKind, 2>(stream, s, x, w, pixel_popc, w_prefix, ktable, scale, bias, out);
+      LaunchMmaKernel<kKind, 2, kT>(stream, s, x, w, pixel_popc, w_prefix, ktable, scale, bias, out);
       break;
     default:
-      LaunchMmaKernel<kKind, 1>(stream, s, x, w, pixel_popc, w_prefix, ktable, scale, bias, out);
+      LaunchMmaKernel<kKind, 1, kT>(stream, s, x, w, pixel_popc, w_prefix, ktable, scale, bias, out);
       break;
   }
   return LastCudaError("xnorjax tensor-core kernel");
@@ -379,8 +433,14 @@ ffi::Error Run(cudaStream_t stream, ffi::ScratchAllocator& scratch, const ConvSh
   if (std::string message = ChoosePath(impl, major, &path); !message.empty()) {
     return InvalidArgument(message);
   }
-  if (path == Path::kSimple) return LaunchSimple<kKind>(stream, s, x, w, scale, bias, out);
-  return LaunchMma<kKind>(stream, scratch, s, x, w, scale, bias, out);
+  switch (path) {
+    case Path::kSimple:
+      return LaunchSimple<kKind>(stream, s, x, w, scale, bias, out);
+    case Path::kWarpgroup:
+      return LaunchMma<kKind, tc::Tiling::kWarpgroup>(stream, scratch, s, x, w, scale, bias, out);
+    default:
+      return LaunchMma<kKind, tc::Tiling::kSync>(stream, scratch, s, x, w, scale, bias, out);
+  }
 }
 
 Dims DimsOf(ffi::Span<const int64_t> d) { return Dims{d.begin(), d.size()}; }
@@ -479,6 +539,18 @@ auto ConvAttrsOf(Binding binding) {
 }
 
 }  // namespace
+
+int WgmmaCompiledForDevice() {
+  int* flag = nullptr;
+  int result = -1;
+  if (cudaMalloc(&flag, sizeof(int)) != cudaSuccess) return -1;
+  ProbeWgmmaKernel<<<1, 1>>>(flag);
+  if (cudaMemcpy(&result, flag, sizeof(int), cudaMemcpyDeviceToHost) != cudaSuccess) result = -1;
+  cudaFree(flag);
+  cudaGetLastError();
+  return result;
+}
+
 }  // namespace cuda
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cuda, cuda::ConvI32Impl,

@@ -200,19 +200,16 @@ XNORJAX_HOST_DEVICE inline int32_t PrefixRectSum(const int32_t* table, int64_t k
 
 namespace tc {
 
-constexpr int kThreads = 128;         // 4 warps
+constexpr int kThreads = 128;            // 4 warps: one warpgroup
 constexpr int kWarps = kThreads / 32;
-constexpr int kBlockRows = 64;        // output pixels per block
-constexpr int kBlockCols = 64;        // output channels per block
-constexpr int kWarpRows = 32;         // warps tile the block 2 x 2
-constexpr int kWarpCols = 32;
-constexpr int kMTiles = kWarpRows / 16;  // m16 tiles per warp
-constexpr int kNTiles = kWarpCols / 8;   // n8 tiles per warp
-constexpr int kStepWords = 8;            // 256 bits: the K of one mma.m16n8k256
+constexpr int kBlockRows = 64;           // output pixels per block
+constexpr int kBlockCols = 64;           // output channels per block
+constexpr int kStepWords = 8;            // 256 bits: the K of one m16n8k256 / m64n64k256 MMA
 constexpr int kSlabSteps = 4;            // k-steps per shared-memory stage
 constexpr int kSlabWords = kSlabSteps * kStepWords;
 constexpr int kStages = 2;               // double buffering (cp.async)
-static_assert(kWarpCols == 32, "the packed epilogue writes one output word per warp column tile");
+constexpr int kTileBytes = kBlockRows * kStepWords * 4;  // one k-step of A (or B): 2 KiB
+static_assert(kBlockRows == kBlockCols, "A and B k-step tiles share one layout and size");
 
 // Per-block row (output pixel) data computed once before the K loop.
 struct RowInfo {
@@ -229,8 +226,9 @@ struct ColInfo {
 };
 
 // Shared memory of one block: two stages of A and B slabs (k-step major, each k-step a
-// [rows][8 words] tile stored with SwizzledWord), then the row and column tables.
-struct Smem {
+// [rows][8 words] tile stored with SwizzledWord, 2 KiB, so every tile starts 256-byte aligned as
+// wgmma's 32-byte swizzle needs), then the row and column tables.
+struct alignas(256) Smem {
   uint32_t a[kStages][kSlabSteps][kBlockRows * kStepWords];
   uint32_t b[kStages][kSlabSteps][kBlockCols * kStepWords];
   RowInfo rows[kBlockRows];
@@ -422,9 +420,33 @@ XNORJAX_HOST_DEVICE inline void LoadSlab(const ConvShape& s, const KChunk* ktabl
   }
 }
 
-// Warp placement: warps 0..3 tile the 64 x 64 block as 2 x 2 tiles of 32 x 32.
-XNORJAX_HOST_DEVICE inline int WarpRowOffset(int warp) { return (warp & 1) * kWarpRows; }
-XNORJAX_HOST_DEVICE inline int WarpColOffset(int warp) { return (warp >> 1) * kWarpCols; }
+// Warp tilings of the 64 x 64 block. Both give each thread 32 accumulators, fragment f:
+//  kSync:      warps 2 x 2, warp tile 32 x 32 (m16 tiles mt < 2, n8 tiles nt < 4), each warp runs
+//              mma.sync.m16n8k256 on its tile; f = (mt * 4 + nt) * 4 + r.
+//  kWarpgroup: warps 4 x 1, warp tile 16 x 64 (nt < 8); f = nt * 4 + r. On sm_90a the block, one
+//              warpgroup, runs one wgmma.m64n64k256 per k-step, whose accumulator layout is
+//              exactly this; elsewhere each warp runs mma.sync on its 16 x 64 tile.
+// Register r of an n8 tile is (row AccRow, column AccCol) of that 16 x 8 tile, per the PTX ISA
+// fragment layouts of mma.m16n8k256 .s32 and of wgmma .m64nNk256 .s32 (rows 16 w.. of warp w).
+enum class Tiling : int { kSync = 0, kWarpgroup = 1 };
+constexpr int kFragments = 32;
+
+template <Tiling kT>
+constexpr int WarpMTiles() { return kT == Tiling::kSync ? 2 : 1; }
+template <Tiling kT>
+constexpr int WarpNTiles() { return kT == Tiling::kSync ? 4 : 8; }
+template <Tiling kT>
+XNORJAX_HOST_DEVICE inline int WarpRowOffset(int warp) {
+  return kT == Tiling::kSync ? (warp & 1) * 32 : warp * 16;
+}
+template <Tiling kT>
+XNORJAX_HOST_DEVICE inline int WarpColOffset(int warp) {
+  return kT == Tiling::kSync ? (warp >> 1) * 32 : 0;
+}
+template <Tiling kT>
+XNORJAX_HOST_DEVICE constexpr int FragmentIndex(int mt, int nt, int r) {
+  return (mt * WarpNTiles<kT>() + nt) * 4 + r;
+}
 
 // ldmatrix.x4 row addresses. Lane L supplies the address of row L % 8 of 8x8 matrix L / 8; a
 // matrix of .b16 pairs is 8 rows x 16 bytes = 8 rows x 128 bits.
@@ -438,12 +460,16 @@ XNORJAX_HOST_DEVICE inline int LdmatrixBRow(int lane) { return (lane >> 4) * 8 +
 XNORJAX_HOST_DEVICE inline int LdmatrixBHalf(int lane) { return (lane >> 3) & 1; }
 
 // Shared-memory word offsets (within one k-step tile) of the ldmatrix.x4 row address of `lane`:
-// for A m16 tile `mt` of warp `warp`, and for B n8 tiles (2 np, 2 np + 1).
+// for the A m16 tile `mt` of `warp`, and for the B n8 tiles (2 np, 2 np + 1).
+template <Tiling kT>
 XNORJAX_HOST_DEVICE inline int ALdmatrixOffset(int warp, int mt, int lane) {
-  return SwizzledWord(WarpRowOffset(warp) + mt * 16 + LdmatrixARow(lane), LdmatrixAHalf(lane) * 4);
+  return SwizzledWord(WarpRowOffset<kT>(warp) + mt * 16 + LdmatrixARow(lane),
+                      LdmatrixAHalf(lane) * 4);
 }
+template <Tiling kT>
 XNORJAX_HOST_DEVICE inline int BLdmatrixOffset(int warp, int np, int lane) {
-  return SwizzledWord(WarpColOffset(warp) + np * 16 + LdmatrixBRow(lane), LdmatrixBHalf(lane) * 4);
+  return SwizzledWord(WarpColOffset<kT>(warp) + np * 16 + LdmatrixBRow(lane),
+                      LdmatrixBHalf(lane) * 4);
 }
 // Destination register q of the B ldmatrix for pair np is register LdmatrixBReg(q) of n8 tile
 // LdmatrixBTile(np, q).
@@ -455,12 +481,24 @@ XNORJAX_HOST_DEVICE inline int LdmatrixBReg(int q) { return q & 1; }
 XNORJAX_HOST_DEVICE inline int AccRow(int lane, int r) { return (lane >> 2) + 8 * (r >> 1); }
 XNORJAX_HOST_DEVICE inline int AccCol(int lane, int r) { return 2 * (lane & 3) + (r & 1); }
 
-// Block row and column of accumulator register r of n8 tile nt of m16 tile mt of (warp, lane).
-XNORJAX_HOST_DEVICE inline int BlockRow(int warp, int mt, int lane, int r) {
-  return WarpRowOffset(warp) + mt * 16 + AccRow(lane, r);
+// Block row and column of fragment f of (warp, lane).
+template <Tiling kT>
+XNORJAX_HOST_DEVICE inline int FragmentRow(int warp, int lane, int f) {
+  return WarpRowOffset<kT>(warp) + (f / (4 * WarpNTiles<kT>())) * 16 + AccRow(lane, f & 3);
 }
-XNORJAX_HOST_DEVICE inline int BlockCol(int warp, int nt, int lane, int r) {
-  return WarpColOffset(warp) + nt * 8 + AccCol(lane, r);
+template <Tiling kT>
+XNORJAX_HOST_DEVICE inline int FragmentCol(int warp, int lane, int f) {
+  return WarpColOffset<kT>(warp) + ((f >> 2) % WarpNTiles<kT>()) * 8 + AccCol(lane, f & 3);
+}
+
+// The wgmma shared-memory matrix descriptor of one k-step tile at shared address `address`:
+// K-major with 32-byte swizzling, whose atom is 8 rows of 32 bytes (exactly one k-step of 8 rows)
+// with the 16-byte halves of rows 4..7 swapped: the SwizzledWord layout. Atoms of 8 rows lie
+// 256 bytes apart (stride byte offset); one atom spans K, so the leading byte offset is unused (1).
+// Tiles start 256-byte aligned, so the base offset is 0.
+XNORJAX_HOST_DEVICE inline uint64_t WgmmaDescriptor(uint32_t address) {
+  return static_cast<uint64_t>((address & 0x3FFFFu) >> 4) | (uint64_t{1} << 16) |
+         (uint64_t{256 >> 4} << 32) | (uint64_t{3} << 62);
 }
 
 // The exact dot product of (row, column) from the AND-popcount accumulator `acc`.
@@ -483,23 +521,25 @@ XNORJAX_HOST_DEVICE inline int64_t EpilogueDot(const ConvShape& s, const RowInfo
   return dot;
 }
 
-// Packed epilogue: the lane's bits of output word columns [0, 32) of its warp tile, for the rows
-// of accumulator registers (0, 1) (half 0) or (2, 3) (half 1), before the OR over the 4 lanes of
-// its quad. `bits[nt][r]` are SignBit of register r of n8 tile nt.
-XNORJAX_HOST_DEVICE inline uint32_t QuadPartialWord(const uint32_t (&bits)[kNTiles][4], int lane,
-                                                    int half) {
-  uint32_t word = 0;
-  for (int nt = 0; nt < kNTiles; ++nt) {
-    for (int r = 2 * half; r < 2 * half + 2; ++r) word |= bits[nt][r] << (nt * 8 + AccCol(lane, r));
-  }
-  return word;
+// Packed epilogue. A lane's 32 fragments cover 4 (row, output word) slots, fragment f in slot
+// FragmentSlot(f): kSync, rows (mt, r >> 1) of the warp's one 32-column word; kWarpgroup, rows
+// r >> 1 of its two words nt >> 2. The 4 lanes of a quad hold the same rows: their slot words are
+// OR-ed together, then lane (lane & 3) == slot stores slot `slot`.
+template <Tiling kT>
+XNORJAX_HOST_DEVICE constexpr int FragmentSlot(int f) {
+  return kT == Tiling::kSync ? (f >> 4) * 2 + ((f & 3) >> 1) : ((f & 3) >> 1) * 2 + (f >> 4);
 }
-// Output word column (of the packed result) of the warp tile of `warp` in the block at column n0.
-XNORJAX_HOST_DEVICE inline int64_t PackedWordCol(int64_t n0, int warp) {
-  return geometry::WordOfChannel(n0 + WarpColOffset(warp));
+template <Tiling kT>
+XNORJAX_HOST_DEVICE inline int SlotRow(int warp, int lane, int slot) {
+  return kT == Tiling::kSync ? WarpRowOffset<kT>(warp) + (slot >> 1) * 16 + (lane >> 2) + 8 * (slot & 1)
+                             : WarpRowOffset<kT>(warp) + (lane >> 2) + 8 * (slot >> 1);
 }
-// The lane of a quad that stores the OR-ed word of `half` (rows g and g + 8).
-XNORJAX_HOST_DEVICE inline bool StoresPackedWord(int lane, int half) { return (lane & 3) == half; }
+template <Tiling kT>
+XNORJAX_HOST_DEVICE inline int64_t SlotWordCol(int64_t n0, int warp, int slot) {
+  return kT == Tiling::kSync ? geometry::WordOfChannel(n0 + WarpColOffset<kT>(warp))
+                             : geometry::WordOfChannel(n0) + (slot & 1);
+}
+XNORJAX_HOST_DEVICE inline bool StoresSlot(int lane, int slot) { return (lane & 3) == slot; }
 
 }  // namespace tc
 }  // namespace cuda

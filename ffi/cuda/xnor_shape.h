@@ -18,6 +18,9 @@ namespace cuda {
 // "auto" on CUDA; these CUDA-only values pick one path (tests and experiments/gpu_check.py).
 constexpr int64_t kImplSimple = 100;  // one thread per output, XOR + __popc
 constexpr int64_t kImplMma = 101;     // mma.sync m16n8k256 AND-popc tensor cores (sm_80+)
+// Warpgroup tiling: wgmma.m64n64k256 AND-popc where the loaded code is sm_90a (Hopper), the same
+// tiling on mma.sync elsewhere. Experimental: not chosen automatically until measured on a GPU.
+constexpr int64_t kImplWgmma = 102;
 
 // Dimensions of one buffer.
 struct Dims {
@@ -37,7 +40,7 @@ inline std::string DimsString(Dims d) {
 }
 
 inline bool ValidImpl(int64_t impl) {
-  return (impl >= 0 && impl <= 3) || impl == kImplSimple || impl == kImplMma;
+  return (impl >= 0 && impl <= 3) || impl == kImplSimple || impl == kImplMma || impl == kImplWgmma;
 }
 
 // Largest spatial size, kernel size, stride, padding and channel count the kernels index with
@@ -162,7 +165,7 @@ inline std::string ValidateDense(Dims x, Dims w, const Dims* scale, const Dims* 
 }
 
 // Which kernel runs: the tensor-core path needs compute capability 8.0 (mma.sync .b1 AND-popc).
-enum class Path : int { kSimple = 0, kMma = 1 };
+enum class Path : int { kSimple = 0, kMma = 1, kWarpgroup = 2 };
 
 // The path for `impl` on a device of compute capability `cc_major`; "" or an error message.
 inline std::string ChoosePath(int64_t impl, int cc_major, Path* path) {
@@ -170,9 +173,11 @@ inline std::string ChoosePath(int64_t impl, int cc_major, Path* path) {
     *path = Path::kSimple;
     return "";
   }
-  if (impl == kImplMma) {
-    if (cc_major < 8) return "impl=101 (mma) needs compute capability >= 8.0";
-    *path = Path::kMma;
+  if (impl == kImplMma || impl == kImplWgmma) {
+    if (cc_major < 8) {
+      return "impl=" + std::to_string(impl) + " (tensor cores) needs compute capability >= 8.0";
+    }
+    *path = impl == kImplMma ? Path::kMma : Path::kWarpgroup;
     return "";
   }
   *path = cc_major >= 8 ? Path::kMma : Path::kSimple;
