@@ -334,6 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last_good_step = s
 
   done = start_step
+  last_eval = {}
   try:
     with StopRequest() as stop:
       for step, images, labels_np in batches:
@@ -385,6 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             best = {"val_accuracy": scalars["val_accuracy"], "step": done}
             ckpts.save_best(done, state, record_for(done), scalars["val_accuracy"])
           scalars["best_val_accuracy"] = best["val_accuracy"]
+          last_eval = {"step": done, **scalars}
           writer.write_scalars(done, scalars)
           logging.info("Evaluation at step %d: %s", done,
                        ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
@@ -412,9 +414,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "interrupted_by": interrupted, "best_step": best["step"],
              "best_val_accuracy": best["val_accuracy"] if best["step"] is not None else None}
   if interrupted is None:
-    final = evaluate(eval_fn, state, data.test, config.eval_batch_size, batch_sharding)
+    if last_eval.get("step") == done and "test_accuracy" in last_eval:
+      final = {"accuracy": last_eval["test_accuracy"], "loss": last_eval["test_loss"]}
+    else:
+      final = evaluate(eval_fn, state, data.test, config.eval_batch_size, batch_sharding)
     results.update(test_accuracy_last=final["accuracy"], test_loss_last=final["loss"])
-    if data.validation is not None and best["step"] is not None:
+    if data.validation is not None and best["step"] is not None and best["step"] != done:
       best_state, _ = ckpts.restore_best(state)
       selected = evaluate(eval_fn, best_state, data.test, config.eval_batch_size, batch_sharding)
       results.update(test_accuracy=selected["accuracy"], test_loss=selected["loss"])

@@ -103,3 +103,18 @@ def test_vgg16_rejects_other_image_sizes(rng):
   model = models.create_model("vgg16", width=0.0625, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="32x32"):
     _forward(model, jnp.asarray(rng.normal(size=(1, 64, 64, 3)), jnp.float32))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 4, 6, 5)])
+def test_max_pool_matches_reduce_window(rng, shape):
+  from xnorjax.models import layers
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(layers.max_pool(x)),
+                                np.asarray(nnx.max_pool(x, (2, 2), strides=(2, 2))))
+  # Without ties the gradients agree too (each window's maximum gets the whole gradient).
+  g = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])), jnp.float32)
+  grad_fast = jax.grad(lambda x: jnp.sum(layers.max_pool(x) * g))(x)
+  grad_ref = jax.grad(lambda x: jnp.sum(nnx.max_pool(x, (2, 2), strides=(2, 2)) * g))(x)
+  np.testing.assert_array_equal(np.asarray(grad_fast), np.asarray(grad_ref))
+  with pytest.raises(ValueError, match="not divisible"):
+    layers.max_pool(jnp.zeros((1, 5, 4, 1)))

@@ -265,3 +265,20 @@ def test_presets_name_their_model_and_command(name):
 
 def test_models_without_a_preset_use_the_defaults():
   assert train_main.preset_path("bin_small_cnn").endswith("default.py:bin_small_cnn")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR10, reason=f"${input_pipeline.CIFAR10_ENV_VAR} is not set (real CIFAR-10 copy)")
+def test_real_cifar10_small_binary_cnn_learns(tmp_path):
+  """300 steps of bin_small_cnn on the real CIFAR-10 copy: test accuracy well above chance."""
+  config = tiny_config("bin_small_cnn", num_train_steps=300, batch_size=64, eval_batch_size=1000,
+                       eval_every_steps=300, log_every_steps=50, eval_test_during_training=False)
+  config.data.source = "image_folder"
+  config.data.path = CIFAR10
+  config.data.num_validation = 5000
+  config.data.cache_dir = os.environ.get("XNORJAX_CACHE_DIR") or str(tmp_path / "cache")
+  config.model.options.width = 0.5
+  config.optim.learning_rate = 3e-3
+  config.optim.warmup_epochs = 0.05
+  results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["test_accuracy"] > 0.3  # Chance is 0.1.
