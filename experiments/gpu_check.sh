@@ -38,12 +38,22 @@ if ! "$PYTHON" -c "import flax.nnx, optax, pytest, hypothesis" 2>/dev/null; then
 fi
 "$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" || { log "jax is not importable"; exit 1; }
 
+check_extension() {
+  "$PYTHON" -c "
+import xnorjax
+from xnorjax import _native
+xnorjax.require_extension()
+assert _native.cuda_kernels_available(), 'xnorjax._ffi_cuda is not built'
+from xnorjax import _ffi_cuda
+print('CUDA targets:', sorted(_ffi_cuda.registrations()))"
+}
+
 if [ -z "${SKIP_BUILD:-}" ]; then
   log "build (log: $OUTDIR/build.log)"
   export CMAKE_ARGS="-DXNORJAX_CUDA_ARCHITECTURES=${XNORJAX_CUDA_ARCHITECTURES:-90a-real} ${CMAKE_ARGS:-}"
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-  if ! timeout 300 "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation -e . \
-      > "$OUTDIR/build.log" 2>&1; then
+  if ! { timeout 300 "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation -e . \
+         > "$OUTDIR/build.log" 2>&1 && check_extension; }; then
     tail -25 "$OUTDIR/build.log"
     log "pip build failed; building with CMake directly"
     NB_DIR=$("$PYTHON" -m nanobind --cmake_dir)
@@ -57,13 +67,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
     fi
   fi
 fi
-"$PYTHON" -c "
-import xnorjax
-from xnorjax import _native
-xnorjax.require_extension()
-assert _native.cuda_kernels_available(), 'xnorjax._ffi_cuda is not built'
-from xnorjax import _ffi_cuda
-print('CUDA targets:', sorted(_ffi_cuda.registrations()))" || { log "extension not importable"; exit 1; }
+check_extension || { log "extension not importable"; exit 1; }
 
 # The sweep and the timing first (the table is what a one-shot run must not lose), the tests in the
 # time left; the table is printed again at the very end.
