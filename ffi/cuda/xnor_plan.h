@@ -17,6 +17,7 @@
 // per-channel 2-D prefix table over the taps (the inside taps of any output form a rectangle).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "conv_geometry.h"
@@ -61,14 +62,13 @@ XNORJAX_HOST_DEVICE inline int64_t OutputWords(const ConvShape& s) {
   return geometry::PackedWords(s.out_channels);
 }
 
-// The float epilogue y = dot * scale + bias, rounded after the product and after the sum (no fused
-// multiply-add), so that GPU, host emulation and a numpy reference agree bit for bit.
+// The float epilogue y = dot * scale + bias as one fused multiply-add (a single rounding), as the
+// CPU kernels compute it (ffi/cpu/xnor_epilogue.h), so both platforms return the same bits.
 XNORJAX_HOST_DEVICE inline float ScaleBias(int64_t dot, float scale, float bias) {
 #if defined(__CUDA_ARCH__)
-  return __fadd_rn(__fmul_rn(static_cast<float>(dot), scale), bias);
+  return __fmaf_rn(static_cast<float>(dot), scale, bias);
 #else
-  const float product = static_cast<float>(dot) * scale;
-  return product + bias;
+  return std::fma(static_cast<float>(dot), scale, bias);
 #endif
 }
 
