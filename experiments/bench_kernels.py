@@ -7,11 +7,13 @@ to 512 channels) and each batch size, on the same +-1 data:
   * xnor:  `xnor_conv` on packed activations and weights packed once (int32 exact dots, SAME,
            zero padding as bin_vgg16 trains with), and its fused variant (alpha scale + packed
            output, what an inference layer emits for the next one);
+  * xnor_1t: the same C++ engine called outside XLA on one thread (per-core efficiency);
   * XLA's conv in float32, bfloat16 (float32 accumulation) and int8 (int32 accumulation), each
     as the faster of `lax.conv_general_dilated` and im2col + dot (XLA's conv is pathological on
     maps smaller than the kernel; see /work/shared/PERF-NOTES.md), so the baselines are the best
     XLA offers here.
-Every method is timed best-of-`repeats` with the methods interleaved, in one process: compare the
+Every method is timed best-of-`repeats` with the methods interleaved (each timed call right after
+an untimed one of the same method, so all run with warm caches), in one process: compare the
 ratios (the machines are shared; absolute numbers drift). A microbenchmark in the same run measures
 the popcount ceiling (XOR + VPOPCNTQ + add on 512-bit registers, all cores). Prints a table and
 writes JSON (per layer and aggregated: total MACs / total time over the 13 layers).
@@ -66,13 +68,14 @@ def _im2col_conv(x, k, out_dtype):
 
 
 def _time_best(fns: dict, args: dict, repeats: int) -> dict:
-  """Best-of-`repeats` seconds per method, methods interleaved (each compiled and warmed first)."""
+  """Best-of-`repeats` seconds per method, methods interleaved; each timed call directly follows
+  an untimed call of the same method (warm caches for every method alike)."""
   for name, fn in fns.items():
-    jax.block_until_ready(fn(*args[name]))
-    jax.block_until_ready(fn(*args[name]))
+    jax.block_until_ready(fn(*args[name]))  # compile
   best = {name: float("inf") for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
+      jax.block_until_ready(fn(*args[name]))
       start = time.perf_counter()
       jax.block_until_ready(fn(*args[name]))
       best[name] = min(best[name], time.perf_counter() - start)
@@ -91,6 +94,15 @@ def bench_layer(cin: int, cout: int, hw: int, batch: int, repeats: int, rng) -> 
   fns["xnor_fused"] = jax.jit(lambda a, b, s: xnor_conv(a, b, channels=cin, scale=s,
                                                         pack_output=True))
   args["xnor_fused"] = (xp, wp, alpha)
+  # The same engine outside XLA on one thread: its efficiency per core, against the one-thread
+  # ceiling (on a shared machine two threads rarely get both cores at once).
+  engine = xnorjax.require_extension().xnor
+  xp_np, wp_np = np.asarray(xp), np.asarray(wp)
+  out_1t = np.empty((batch, hw, hw, cout), np.int32)
+  ones = np.ones(cout, np.float32)
+  fns["xnor_1t"] = lambda: engine.conv_into(xp_np, wp_np, ones, ones, out_1t, "int32", cin, 1, 1,
+                                            1, 1, 1, 1, 0, 0, 1, True)
+  args["xnor_1t"] = ()
   for dtype_name, in_dtype, out_dtype in (("f32", jnp.float32, jnp.float32),
                                           ("bf16", jnp.bfloat16, jnp.float32),
                                           ("int8", jnp.int8, jnp.int32)):
@@ -103,6 +115,8 @@ def bench_layer(cin: int, cout: int, hw: int, batch: int, repeats: int, rng) -> 
   want = np.asarray(fns["f32_lax"](*args["f32_lax"]))
   for name in ("xnor", "int8_lax", "int8_im2col"):
     np.testing.assert_array_equal(np.asarray(fns[name](*args[name])), want, err_msg=name)
+  fns["xnor_1t"]()
+  np.testing.assert_array_equal(out_1t, want, err_msg="xnor_1t")
   seconds = _time_best(fns, args, repeats)
   for dtype_name in ("f32", "bf16", "int8"):
     forms = {f: seconds[f"{dtype_name}_{f}"] for f in ("lax", "im2col")}
@@ -134,13 +148,13 @@ def main():
         f"load average {info['load_average_before'][0]:.1f}")
   print(f"popcount ceiling: {ceiling / 1e12:.2f} T bit-MAC/s on {threads} threads "
         f"({ceiling_1 / 1e12:.2f} on 1)")
-  methods = ("xnor", "xnor_fused", "f32", "bf16", "int8")
+  methods = ("xnor", "xnor_fused", "xnor_1t", "f32", "bf16", "int8")
   rng = np.random.default_rng(0)
   results = []
   for batch in batches:
     print(f"\nbatch {batch}: GMAC/s (best XLA formulation per layer in brackets)")
     print(f"{'layer':<14}{'shape':>18}" + "".join(f"{m:>12}" for m in methods)
-          + f"{'x/f32':>8}{'x/int8':>8}{'x/ceil':>8}")
+          + f"{'x/f32':>8}{'x/int8':>8}{'x/ceil':>8}{'1t/ceil1':>9}")
     totals = {m: 0.0 for m in methods}
     total_macs = 0
     for name, cin, cout, hw in vgg_layers():
@@ -156,15 +170,17 @@ def main():
       forms = "".join(f"[{sec[d + '_form'][0]}]" for d in ("f32", "bf16", "int8"))
       print(f"{name:<14}{shape:>18}" + "".join(f"{gmacs[m]:>12.1f}" for m in methods)
             + f"{gmacs['xnor'] / gmacs['f32']:>8.1f}{gmacs['xnor'] / gmacs['int8']:>8.2f}"
-            + f"{gmacs['xnor'] * 1e9 / ceiling:>8.2f}  {forms}")
+            + f"{gmacs['xnor'] * 1e9 / ceiling:>8.2f}{gmacs['xnor_1t'] * 1e9 / ceiling_1:>9.2f}"
+            + f"  {forms}")
     agg = {m: total_macs / totals[m] / 1e9 for m in methods}
     print(f"{'all 13 layers':<32}" + "".join(f"{agg[m]:>12.1f}" for m in methods)
           + f"{agg['xnor'] / agg['f32']:>8.1f}{agg['xnor'] / agg['int8']:>8.2f}"
-          + f"{agg['xnor'] * 1e9 / ceiling:>8.2f}")
+          + f"{agg['xnor'] * 1e9 / ceiling:>8.2f}{agg['xnor_1t'] * 1e9 / ceiling_1:>9.2f}")
     results.append({"batch": batch, "layer": "all", "macs": total_macs, "seconds": totals,
                     "gmac_per_s": agg, "xnor_over_f32": agg["xnor"] / agg["f32"],
                     "xnor_over_int8": agg["xnor"] / agg["int8"],
-                    "xnor_over_ceiling": agg["xnor"] * 1e9 / ceiling})
+                    "xnor_over_ceiling": agg["xnor"] * 1e9 / ceiling,
+                    "xnor_1thread_over_1thread_ceiling": agg["xnor_1t"] * 1e9 / ceiling_1})
   info["load_average_after"] = os.getloadavg()
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
