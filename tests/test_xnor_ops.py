@@ -363,6 +363,19 @@ def test_kernel_rejects_inconsistent_calls_without_crashing(rng):
   ]:
     with pytest.raises(Exception, match=match):
       jax.block_until_ready(call(out, **kw))
+  # The CPU-only target with the weights as packed (input-major) checks them the same way.
+  wp = jnp.transpose(wt, (1, 2, 3, 0))
+  hwio = lambda w, out, **kw: jax.ffi.ffi_call("xnorjax_xnor_conv_i32_hwio", out)(
+      xp, w, **{**attrs, **kw})
+  np.testing.assert_array_equal(np.asarray(hwio(wp, good)), np.asarray(call(good)))
+  for w, out, kw, match in [
+      (wp[..., :1, :], good, {}, "w has 1"),
+      (wt, good, {}, "w has 3"),  # output-major weights given to the input-major target
+      (wp[None], good, {}, "w must be u32\\[KH, KW, Cw, O\\]"),
+      (wp, good, dict(channels=np.int64(65)), "needs 3 packed words"),
+  ]:
+    with pytest.raises(Exception, match=match):
+      jax.block_until_ready(hwio(w, out, **kw))
   with pytest.raises(ValueError, match="channels"):
     xnorjax.require_extension().xnor.conv_into(
         np.asarray(xp), np.asarray(wt), np.ones(8, np.float32), np.zeros(8, np.float32),
