@@ -314,7 +314,7 @@ def test_emulation_rejects_bad_arguments(rng):
 
 
 def _ffi_conv(x, w, scale, bias, attrs, kind, impl):
-  """Calls a CUDA conv target directly (impl 100 = simple, 101 = tensor cores)."""
+  """Calls a CUDA conv target directly (impl 100 simple, 101 mma.sync, 102 warpgroup, 0 auto)."""
   n, h, wd, _ = x.shape
   o, kh, kw, _ = w.shape
   oh = (h + attrs["pad_top"] + attrs["pad_bottom"] - kh) // attrs["stride_h"] + 1
@@ -338,7 +338,7 @@ def test_gpu_conv_targets_match_numpy(shape, rng):
   gpu = jax.devices("gpu")[0]
   args = [jax.device_put(a, gpu) for a in (x, wt, scale, bias)]
   for kind in KINDS:
-    for impl in (_cuda_host.IMPL_SIMPLE, _cuda_host.IMPL_MMA, 0):
+    for impl in (_cuda_host.IMPL_SIMPLE, _cuda_host.IMPL_MMA, _cuda_host.IMPL_WGMMA, 0):
       got = jax.jit(lambda *a: _ffi_conv(*a, attrs, kind, impl))(*args)
       np.testing.assert_array_equal(np.asarray(got), _epilogue(dot, scale, bias, kind),
                                     err_msg=f"{kind} impl={impl}")
@@ -353,7 +353,7 @@ def test_gpu_dense_targets_match_numpy(m, k, n, rng):
   scale, bias = _dyadic(rng, n), _dyadic(rng, n)
   dot = _unpack(x, k) @ _unpack(w, k).T
   for kind in KINDS:
-    for impl in (_cuda_host.IMPL_SIMPLE, _cuda_host.IMPL_MMA, 0):
+    for impl in (_cuda_host.IMPL_SIMPLE, _cuda_host.IMPL_MMA, _cuda_host.IMPL_WGMMA, 0):
       last = -(-n // 32) if kind == "packed" else n
       dtype = {"i32": jnp.int32, "f32": jnp.float32, "packed": jnp.uint32}[kind]
       call = jax.ffi.ffi_call(f"xnorjax_xnor_dense_{kind}", jax.ShapeDtypeStruct((m, last), dtype))
