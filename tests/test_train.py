@@ -4,6 +4,7 @@ A run of bin_small_cnn (two XNOR blocks) on synthetic data takes seconds; the ba
 by the tests that only inspect its outputs.
 """
 
+import functools
 import glob
 import json
 import os
@@ -14,7 +15,9 @@ import sys
 import textwrap
 
 from absl import logging
+from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -117,6 +120,37 @@ def test_latent_binary_kernels_stay_clipped(baseline):
   assert max(np.abs(p).max() for p in leaves) <= 1.0
 
 
+def test_cross_entropy_with_label_smoothing(rng):
+  logits = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 4, 5))
+  log_p = np.asarray(jax.nn.log_softmax(logits))
+  targets = np.full((5, 4), 0.2 / 4) + 0.8 * np.eye(4)[np.asarray(labels)]
+  np.testing.assert_allclose(trainer.cross_entropy(logits, labels, 0.2),
+                             -(targets * log_p).sum(-1), rtol=1e-6)
+  np.testing.assert_allclose(trainer.cross_entropy(logits, labels),
+                             -log_p[np.arange(5), np.asarray(labels)], rtol=1e-6)
+
+
+def test_evaluate_ignores_the_padding_of_the_last_batch(rng):
+  model = models.create_model("small_cnn", width=0.125, rngs=nnx.Rngs(0))
+  parts = trainer.split_model(model)
+  mesh = trainer.make_mesh(1)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  mean, std = jnp.full(3, 0.5), jnp.full(3, 0.25)
+  eval_fn = jax.jit(functools.partial(trainer.eval_step, graphdef=parts.eval_graphdef, mean=mean,
+                                      std=std))
+  split = input_pipeline.Split(rng.integers(0, 256, (37, 32, 32, 3), dtype=np.uint8),
+                               rng.integers(0, 10, 37).astype(np.int32))
+  state = {"params": parts.params, "rest": parts.rest}
+  padded = trainer.evaluate(eval_fn, state, split, 16, sharding)  # 3 batches, 11 padding rows.
+  model.eval()
+  logits = model(trainer.normalize(jnp.asarray(split.images), mean, std))
+  loss = float(trainer.cross_entropy(logits, jnp.asarray(split.labels)).mean())
+  accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == split.labels))
+  assert padded["loss"] == pytest.approx(loss, rel=1e-5)
+  assert padded["accuracy"] == pytest.approx(accuracy)
+
+
 # ---- Interruption and resumption --------------------------------------------------------------
 
 def test_interrupted_and_resumed_run_ends_with_the_same_parameters(baseline, tmp_path, monkeypatch):
@@ -173,7 +207,8 @@ def test_four_simulated_devices_match_one_device(tmp_path):
       assert jax.device_count() == 4, jax.devices()
       out = {{}}
       for n in (1, 4):
-        c = tiny_config("small_cnn", num_devices=n, num_epochs=1)
+        c = tiny_config("small_cnn", num_devices=n, num_epochs=1, eval_test_during_training=False)
+        c.data.synthetic_test_size = 64
         c.optim.name = "sgd"
         c.optim.learning_rate = 0.05
         c.data.prefetch = 1
