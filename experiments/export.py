@@ -1,0 +1,205 @@
+"""Exports a training run's selected checkpoint as a packed inference model, and checks it.
+
+  python -m experiments.export --workdir=runs/bin_vgg16 --out=exported/bin_vgg16
+  python -m experiments.export --workdir=runs/bin_vgg16 --out=exported/bin_vgg16 --verify_images=-1
+
+The checkpoint is the one selected on validation accuracy (`best/`; the latest for runs without a
+validation split, or with --checkpoint=latest), restored by `experiments.restore`. The model is
+converted by `xnorjax.deploy.export_model` (binary kernels bit-packed once; alpha, biases and the
+surrounding BatchNorms folded into per-channel scales, biases or exact sign thresholds; float
+first and last layers kept) and saved with orbax beside manifest.json (model, options, input shape
+and the run's normalisation, classes, source checkpoint, program, array shapes, sizes). Prints the
+sizes (binary layers float32 vs packed, whole model, files on disk); then loads the export back with
+`xnorjax.deploy.load` and compares it, on the first --verify_images test images of the run's data,
+with the training-time model in evaluation mode, both with its per-layer packed kernels (what
+`model.eval()` runs) and with XLA float convs (forward="xla"): predictions and logits. The
+comparison is written into the manifest as "verification".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import input_pipeline
+from experiments import restore
+from experiments import trainer
+from xnorjax import deploy
+from xnorjax import nn as xnn
+from xnorjax.deploy import sizes as sizes_lib
+
+FORWARDS = ("auto", "xla")  # per-layer packed kernels in eval mode / XLA float convs
+
+
+def set_binary_forward(model: nnx.Module, forward: str) -> nnx.Module:
+  """Sets `forward` on every BinaryConv / BinaryDense of `model` (in place); returns the model.
+
+  "xla" makes the eval-mode model run float convs (the baseline of experiments.bench_deploy);
+  "auto" restores the default (per-layer packed kernels in evaluation mode).
+  """
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, (xnn.BinaryConv, xnn.BinaryDense)):
+      module.forward = forward
+  return model
+
+
+def model_logits_fn(model: nnx.Module):
+  """A jitted function images -> logits of `model` as it is now (mode and forward fixed)."""
+  graphdef, state = nnx.split(model)
+  fn = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+  return lambda x: fn(state, x)
+
+
+def batched_logits(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """fn over `images` in batches (the last one padded to the batch size), float32 [N, classes]."""
+  out = []
+  for start in range(0, len(images), batch_size):
+    batch = images[start:start + batch_size]
+    n = len(batch)
+    if n < batch_size:
+      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+    out.append(np.asarray(fn(batch))[:n])
+  return np.concatenate(out).astype(np.float32)
+
+
+@dataclasses.dataclass
+class Agreement:
+  """The exported model's logits against a reference model's on the same images."""
+  reference: str
+  images: int
+  predictions_equal: int
+  max_abs_logit_diff: float
+  max_rel_logit_diff: float   # |diff| / max(1, |reference|)
+  exported_accuracy: Optional[float] = None
+  reference_accuracy: Optional[float] = None
+
+  @property
+  def all_equal(self) -> bool:
+    return self.predictions_equal == self.images
+
+
+def compare(exported_logits: np.ndarray, reference_logits: np.ndarray, reference: str,
+            labels: Optional[np.ndarray] = None) -> Agreement:
+  diff = np.abs(exported_logits - reference_logits)
+  rel = diff / np.maximum(1.0, np.abs(reference_logits))
+  agreement = Agreement(
+      reference, len(exported_logits),
+      int(np.sum(exported_logits.argmax(-1) == reference_logits.argmax(-1))),
+      float(diff.max()), float(rel.max()))
+  if labels is not None:
+    agreement.exported_accuracy = float(np.mean(exported_logits.argmax(-1) == labels))
+    agreement.reference_accuracy = float(np.mean(reference_logits.argmax(-1) == labels))
+  return agreement
+
+
+def verify(predictor: deploy.Predictor, model: nnx.Module, images: np.ndarray, *, mean, std,
+           labels: Optional[np.ndarray] = None, batch_size: int = 250) -> list[Agreement]:
+  """The exported model against `model` in eval mode, per-layer packed ("auto") and XLA floats.
+
+  `images` are uint8; the model gets them normalised as in training (`trainer.normalize`).
+  Leaves the model's forward setting as it found "auto".
+  """
+  got = batched_logits(predictor, images, batch_size)
+  mean, std = jnp.asarray(mean), jnp.asarray(std)
+  results = []
+  model.eval()
+  for forward in FORWARDS:
+    fn = model_logits_fn(set_binary_forward(model, forward))
+    want = batched_logits(lambda x: fn(trainer.normalize(jnp.asarray(x), mean, std)), images,
+                          batch_size)
+    results.append(compare(got, want, f"eval model, forward={forward!r}", labels))
+  set_binary_forward(model, "auto")
+  return results
+
+
+def export_workdir(workdir: str, out: str, *, checkpoint: str = "best", overwrite: bool = False,
+                   verify_images: int = 1000, batch_size: int = 250):
+  """Exports and saves the run's checkpoint; returns (manifest, [Agreement]) (see module doc)."""
+  restored = restore.restore_model(workdir, checkpoint)
+  config = restored.config
+  data = input_pipeline.load_data(config.data, seed=config.seed)
+  exported = deploy.export_model(
+      restored.model, input_shape=(config.data.image_size, config.data.image_size, 3),
+      mean=data.mean, std=data.std, classes=data.class_names, model_name=config.model.name,
+      model_options=config.model.options.to_dict(),
+      source={"workdir": os.path.abspath(workdir), "checkpoint": restored.checkpoint,
+              "step": restored.step, "directory": restored.directory,
+              "val_accuracy": restored.record.get("best_val_accuracy")})
+  manifest = deploy.save(exported, out, overwrite=overwrite)
+  agreements = []
+  if verify_images:
+    predictor = deploy.load(out)
+    n = len(data.test) if verify_images < 0 else min(verify_images, len(data.test))
+    agreements = verify(predictor, restored.model, data.test.images[:n], mean=data.mean,
+                        std=data.std, labels=data.test.labels[:n], batch_size=batch_size)
+    manifest["verification"] = [dataclasses.asdict(a) for a in agreements]
+    with open(os.path.join(out, deploy.export.MANIFEST_FILE), "w", encoding="utf-8") as f:
+      json.dump(manifest, f, indent=1)
+      f.write("\n")
+  return manifest, agreements
+
+
+def format_summary(manifest: dict, agreements, out: str) -> str:
+  lines = [f"Exported {manifest['model']} ({manifest['source'].get('checkpoint')} checkpoint, "
+           f"step {manifest['source'].get('step')}) to {os.path.abspath(out)}", "",
+           sizes_lib.format_report(manifest["sizes"]), ""]
+  manifest_bytes = os.path.getsize(os.path.join(out, deploy.export.MANIFEST_FILE))
+  lines.append(f"Files: arrays/ {manifest['sizes']['arrays_dir_bytes']:,} B (orbax), "
+               f"manifest.json {manifest_bytes:,} B")
+  for a in agreements:
+    acc = (f"; accuracy exported {a.exported_accuracy:.4f}, reference {a.reference_accuracy:.4f}"
+           if a.exported_accuracy is not None else "")
+    lines.append(f"vs {a.reference}: predictions equal on {a.predictions_equal}/{a.images} test "
+                 f"images, max |logit diff| {a.max_abs_logit_diff:.3g} (relative "
+                 f"{a.max_rel_logit_diff:.3g}){acc}")
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line.
+# ------------------------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError)
+
+
+def define_flags():
+  flags.DEFINE_string("workdir", None, "Work directory of a training run.", required=True)
+  flags.DEFINE_string("out", None, "Directory to write the exported model to.", required=True)
+  flags.DEFINE_enum("checkpoint", "best", restore.CHECKPOINTS,
+                    "best: selected on validation accuracy (the latest if the run has no "
+                    "validation split); latest: the newest checkpoint.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing export in --out.")
+  flags.DEFINE_integer("verify_images", 1000, "Compare with the training-time model on this many "
+                       "test images (0: skip, -1: the whole test split).")
+  flags.DEFINE_integer("batch_size", 250, "Batch size of the verification.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    manifest, agreements = export_workdir(
+        FLAGS.workdir, FLAGS.out, checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite,
+        verify_images=FLAGS.verify_images, batch_size=FLAGS.batch_size)
+  except USER_ERRORS as e:
+    logging.debug("Traceback:", exc_info=True)
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(format_summary(manifest, agreements, FLAGS.out))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
