@@ -144,6 +144,37 @@ def test_emulated_paths_match_numpy(shape, rng):
       assert conflicts == 0
 
 
+def _with_tail_garbage(rng, words, bits):
+  """A copy of packed `words` with random bits past `bits` in the last word of the last axis."""
+  garbage = np.uint32((0xFFFFFFFF << (bits % 32)) & 0xFFFFFFFF) if bits % 32 else np.uint32(0)
+  out = words.copy()
+  out[..., -1] |= rng.integers(0, 2**32, out[..., -1].shape, dtype=np.uint64).astype(
+      np.uint32) & garbage
+  return out
+
+
+@requires_host
+def test_emulated_paths_ignore_tail_bits(rng):
+  # Like the CPU kernels, the CUDA paths ignore bits past C (the contract wants them 0).
+  shape = (2, 6, 5, 100, 70, 3, (1, 2), ((1, 1), (2, 0)), 1)
+  n, h, w, c, o, k, strides, pads, pad_value = shape
+  x, wt, scale, bias, attrs, (strides, pads) = _problem(rng, n, h, w, c, o, k, strides, pads,
+                                                        pad_value)
+  dot = _reference_conv_dot(x, wt, c, strides, pads, pad_value)
+  xg, wg = _with_tail_garbage(rng, x, c), _with_tail_garbage(rng, wt, c)
+  assert (xg != x).any() and (wg != wt).any()
+  for path in PATHS:
+    for kind in KINDS:
+      got, _ = _cuda_host.conv(xg, wg, scale, bias, **attrs, kind=kind, path=path)
+      np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, kind), err_msg=path)
+  for path in PATHS:  # dense: features 300 = 9 words + 12 bits
+    xd, wd = _random_words(rng, (9,), 300), _random_words(rng, (40,), 300)
+    want = _unpack(xd, 300) @ _unpack(wd, 300).T
+    got, _ = _cuda_host.dense(_with_tail_garbage(rng, xd, 300), _with_tail_garbage(rng, wd, 300),
+                              None, None, features=300, kind="i32", path=path)
+    np.testing.assert_array_equal(got, want, err_msg=path)
+
+
 @requires_host
 @pytest.mark.parametrize("chunk_words", [1, 2, 4])
 def test_emulated_gather_widths(chunk_words, rng):

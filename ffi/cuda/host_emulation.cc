@@ -230,11 +230,22 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
       const auto shared_address = [&](const uint32_t* p) {
         return static_cast<uint32_t>(reinterpret_cast<const uint8_t*>(p) - shared_base);
       };
+      const auto mask_tails = [&](int64_t slab, int stage) {
+        if (s.channels % geometry::kWordBits == 0) return;
+        for (int thread = 0; thread < tc::kThreads; ++thread) {
+          switch (chunk_words) {
+            case 4: tc::MaskSlabTails<4>(s, *smem, slab, stage, thread); break;
+            case 2: tc::MaskSlabTails<2>(s, *smem, slab, stage, thread); break;
+            default: tc::MaskSlabTails<1>(s, *smem, slab, stage, thread); break;
+          }
+        }
+      };
       const int64_t slabs = tc::Slabs(s), k_steps = tc::KSteps(s);
       load(0, 0);
       for (int64_t slab = 0; slab < slabs; ++slab) {
         const int stage = static_cast<int>(slab & 1);
         if (slab + 1 < slabs) load(slab + 1, stage ^ 1);
+        mask_tails(slab, stage);  // after the wait for this slab's copies, before the barrier
         const int64_t steps_left = k_steps - slab * tc::kSlabSteps;
         const int steps = static_cast<int>(steps_left < tc::kSlabSteps ? steps_left : tc::kSlabSteps);
         for (int step = 0; step < steps; ++step) {

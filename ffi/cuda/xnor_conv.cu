@@ -258,6 +258,9 @@ __global__ void __launch_bounds__(tc::kThreads, 4)
     } else {
       CpAsyncWait<0>();
     }
+    if (s.channels % geometry::kWordBits != 0) {
+      tc::MaskSlabTails<V>(s, smem, slab, stage, threadIdx.x);
+    }
     if constexpr (kT == tc::Tiling::kWarpgroup) FenceForTensorCoreReads();
     __syncthreads();
     const int64_t steps_left = k_steps - slab * tc::kSlabSteps;

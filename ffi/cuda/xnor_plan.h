@@ -6,7 +6,12 @@
 //   rows    m = (n, oh, ow)                      M = N * OH * OW output pixels
 //   columns o                                     O output channels
 //   K       j = (kh * KW + kw) * Cw + word        Kw = KH * KW * Cw words (the layout of w[o])
-// A dense layer is the same problem on 1x1 maps with a 1x1 kernel (ShapeForDense).
+// A dense layer is the same problem on 1x1 maps with a 1x1 kernel (ValidateDense).
+//
+// Tail bits past C in the last word of each pixel / tap should be 0 (the contract), but like the
+// CPU kernels these ignore whatever they hold: the popcounts mask them, the simple path masks the
+// XOR, and the tensor-core path zeroes the weights' tails in shared memory (MaskSlabTails), so the
+// AND with the input's tails is 0.
 //
 // Bit 1 = +1. The tensor-core path multiplies with `mma ... .and.popc` (the form native on sm_80
 // and sm_90), so it gathers A with every padded tap read as the all -1 word (0, which popcounts
@@ -93,12 +98,12 @@ XNORJAX_HOST_DEVICE inline int64_t SimpleDot(const ConvShape& s, const uint32_t*
       const uint32_t* wt = w + ((o * s.kernel_h + kh) * s.kernel_w + kw) * s.in_words;
       const bool inside = geometry::TapInside(ih, s.in_h) && geometry::TapInside(iw, s.in_w);
       if (!inside && s.pad_value == 0) continue;
-      const uint32_t* xt = x + ((n * s.in_h + ih) * s.in_w + iw) * s.in_words;
+      const uint32_t* xt = inside ? x + ((n * s.in_h + ih) * s.in_w + iw) * s.in_words : nullptr;
       int64_t xor_popcount = 0;
       for (int64_t c = 0; c < s.in_words; ++c) {
         const uint32_t a =
             inside ? xt[c] : geometry::ConstantWord(s.pad_value, s.channels, c);
-        xor_popcount += Popcount(a ^ wt[c]);
+        xor_popcount += Popcount((a ^ wt[c]) & geometry::TailMask(s.channels, c));
       }
       dot += geometry::DotFromXorPopcount(s.channels, xor_popcount);
     }
@@ -162,7 +167,9 @@ XNORJAX_HOST_DEVICE inline int32_t PixelPopcount(const ConvShape& s, const uint3
                                                  int64_t pixel) {
   int32_t count = 0;
   const uint32_t* xp = x + pixel * s.in_words;
-  for (int64_t c = 0; c < s.in_words; ++c) count += Popcount(xp[c]);
+  for (int64_t c = 0; c < s.in_words; ++c) {
+    count += Popcount(xp[c] & geometry::TailMask(s.channels, c));
+  }
   return count;
 }
 
@@ -181,7 +188,9 @@ XNORJAX_HOST_DEVICE inline void WeightPrefixTable(const ConvShape& s, const uint
     int32_t row_sum = 0;
     for (int64_t j = 1; j <= s.kernel_w; ++j) {
       const uint32_t* wt = w + ((o * s.kernel_h + (i - 1)) * s.kernel_w + (j - 1)) * s.in_words;
-      for (int64_t c = 0; c < s.in_words; ++c) row_sum += Popcount(wt[c]);
+      for (int64_t c = 0; c < s.in_words; ++c) {
+        row_sum += Popcount(wt[c] & geometry::TailMask(s.channels, c));
+      }
       table[i * stride + j] = table[(i - 1) * stride + j] + row_sum;
     }
   }
@@ -417,6 +426,22 @@ XNORJAX_HOST_DEVICE inline void LoadSlab(const ConvShape& s, const KChunk* ktabl
     const SlabChunk c = SlabChunkAt(chunk, kBlockCols, V);
     const int64_t j = j0 + c.step * kStepWords + c.word;
     copy(&smem.b[stage][c.step][SwizzledWord(c.row, c.word)], BChunkSource(s, n0 + c.row, j), 1);
+  }
+}
+
+// After this thread's copies of slab `slab` into stage `stage` have landed (and before the
+// barrier), zeroes the tail bits past C of the last word of each tap in the B chunks it copied,
+// so the tensor cores' AND ignores any tail bits of both operands. Needed only when C % 32 != 0.
+template <int V>
+XNORJAX_HOST_DEVICE inline void MaskSlabTails(const ConvShape& s, Smem& smem,
+                                              int64_t slab, int stage, int thread) {
+  const uint32_t mask = geometry::TailMask(s.channels, s.in_words - 1);
+  const int64_t j0 = slab * kSlabWords;
+  for (int chunk = thread; chunk < SlabChunks(kBlockCols, V); chunk += kThreads) {
+    const SlabChunk c = SlabChunkAt(chunk, kBlockCols, V);
+    const int64_t j = j0 + c.step * kStepWords + c.word;  // first word of the chunk
+    if (j + V > GemmKWords(s) || (j + V) % s.in_words != 0) continue;  // no tail word in it
+    smem.b[stage][c.step][SwizzledWord(c.row, c.word + V - 1)] &= mask;
   }
 }
 
