@@ -200,7 +200,8 @@ class StopRequest:
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int):
   """Clear errors for inconsistent settings, before any work is done."""
-  models.get_model_fn(config.model.name)  # Unknown model: ValueError listing the known ones.
+  # Unknown model (ValueError listing the known ones) or options it does not take.
+  models.check_options(config.model.name, {"num_classes": 0, **config.model.options.to_dict()})
   if config.batch_size < 1 or config.batch_size % num_devices:
     raise ValueError(f"config.batch_size={config.batch_size} must be a positive multiple of the "
                      f"{num_devices} devices")

@@ -37,6 +37,9 @@ def test_unknown_model_names_the_known_ones():
 def test_unknown_option_is_rejected_by_name():
   with pytest.raises(ValueError, match="does not accept option.*widht"):
     models.create_model("vgg16", widht=0.5, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"'vgg16' does not accept option\(s\) binarize_first_layer"):
+    models.check_options("vgg16", {"width": 1.0, "binarize_first_layer": True})
+  models.check_options("bin_vgg16", {"width": 1.0, "binarize_first_layer": True})
 
 
 def test_float_model_rejects_binarize_options():

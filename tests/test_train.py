@@ -276,6 +276,8 @@ def test_command_line_trains_from_an_image_folder_without_tensorflow(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--model=vgg17"], "unknown model 'vgg17'"),
     (["--model=bin_vgg16", "--config.optim.nmae=adam"], "nmae"),
+    (["--model=vgg16", "--config.model.options.binarize_first_layer=True"],
+     "no field \"binarize_first_layer\""),
 ])
 def test_command_line_errors_are_clear(tmp_path, args, message):
   proc = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={tmp_path}", *args],

@@ -40,15 +40,21 @@ def get_model_fn(name: str):
   return getattr(importlib.import_module(f"xnorjax.models.{_REGISTRY[name]}"), name)
 
 
-def create_model(name: str, *, rngs, **options):
-  """Builds model `name` with `options` (checked against its signature, so typos fail clearly)."""
+def check_options(name: str, options) -> None:
+  """Raises ValueError naming any option that model `name`'s constructor does not take."""
   fn = get_model_fn(name)
   accepted = [p for p in inspect.signature(fn).parameters if p != "rngs"]
   unknown = sorted(set(options) - set(accepted))
   if unknown:
     raise ValueError(f"model {name!r} does not accept option(s) {', '.join(unknown)}; "
                      f"accepted: {', '.join(accepted)}")
-  return fn(rngs=rngs, **options)
 
 
-__all__ = ["ConvShape", "MODEL_NAMES", "bin_vgg16_conv_shapes", "create_model", "get_model_fn"]
+def create_model(name: str, *, rngs, **options):
+  """Builds model `name` with `options` (checked against its signature, so typos fail clearly)."""
+  check_options(name, options)
+  return get_model_fn(name)(rngs=rngs, **options)
+
+
+__all__ = ["ConvShape", "MODEL_NAMES", "bin_vgg16_conv_shapes", "check_options", "create_model",
+           "get_model_fn"]
