@@ -36,6 +36,7 @@ from experiments import checkpointing
 from experiments import input_pipeline
 from experiments import metrics as metrics_lib
 from experiments import optim
+import xnorjax
 from xnorjax import models
 from xnorjax import quantizers
 
@@ -258,6 +259,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Model and optimiser ----
   model = create_model(config, config.seed)
+  if chief:
+    image_shape = (1, config.data.image_size, config.data.image_size, 3)
+    xnorjax.summary(model, image_shape, print_fn=logging.info)
   parts = split_model(model)
   labels = optim.param_labels(parts.params, parts.binary_mask)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, total_steps)

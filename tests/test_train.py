@@ -269,6 +269,7 @@ def test_command_line_trains_from_an_image_folder_without_tensorflow(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "bin_small_cnn: test accuracy" in proc.stdout
   assert "TensorBoard event files are not written" in proc.stderr
+  assert "compression factor" in proc.stderr  # xnorjax.summary, logged at the start of training
   records = _read_jsonl(str(tmp_path / "run"))
   assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4, 5, 6]  # 60 / 20 per epoch.
 
