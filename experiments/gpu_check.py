@@ -6,8 +6,9 @@ Run by experiments/gpu_check.sh (which builds the extension first) on a CUDA mac
 1. Exactness: every bin_vgg16 binary layer shape and odd shapes (channel tails, partial tiles,
    strides, asymmetric padding, pad values -1 / 0 / +1, maps smaller than the kernel), random
    data, each result kind (i32 / f32 / packed) on each CUDA path (impl 100 = simple, 101 =
-   tensor cores mma.sync, 102 = warpgroup tiling, wgmma on an sm_90a build, 0 = the public op's
-   auto dispatch), compared for equality with XLA's
+   tensor cores mma.sync, 102 = warpgroup tiling, wgmma on an sm_90a build, the "_hwio" target
+   reading the weights in the public layout, 0 = the public op's auto dispatch), compared for
+   equality with XLA's
    conv of the same +-1 values (xnor_conv(..., implementation="xla")). Scale and bias are dyadic,
    so the float epilogue is exact with or without fused multiply-add.
 2. Timing, batch 1 and 128, per distinct bin_vgg16 binary layer: XLA's bfloat16 conv, XLA's int8
@@ -119,10 +120,15 @@ class ConvProblem:
     return jnp.transpose(w, (1, 2, 3, 0))
 
 
-def ffi_conv(problem: ConvProblem, kind: str, impl: int):
-  """The CUDA target called directly with a CUDA-only impl value (a function of the operands)."""
-  call = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{kind}", problem.result_type(kind))
+def ffi_conv(problem: ConvProblem, kind: str, impl: int, hwio: bool = False):
+  """The CUDA target called directly with a CUDA-only impl value (a function of the operands);
+  hwio: the "_hwio" target, which reads the weights in the public packed layout (transposed here
+  from the problem's [O, KH, KW, Cw])."""
+  call = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{kind}" + ("_hwio" if hwio else ""),
+                          problem.result_type(kind))
   attrs = {k: np.int64(v) for k, v in problem.attrs.items()}
+  if hwio:
+    return lambda x, w, *rest: call(x, problem.hwio(w), *rest, **attrs, impl=np.int64(impl))
   return lambda *ops: call(*ops, **attrs, impl=np.int64(impl))
 
 
@@ -153,6 +159,7 @@ def paths_under_test(on_gpu: bool):
   if on_gpu:
     return {name: (lambda p, k, impl=impl: jax.jit(ffi_conv(p, k, impl)))
             for name, impl in PATHS.items() if name != "auto"} | {
+                "mma_hwio": lambda p, k: jax.jit(ffi_conv(p, k, IMPL_MMA, hwio=True)),
                 "auto": lambda p, k: jax.jit(public_conv(p, k, "ffi"))}
   return {"simple": lambda p, k: emulated_conv(p, k, "simple"),
           "mma": lambda p, k: emulated_conv(p, k, "mma"),

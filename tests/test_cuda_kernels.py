@@ -9,6 +9,7 @@ GPU (skipped without one): the registered targets against XLA's reference on bot
 """
 
 import functools
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -176,6 +177,29 @@ def test_emulated_paths_ignore_tail_bits(rng):
 
 
 @requires_host
+@pytest.mark.parametrize("shape", ODD_SHAPES[:4], ids=lambda s: "x".join(map(str, s[:6])))
+def test_emulated_paths_with_input_major_weights(shape, rng):
+  # The "_hwio" / "_kn" targets read the weights in the public packed layout, no transpose.
+  n, h, w, c, o, k, strides, pads, pad_value = shape
+  x, wt, scale, bias, attrs, (strides, pads) = _problem(rng, n, h, w, c, o, k, strides, pads,
+                                                        pad_value)
+  w_hwio = np.ascontiguousarray(np.transpose(_with_tail_garbage(rng, wt, c), (1, 2, 3, 0)))
+  dot = _reference_conv_dot(x, wt, c, strides, pads, pad_value)
+  for path in PATHS:
+    for kind in KINDS:
+      got, conflicts = _cuda_host.conv(x, w_hwio, scale, bias, **attrs, kind=kind, path=path,
+                                       weights_input_major=True)
+      np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, kind), err_msg=path)
+      assert conflicts == 0
+  xd, wd = _random_words(rng, (5,), 300), _random_words(rng, (70,), 300)
+  want = _unpack(xd, 300) @ _unpack(wd, 300).T
+  for path in PATHS:
+    got, _ = _cuda_host.dense(xd, np.ascontiguousarray(wd.T), None, None, features=300, kind="i32",
+                              path=path, weights_input_major=True)
+    np.testing.assert_array_equal(got, want, err_msg=path)
+
+
+@requires_host
 @pytest.mark.parametrize("chunk_words", [1, 2, 4])
 def test_emulated_gather_widths(chunk_words, rng):
   # The launch narrows the gather width V when an operand address is less aligned than 16 bytes.
@@ -230,6 +254,17 @@ def test_emulated_dense_matches_numpy(m, k, n, rng):
     for path in PATHS:
       got, _ = _cuda_host.dense(x, w, scale, bias, features=k, kind=kind, path=path)
       np.testing.assert_array_equal(got, _epilogue(dot, scale, bias, kind), err_msg=kind)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler on this machine")
+def test_cuda_module_registers_the_cpu_target_names():
+  # Same target names on both platforms, so one ffi_call reaches either kernel.
+  from xnorjax import _ffi_cuda  # pylint: disable=g-import-not-at-top
+  cuda = {n for n in _ffi_cuda.registrations() if n.startswith("xnorjax_xnor_")}
+  cpu = {n for n in xnorjax.require_extension().registrations() if n.startswith("xnorjax_xnor_")}
+  expected = {f"xnorjax_xnor_{op}_{kind}{suffix}" for kind in KINDS
+              for op, suffix in (("conv", ""), ("conv", "_hwio"), ("dense", ""), ("dense", "_kn"))}
+  assert expected <= cuda <= cpu
 
 
 @requires_host
@@ -320,6 +355,15 @@ def test_handler_validation(changes, message):
 
 
 @requires_host
+def test_handler_validation_input_major_weights():
+  hwio = dict(x=[2, 5, 6, 2], w=[3, 3, 2, 7], scale=[7], bias=[7], out=[2, 5, 3, 7])
+  assert _cuda_host.validate_conv(*hwio.values(), **_GOOD, weights_input_major=True) == ""
+  assert "same Cw" in _cuda_host.validate_conv(*hwio.values(), **_GOOD)  # read as [O, KH, KW, Cw]
+  assert _cuda_host.validate_dense([4, 3], [3, 70], None, None, [4, 70], kind="i32", features=90,
+                                   impl=0, weights_input_major=True) == ""
+
+
+@requires_host
 def test_handler_validation_dense_and_packed():
   assert _cuda_host.validate_dense([4, 3], [70, 3], [70], [70], [4, 3], kind="packed",
                                    features=90, impl=0) == ""
@@ -344,15 +388,16 @@ def test_emulation_rejects_bad_arguments(rng):
 # GPU: the registered CUDA targets.
 
 
-def _ffi_conv(x, w, scale, bias, attrs, kind, impl):
-  """Calls a CUDA conv target directly (impl 100 simple, 101 mma.sync, 102 warpgroup, 0 auto)."""
+def _ffi_conv(x, w, scale, bias, attrs, kind, impl, hwio=False):
+  """Calls a CUDA conv target directly (impl 100 simple, 101 mma.sync, 102 warpgroup, 0 auto);
+  hwio: the "_hwio" target, with w in the public packed layout [KH, KW, Cw, O]."""
   n, h, wd, _ = x.shape
-  o, kh, kw, _ = w.shape
+  kh, kw, _, o = w.shape if hwio else (w.shape[1], w.shape[2], None, w.shape[0])
   oh = (h + attrs["pad_top"] + attrs["pad_bottom"] - kh) // attrs["stride_h"] + 1
   ow = (wd + attrs["pad_left"] + attrs["pad_right"] - kw) // attrs["stride_w"] + 1
   last = -(-o // 32) if kind == "packed" else o
   dtype = {"i32": jnp.int32, "f32": jnp.float32, "packed": jnp.uint32}[kind]
-  call = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{kind}",
+  call = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{kind}" + ("_hwio" if hwio else ""),
                           jax.ShapeDtypeStruct((n, oh, ow, last), dtype))
   operands = (x, w) if kind == "i32" else (x, w, scale, bias)
   return call(*operands, **{k: np.int64(v) for k, v in attrs.items()}, impl=np.int64(impl))
@@ -371,6 +416,24 @@ def test_gpu_conv_targets_match_numpy(shape, rng):
   for kind in KINDS:
     for impl in (_cuda_host.IMPL_SIMPLE, _cuda_host.IMPL_MMA, _cuda_host.IMPL_WGMMA, 0):
       got = jax.jit(lambda *a: _ffi_conv(*a, attrs, kind, impl))(*args)
+      np.testing.assert_array_equal(np.asarray(got), _epilogue(dot, scale, bias, kind),
+                                    err_msg=f"{kind} impl={impl}")
+
+
+@requires_gpu
+@pytest.mark.parametrize("shape", ODD_SHAPES[:4], ids=lambda s: "x".join(map(str, s[:6])))
+def test_gpu_hwio_targets_match_numpy(shape, rng):
+  xnorjax.require_extension()
+  n, h, w, c, o, k, strides, pads, pad_value = shape
+  x, wt, scale, bias, attrs, (strides, pads) = _problem(rng, n, h, w, c, o, k, strides, pads,
+                                                        pad_value)
+  w_hwio = np.ascontiguousarray(np.transpose(_with_tail_garbage(rng, wt, c), (1, 2, 3, 0)))
+  dot = _reference_conv_dot(x, wt, c, strides, pads, pad_value)
+  gpu = jax.devices("gpu")[0]
+  args = [jax.device_put(a, gpu) for a in (x, w_hwio, scale, bias)]
+  for kind in KINDS:
+    for impl in (_cuda_host.IMPL_SIMPLE, _cuda_host.IMPL_MMA, _cuda_host.IMPL_WGMMA, 0):
+      got = jax.jit(lambda *a: _ffi_conv(*a, attrs, kind, impl, hwio=True))(*args)
       np.testing.assert_array_equal(np.asarray(got), _epilogue(dot, scale, bias, kind),
                                     err_msg=f"{kind} impl={impl}")
 

@@ -190,19 +190,29 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
   for (size_t k = 0; k < ktable.size(); ++k) {
     ktable[k] = tc::MakeKChunk(s, chunk_words, static_cast<int64_t>(k));
   }
-  const auto copy = [&](uint32_t* dst, int64_t src, int operand) {
+  // Which thread copied each word of smem->b: a thread may only mask (MaskSlabTails) words it
+  // copied itself, the only ones its cp.async.wait_group makes visible to it before the barrier.
+  auto smem = std::make_unique<tc::Smem>();
+  uint32_t* const b_words = &smem->b[0][0][0];
+  std::vector<int> b_owner(sizeof(smem->b) / sizeof(uint32_t), -1);
+  int current_thread = -1;
+  const auto copy = [&](uint32_t* dst, int64_t src, int operand, int words) {
+    if (operand == 1) {
+      for (int i = 0; i < words; ++i) b_owner[dst - b_words + i] = current_thread;
+    }
     const uint32_t* base = operand == 0 ? x : w;
     const int64_t size = operand == 0 ? checks->x_words : checks->w_words;
+    if (words != chunk_words && words != 1) throw std::runtime_error("bad copy width");
+    if (operand == 0 && words != chunk_words) throw std::runtime_error("A copied word by word");
     if (src < 0) {
-      std::memset(dst, 0, sizeof(uint32_t) * chunk_words);
+      std::memset(dst, 0, sizeof(uint32_t) * words);
       return;
     }
-    if (src + chunk_words > size) throw std::runtime_error("gather reads past the end of x or w");
-    if (src % chunk_words != 0) throw std::runtime_error("misaligned cp.async source");
-    std::memcpy(dst, base + src, sizeof(uint32_t) * chunk_words);
+    if (src + words > size) throw std::runtime_error("gather reads past the end of x or w");
+    if (src % words != 0) throw std::runtime_error("misaligned cp.async source");
+    std::memcpy(dst, base + src, sizeof(uint32_t) * words);
   };
 
-  auto smem = std::make_unique<tc::Smem>();
   for (int64_t bx = 0; bx < tc::GridRows(s); ++bx) {
     for (int64_t by = 0; by < tc::GridCols(s); ++by) {
       const int64_t m0 = bx * kBlockRows, n0 = by * kBlockCols;
@@ -219,6 +229,7 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
       int32_t acc[tc::kWarps][32][tc::kFragments] = {};
       const auto load = [&](int64_t slab, int stage) {
         for (int thread = 0; thread < tc::kThreads; ++thread) {
+          current_thread = thread;
           switch (chunk_words) {
             case 4: tc::LoadSlab<4>(s, ktable.data(), *smem, n0, slab, stage, thread, copy); break;
             case 2: tc::LoadSlab<2>(s, ktable.data(), *smem, n0, slab, stage, thread, copy); break;
@@ -232,11 +243,20 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
       };
       const auto mask_tails = [&](int64_t slab, int stage) {
         if (s.channels % geometry::kWordBits == 0) return;
+        uint32_t* const stage_words = &smem->b[stage][0][0];
+        const size_t stage_size = sizeof(smem->b[stage]) / sizeof(uint32_t);
+        std::vector<uint32_t> before(stage_size);
         for (int thread = 0; thread < tc::kThreads; ++thread) {
+          std::copy(stage_words, stage_words + stage_size, before.begin());
           switch (chunk_words) {
             case 4: tc::MaskSlabTails<4>(s, *smem, slab, stage, thread); break;
             case 2: tc::MaskSlabTails<2>(s, *smem, slab, stage, thread); break;
             default: tc::MaskSlabTails<1>(s, *smem, slab, stage, thread); break;
+          }
+          for (size_t i = 0; i < stage_size; ++i) {
+            if (stage_words[i] != before[i] && b_owner[stage_words + i - b_words] != thread) {
+              throw std::runtime_error("a thread masked a shared-memory word another thread copied");
+            }
           }
         }
       };
@@ -434,7 +454,7 @@ nb::object EmulateConv(const U32Array& x, const U32Array& w, std::optional<F32Ar
                        std::optional<F32Array> bias, int64_t channels, int64_t stride_h,
                        int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                        int64_t pad_right, int64_t pad_value, int64_t impl, const std::string& kind,
-                       const std::string& path, int chunk_words) {
+                       const std::string& path, int chunk_words, bool weights_input_major) {
   const OutputKind k = ParseKind(kind);
   const std::vector<int64_t> x_dims = ShapeOfTyped(x), w_dims = ShapeOfTyped(w);
   std::vector<int64_t> scale_dims, bias_dims;
@@ -447,13 +467,16 @@ nb::object EmulateConv(const U32Array& x, const U32Array& w, std::optional<F32Ar
   ConvShape s;
   std::vector<int64_t> out_dims;
   if (x_dims.size() == 4 && w_dims.size() == 4) {
-    const int64_t oh = geometry::ConvOutputSize(x_dims[1], w_dims[1], stride_h, pad_top, pad_bottom);
-    const int64_t ow = geometry::ConvOutputSize(x_dims[2], w_dims[2], stride_w, pad_left, pad_right);
-    out_dims = {x_dims[0], oh, ow,
-                k == OutputKind::kPacked ? geometry::PackedWords(w_dims[0]) : w_dims[0]};
+    const int64_t o = weights_input_major ? w_dims[3] : w_dims[0];
+    const int64_t kh = weights_input_major ? w_dims[0] : w_dims[1];
+    const int64_t kw = weights_input_major ? w_dims[1] : w_dims[2];
+    const int64_t oh = geometry::ConvOutputSize(x_dims[1], kh, stride_h, pad_top, pad_bottom);
+    const int64_t ow = geometry::ConvOutputSize(x_dims[2], kw, stride_w, pad_left, pad_right);
+    out_dims = {x_dims[0], oh, ow, k == OutputKind::kPacked ? geometry::PackedWords(o) : o};
   }
-  const std::string error = ValidateConv(AsDims(x_dims), AsDims(w_dims), scale ? &sd : nullptr,
-                                         bias ? &bd : nullptr, AsDims(out_dims), k, attrs, &s);
+  const std::string error =
+      ValidateConv(AsDims(x_dims), AsDims(w_dims), scale ? &sd : nullptr, bias ? &bd : nullptr,
+                   AsDims(out_dims), k, attrs, &s, weights_input_major);
   if (!error.empty()) throw nb::value_error(error.c_str());
   return Run(s, k, path, x, w, scale ? scale->data() : nullptr, bias ? bias->data() : nullptr,
              out_dims, chunk_words);
@@ -461,7 +484,8 @@ nb::object EmulateConv(const U32Array& x, const U32Array& w, std::optional<F32Ar
 
 nb::object EmulateDense(const U32Array& x, const U32Array& w, std::optional<F32Array> scale,
                         std::optional<F32Array> bias, int64_t features, int64_t impl,
-                        const std::string& kind, const std::string& path, int chunk_words) {
+                        const std::string& kind, const std::string& path, int chunk_words,
+                        bool weights_input_major) {
   const OutputKind k = ParseKind(kind);
   const std::vector<int64_t> x_dims = ShapeOfTyped(x), w_dims = ShapeOfTyped(w);
   std::vector<int64_t> scale_dims, bias_dims;
@@ -470,12 +494,13 @@ nb::object EmulateDense(const U32Array& x, const U32Array& w, std::optional<F32A
   const Dims sd = AsDims(scale_dims), bd = AsDims(bias_dims);
   std::vector<int64_t> out_dims;
   if (x_dims.size() == 2 && w_dims.size() == 2) {
-    out_dims = {x_dims[0], k == OutputKind::kPacked ? geometry::PackedWords(w_dims[0]) : w_dims[0]};
+    const int64_t n = weights_input_major ? w_dims[1] : w_dims[0];
+    out_dims = {x_dims[0], k == OutputKind::kPacked ? geometry::PackedWords(n) : n};
   }
   ConvShape s;
-  const std::string error = ValidateDense(AsDims(x_dims), AsDims(w_dims), scale ? &sd : nullptr,
-                                          bias ? &bd : nullptr, AsDims(out_dims), k, features,
-                                          impl, &s);
+  const std::string error =
+      ValidateDense(AsDims(x_dims), AsDims(w_dims), scale ? &sd : nullptr, bias ? &bd : nullptr,
+                    AsDims(out_dims), k, features, impl, &s, weights_input_major);
   if (!error.empty()) throw nb::value_error(error.c_str());
   return Run(s, k, path, x, w, scale ? scale->data() : nullptr, bias ? bias->data() : nullptr,
              out_dims, chunk_words);
@@ -488,7 +513,7 @@ std::string ValidateConvDims(std::vector<int64_t> x, std::vector<int64_t> w,
                              const std::string& kind, int64_t channels, int64_t stride_h,
                              int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
                              int64_t pad_left, int64_t pad_right, int64_t pad_value,
-                             int64_t impl) {
+                             int64_t impl, bool weights_input_major) {
   const ConvAttrs attrs{channels, stride_h, stride_w, pad_top,  pad_bottom,
                         pad_left, pad_right, pad_value, impl};
   Dims sd{}, bd{};
@@ -496,19 +521,20 @@ std::string ValidateConvDims(std::vector<int64_t> x, std::vector<int64_t> w,
   if (bias) bd = AsDims(*bias);
   ConvShape s;
   return ValidateConv(AsDims(x), AsDims(w), scale ? &sd : nullptr, bias ? &bd : nullptr,
-                      AsDims(out), ParseKind(kind), attrs, &s);
+                      AsDims(out), ParseKind(kind), attrs, &s, weights_input_major);
 }
 
 std::string ValidateDenseDims(std::vector<int64_t> x, std::vector<int64_t> w,
                               std::optional<std::vector<int64_t>> scale,
                               std::optional<std::vector<int64_t>> bias, std::vector<int64_t> out,
-                              const std::string& kind, int64_t features, int64_t impl) {
+                              const std::string& kind, int64_t features, int64_t impl,
+                              bool weights_input_major) {
   Dims sd{}, bd{};
   if (scale) sd = AsDims(*scale);
   if (bias) bd = AsDims(*bias);
   ConvShape s;
   return ValidateDense(AsDims(x), AsDims(w), scale ? &sd : nullptr, bias ? &bd : nullptr,
-                       AsDims(out), ParseKind(kind), features, impl, &s);
+                       AsDims(out), ParseKind(kind), features, impl, &s, weights_input_major);
 }
 
 }  // namespace
@@ -522,21 +548,23 @@ NB_MODULE(_cuda_host, m) {
         nb::arg("bias").none(), nb::kw_only(), nb::arg("channels"), nb::arg("stride_h"),
         nb::arg("stride_w"), nb::arg("pad_top"), nb::arg("pad_bottom"), nb::arg("pad_left"),
         nb::arg("pad_right"), nb::arg("pad_value"), nb::arg("impl") = 0, nb::arg("kind"),
-        nb::arg("path"), nb::arg("chunk_words") = 0,
+        nb::arg("path"), nb::arg("chunk_words") = 0, nb::arg("weights_input_major") = false,
         "Runs a CUDA conv path on the CPU; returns (result, ldmatrix bank conflicts).\n"
-        "chunk_words (mma path): force the gather width V (0: as the launch chooses).");
+        "chunk_words (tensor-core paths): force the gather width V (0: as the launch chooses).\n"
+        "weights_input_major: w is u32[KH, KW, Cw, O] (the '_hwio' targets), not [O, KH, KW, Cw].");
   m.def("dense", &EmulateDense, nb::arg("x"), nb::arg("w"), nb::arg("scale").none(),
         nb::arg("bias").none(), nb::kw_only(), nb::arg("features"), nb::arg("impl") = 0,
         nb::arg("kind"), nb::arg("path"), nb::arg("chunk_words") = 0,
+        nb::arg("weights_input_major") = false,
         "Runs a CUDA dense path on the CPU; returns (result, ldmatrix bank conflicts).");
   m.def("validate_conv", &ValidateConvDims, nb::arg("x"), nb::arg("w"), nb::arg("scale").none(),
         nb::arg("bias").none(), nb::arg("out"), nb::kw_only(), nb::arg("kind"),
         nb::arg("channels"), nb::arg("stride_h"), nb::arg("stride_w"), nb::arg("pad_top"),
         nb::arg("pad_bottom"), nb::arg("pad_left"), nb::arg("pad_right"), nb::arg("pad_value"),
-        nb::arg("impl"));
+        nb::arg("impl"), nb::arg("weights_input_major") = false);
   m.def("validate_dense", &ValidateDenseDims, nb::arg("x"), nb::arg("w"), nb::arg("scale").none(),
         nb::arg("bias").none(), nb::arg("out"), nb::kw_only(), nb::arg("kind"),
-        nb::arg("features"), nb::arg("impl"));
+        nb::arg("features"), nb::arg("impl"), nb::arg("weights_input_major") = false);
   m.def("choose_path", [](int64_t impl, int cc_major) {
     Path path = Path::kSimple;
     const std::string error = ChoosePath(impl, cc_major, &path);

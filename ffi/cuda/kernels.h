@@ -15,6 +15,15 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorConvPackedCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDenseI32Cuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDenseF32Cuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDensePackedCuda);
+// The same with the weights in the public packed layout, as the CPU-only targets of that name:
+// "xnorjax_xnor_conv_{i32,f32,packed}_hwio" (w u32[KH, KW, Cw, O]) and
+// "xnorjax_xnor_dense_{i32,f32,packed}_kn" (w u32[Kw, N]); no weight transpose per call.
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorConvI32CudaInputMajor);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorConvF32CudaInputMajor);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorConvPackedCudaInputMajor);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDenseI32CudaInputMajor);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDenseF32CudaInputMajor);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorDensePackedCudaInputMajor);
 
 namespace cuda {
 // 1 if the current device runs the sm_90a build of the kernels (wgmma available to impl=102),

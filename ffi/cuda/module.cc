@@ -13,18 +13,21 @@ NB_MODULE(_ffi_cuda, m) {
   m.def("registrations", []() {
     nb::dict registrations;
     registrations["xnorjax_pack_bits"] = xnorjax::EncapsulateFfiHandler(xnorjax::PackBitsCuda);
-    registrations["xnorjax_xnor_conv_i32"] =
-        xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvI32Cuda);
-    registrations["xnorjax_xnor_conv_f32"] =
-        xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvF32Cuda);
-    registrations["xnorjax_xnor_conv_packed"] =
-        xnorjax::EncapsulateFfiHandler(xnorjax::XnorConvPackedCuda);
-    registrations["xnorjax_xnor_dense_i32"] =
-        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseI32Cuda);
-    registrations["xnorjax_xnor_dense_f32"] =
-        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseF32Cuda);
-    registrations["xnorjax_xnor_dense_packed"] =
-        xnorjax::EncapsulateFfiHandler(xnorjax::XnorDensePackedCuda);
+    using namespace xnorjax;  // NOLINT
+    registrations["xnorjax_xnor_conv_i32"] = EncapsulateFfiHandler(XnorConvI32Cuda);
+    registrations["xnorjax_xnor_conv_f32"] = EncapsulateFfiHandler(XnorConvF32Cuda);
+    registrations["xnorjax_xnor_conv_packed"] = EncapsulateFfiHandler(XnorConvPackedCuda);
+    registrations["xnorjax_xnor_dense_i32"] = EncapsulateFfiHandler(XnorDenseI32Cuda);
+    registrations["xnorjax_xnor_dense_f32"] = EncapsulateFfiHandler(XnorDenseF32Cuda);
+    registrations["xnorjax_xnor_dense_packed"] = EncapsulateFfiHandler(XnorDensePackedCuda);
+    registrations["xnorjax_xnor_conv_i32_hwio"] = EncapsulateFfiHandler(XnorConvI32CudaInputMajor);
+    registrations["xnorjax_xnor_conv_f32_hwio"] = EncapsulateFfiHandler(XnorConvF32CudaInputMajor);
+    registrations["xnorjax_xnor_conv_packed_hwio"] =
+        EncapsulateFfiHandler(XnorConvPackedCudaInputMajor);
+    registrations["xnorjax_xnor_dense_i32_kn"] = EncapsulateFfiHandler(XnorDenseI32CudaInputMajor);
+    registrations["xnorjax_xnor_dense_f32_kn"] = EncapsulateFfiHandler(XnorDenseF32CudaInputMajor);
+    registrations["xnorjax_xnor_dense_packed_kn"] =
+        EncapsulateFfiHandler(XnorDensePackedCudaInputMajor);
     return registrations;
   });
   // CUDA-only values of the `impl` attribute, which select one path (0-3 mean auto on CUDA).

@@ -104,13 +104,20 @@ __device__ __forceinline__ void CpAsyncWait() {
 #endif
 }
 
-// The device side of tc::LoadSlab: cp.async from x / w, zero stores for padding.
+// The device side of tc::LoadSlab: cp.async from x / w, zero stores for padding; `words` is V
+// or 1 (input-major weights), a constant at each inlined call site.
 template <int V>
 struct DeviceCopy {
   const uint32_t* __restrict__ x;
   const uint32_t* __restrict__ w;
-  __device__ __forceinline__ void operator()(uint32_t* dst, int64_t src, int operand) const {
-    CopyChunk<V>(dst, src < 0 ? nullptr : (operand == 0 ? x : w) + src);
+  __device__ __forceinline__ void operator()(uint32_t* dst, int64_t src, int operand,
+                                             int words) const {
+    const uint32_t* from = src < 0 ? nullptr : (operand == 0 ? x : w) + src;
+    if (words == V) {
+      CopyChunk<V>(dst, from);
+    } else {
+      CopyChunk<1>(dst, from);
+    }
   }
 };
 
@@ -458,6 +465,7 @@ ConvAttrs MakeConvAttrs(int64_t channels, int64_t stride_h, int64_t stride_w, in
 // ---------------------------------------------------------------------------------------------
 // FFI handlers.
 
+template <bool kInputMajor>
 ffi::Error ConvI32Impl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::Buffer<ffi::U32> x,
                        ffi::Buffer<ffi::U32> w, ffi::ResultBuffer<ffi::S32> out, int64_t channels,
                        int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
@@ -467,13 +475,13 @@ ffi::Error ConvI32Impl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
   ConvShape s;
   const std::string error =
       ValidateConv(DimsOf(x.dimensions()), DimsOf(w.dimensions()), nullptr, nullptr,
-                   DimsOf(out->dimensions()), OutputKind::kInt32, attrs, &s);
+                   DimsOf(out->dimensions()), OutputKind::kInt32, attrs, &s, kInputMajor);
   if (!error.empty()) return InvalidArgument(error);
   return Run<OutputKind::kInt32>(stream, scratch, s, impl, x.typed_data(), w.typed_data(), nullptr,
                                  nullptr, out->typed_data());
 }
 
-template <OutputKind kKind, ffi::DataType kOut>
+template <OutputKind kKind, ffi::DataType kOut, bool kInputMajor>
 ffi::Error ConvEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
                             ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
                             ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
@@ -486,25 +494,27 @@ ffi::Error ConvEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
   ConvShape s;
   const std::string error =
       ValidateConv(DimsOf(x.dimensions()), DimsOf(w.dimensions()), &scale_dims, &bias_dims,
-                   DimsOf(out->dimensions()), kKind, attrs, &s);
+                   DimsOf(out->dimensions()), kKind, attrs, &s, kInputMajor);
   if (!error.empty()) return InvalidArgument(error);
   return Run<kKind>(stream, scratch, s, impl, x.typed_data(), w.typed_data(), scale.typed_data(),
                     bias.typed_data(), out->typed_data());
 }
 
+template <bool kInputMajor>
 ffi::Error DenseI32Impl(cudaStream_t stream, ffi::ScratchAllocator scratch,
                         ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
                         ffi::ResultBuffer<ffi::S32> out, int64_t features, int64_t impl) {
   ConvShape s;
   const std::string error =
       ValidateDense(DimsOf(x.dimensions()), DimsOf(w.dimensions()), nullptr, nullptr,
-                    DimsOf(out->dimensions()), OutputKind::kInt32, features, impl, &s);
+                    DimsOf(out->dimensions()), OutputKind::kInt32, features, impl, &s,
+                    kInputMajor);
   if (!error.empty()) return InvalidArgument(error);
   return Run<OutputKind::kInt32>(stream, scratch, s, impl, x.typed_data(), w.typed_data(), nullptr,
                                  nullptr, out->typed_data());
 }
 
-template <OutputKind kKind, ffi::DataType kOut>
+template <OutputKind kKind, ffi::DataType kOut, bool kInputMajor>
 ffi::Error DenseEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
                              ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
                              ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
@@ -513,7 +523,7 @@ ffi::Error DenseEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
   ConvShape s;
   const std::string error =
       ValidateDense(DimsOf(x.dimensions()), DimsOf(w.dimensions()), &scale_dims, &bias_dims,
-                    DimsOf(out->dimensions()), kKind, features, impl, &s);
+                    DimsOf(out->dimensions()), kKind, features, impl, &s, kInputMajor);
   if (!error.empty()) return InvalidArgument(error);
   return Run<kKind>(stream, scratch, s, impl, x.typed_data(), w.typed_data(), scale.typed_data(),
                     bias.typed_data(), out->typed_data());
@@ -556,40 +566,51 @@ int WgmmaCompiledForDevice() {
 
 }  // namespace cuda
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cuda, cuda::ConvI32Impl,
-                              cuda::ConvAttrsOf(cuda::BindConv().Ret<ffi::Buffer<ffi::S32>>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    XnorConvF32Cuda, (cuda::ConvEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32>),
-    cuda::ConvAttrsOf(cuda::BindConv()
-                          .Arg<ffi::Buffer<ffi::F32>>()
-                          .Arg<ffi::Buffer<ffi::F32>>()
-                          .Ret<ffi::Buffer<ffi::F32>>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    XnorConvPackedCuda, (cuda::ConvEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32>),
-    cuda::ConvAttrsOf(cuda::BindConv()
-                          .Arg<ffi::Buffer<ffi::F32>>()
-                          .Arg<ffi::Buffer<ffi::F32>>()
-                          .Ret<ffi::Buffer<ffi::U32>>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cuda, cuda::DenseI32Impl,
-                              cuda::BindConv()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("features")
-                                  .Attr<int64_t>("impl"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseF32Cuda,
-                              (cuda::DenseEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32>),
-                              cuda::BindConv()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("features")
-                                  .Attr<int64_t>("impl"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDensePackedCuda,
-                              (cuda::DenseEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32>),
-                              cuda::BindConv()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::U32>>()
-                                  .Attr<int64_t>("features")
-                                  .Attr<int64_t>("impl"));
+// The contract's targets (weights output-major) and the "_hwio" / "_kn" targets (weights in the
+// public packed layout), which differ only in how the weights are read.
+#define XNORJAX_CONV_HANDLERS(SUFFIX, INPUT_MAJOR)                                                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cuda##SUFFIX, cuda::ConvI32Impl<INPUT_MAJOR>,           \
+                                cuda::ConvAttrsOf(cuda::BindConv().Ret<ffi::Buffer<ffi::S32>>())); \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
+      XnorConvF32Cuda##SUFFIX,                                                                    \
+      (cuda::ConvEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32, INPUT_MAJOR>),                \
+      cuda::ConvAttrsOf(cuda::BindConv()                                                          \
+                            .Arg<ffi::Buffer<ffi::F32>>()                                         \
+                            .Arg<ffi::Buffer<ffi::F32>>()                                         \
+                            .Ret<ffi::Buffer<ffi::F32>>()));                                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
+      XnorConvPackedCuda##SUFFIX,                                                                 \
+      (cuda::ConvEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32, INPUT_MAJOR>),                 \
+      cuda::ConvAttrsOf(cuda::BindConv()                                                          \
+                            .Arg<ffi::Buffer<ffi::F32>>()                                         \
+                            .Arg<ffi::Buffer<ffi::F32>>()                                         \
+                            .Ret<ffi::Buffer<ffi::U32>>()));                                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cuda##SUFFIX, cuda::DenseI32Impl<INPUT_MAJOR>,         \
+                                cuda::BindConv()                                                  \
+                                    .Ret<ffi::Buffer<ffi::S32>>()                                 \
+                                    .Attr<int64_t>("features")                                    \
+                                    .Attr<int64_t>("impl"));                                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
+      XnorDenseF32Cuda##SUFFIX,                                                                   \
+      (cuda::DenseEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32, INPUT_MAJOR>),               \
+      cuda::BindConv()                                                                            \
+          .Arg<ffi::Buffer<ffi::F32>>()                                                           \
+          .Arg<ffi::Buffer<ffi::F32>>()                                                           \
+          .Ret<ffi::Buffer<ffi::F32>>()                                                           \
+          .Attr<int64_t>("features")                                                              \
+          .Attr<int64_t>("impl"));                                                                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
+      XnorDensePackedCuda##SUFFIX,                                                                \
+      (cuda::DenseEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32, INPUT_MAJOR>),                \
+      cuda::BindConv()                                                                            \
+          .Arg<ffi::Buffer<ffi::F32>>()                                                           \
+          .Arg<ffi::Buffer<ffi::F32>>()                                                           \
+          .Ret<ffi::Buffer<ffi::U32>>()                                                           \
+          .Attr<int64_t>("features")                                                              \
+          .Attr<int64_t>("impl"));
+
+XNORJAX_CONV_HANDLERS(, false)
+XNORJAX_CONV_HANDLERS(InputMajor, true)
+#undef XNORJAX_CONV_HANDLERS
 
 }  // namespace xnorjax

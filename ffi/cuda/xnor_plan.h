@@ -5,7 +5,10 @@
 // The kernels compute a packed convolution as an implicit GEMM:
 //   rows    m = (n, oh, ow)                      M = N * OH * OW output pixels
 //   columns o                                     O output channels
-//   K       j = (kh * KW + kw) * Cw + word        Kw = KH * KW * Cw words (the layout of w[o])
+//   K       j = (kh * KW + kw) * Cw + word        Kw = KH * KW * Cw words
+// The weights are either output-major, w u32[O, KH, KW, Cw] (the FFI contract: word (o, j) at
+// o * Kw + j), or input-major, the public packed layout u32[KH, KW, Cw, O] (targets "..._hwio" /
+// "..._kn": word (o, j) at j * O + o), read as they are, with no transpose per call.
 // A dense layer is the same problem on 1x1 maps with a 1x1 kernel (ValidateDense).
 //
 // Tail bits past C in the last word of each pixel / tap should be 0 (the contract), but like the
@@ -36,6 +39,7 @@ struct ConvShape {
   int64_t out_channels = 0, kernel_h = 0, kernel_w = 0;
   int64_t stride_h = 1, stride_w = 1, pad_top = 0, pad_left = 0, pad_value = 0;
   int64_t out_h = 0, out_w = 0;
+  bool w_input_major = false;  // weights [KH, KW, Cw, O] rather than [O, KH, KW, Cw]
 };
 
 // The result of a packed kernel: exact dot products, the float epilogue, or its packed signs.
@@ -67,6 +71,11 @@ XNORJAX_HOST_DEVICE inline int64_t OutputWords(const ConvShape& s) {
   return geometry::PackedWords(s.out_channels);
 }
 
+// Word offset of weight word j (K index) of output channel o, in either weight layout.
+XNORJAX_HOST_DEVICE inline int64_t WeightOffset(const ConvShape& s, int64_t o, int64_t j) {
+  return s.w_input_major ? j * s.out_channels + o : o * GemmKWords(s) + j;
+}
+
 // The float epilogue y = dot * scale + bias as one fused multiply-add (a single rounding), as the
 // CPU kernels compute it (ffi/cpu/xnor_epilogue.h), so both platforms return the same bits.
 XNORJAX_HOST_DEVICE inline float ScaleBias(int64_t dot, float scale, float bias) {
@@ -95,7 +104,7 @@ XNORJAX_HOST_DEVICE inline int64_t SimpleDot(const ConvShape& s, const uint32_t*
     const int64_t ih = geometry::TapInputIndex(oh, kh, s.stride_h, s.pad_top);
     for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
       const int64_t iw = geometry::TapInputIndex(ow, kw, s.stride_w, s.pad_left);
-      const uint32_t* wt = w + ((o * s.kernel_h + kh) * s.kernel_w + kw) * s.in_words;
+      const int64_t j0 = (kh * s.kernel_w + kw) * s.in_words;  // K index of the tap's word 0
       const bool inside = geometry::TapInside(ih, s.in_h) && geometry::TapInside(iw, s.in_w);
       if (!inside && s.pad_value == 0) continue;
       const uint32_t* xt = inside ? x + ((n * s.in_h + ih) * s.in_w + iw) * s.in_words : nullptr;
@@ -103,7 +112,8 @@ XNORJAX_HOST_DEVICE inline int64_t SimpleDot(const ConvShape& s, const uint32_t*
       for (int64_t c = 0; c < s.in_words; ++c) {
         const uint32_t a =
             inside ? xt[c] : geometry::ConstantWord(s.pad_value, s.channels, c);
-        xor_popcount += Popcount((a ^ wt[c]) & geometry::TailMask(s.channels, c));
+        xor_popcount +=
+            Popcount((a ^ w[WeightOffset(s, o, j0 + c)]) & geometry::TailMask(s.channels, c));
       }
       dot += geometry::DotFromXorPopcount(s.channels, xor_popcount);
     }
@@ -187,9 +197,9 @@ XNORJAX_HOST_DEVICE inline void WeightPrefixTable(const ConvShape& s, const uint
     table[i * stride] = 0;
     int32_t row_sum = 0;
     for (int64_t j = 1; j <= s.kernel_w; ++j) {
-      const uint32_t* wt = w + ((o * s.kernel_h + (i - 1)) * s.kernel_w + (j - 1)) * s.in_words;
+      const int64_t k0 = ((i - 1) * s.kernel_w + (j - 1)) * s.in_words;
       for (int64_t c = 0; c < s.in_words; ++c) {
-        row_sum += Popcount(wt[c] & geometry::TailMask(s.channels, c));
+        row_sum += Popcount(w[WeightOffset(s, o, k0 + c)] & geometry::TailMask(s.channels, c));
       }
       table[i * stride + j] = table[(i - 1) * stride + j] + row_sum;
     }
@@ -398,16 +408,28 @@ XNORJAX_HOST_DEVICE inline int64_t AChunkSource(const ConvShape& s, const RowInf
   return row.x_base + k.offset;
 }
 
-// Global word offset of the V words at K index j of B column (output channel) o, or -1 for zeros.
+// Global word offset of the V words at K index j of B column (output channel) o, or -1 for zeros;
+// output-major weights (contiguous along K).
 XNORJAX_HOST_DEVICE inline int64_t BChunkSource(const ConvShape& s, int64_t o, int64_t j) {
-  const int64_t k_words = GemmKWords(s);
-  if (o >= s.out_channels || j >= k_words) return -1;
-  return o * k_words + j;
+  if (o >= s.out_channels || j >= GemmKWords(s)) return -1;
+  return WeightOffset(s, o, j);
+}
+
+// Input-major weights are contiguous along O, not K: B is copied one word at a time, enumerated
+// k-step major, then word, then column (row of the tile), so consecutive threads read
+// consecutive output channels. Element e of a slab of B:
+XNORJAX_HOST_DEVICE inline SlabChunk SlabColumnWordAt(int e) {
+  SlabChunk c;
+  c.row = e % kBlockCols;
+  c.word = (e / kBlockCols) % kStepWords;
+  c.step = e / (kBlockCols * kStepWords);
+  return c;
 }
 
 // Fills shared-memory stage `stage` with slab `slab` of A (block rows) and B (block columns):
-// the share of thread `thread` of the block. `copy(dst, src, operand)` copies V words from global
-// word offset `src` of x (operand 0) or w (operand 1) to `dst`, or zero-fills `dst` when src < 0.
+// the share of thread `thread` of the block. `copy(dst, src, operand, words)` copies `words`
+// (V, or 1 for input-major weights) words from global word offset `src` of x (operand 0) or w
+// (operand 1) to `dst`, or zero-fills `dst` when src < 0.
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
 #endif
@@ -420,12 +442,22 @@ XNORJAX_HOST_DEVICE inline void LoadSlab(const ConvShape& s, const KChunk* ktabl
     const SlabChunk c = SlabChunkAt(chunk, kBlockRows, V);
     const int64_t j = j0 + c.step * kStepWords + c.word;
     copy(&smem.a[stage][c.step][SwizzledWord(c.row, c.word)],
-         AChunkSource<V>(s, smem.rows[c.row], ktable, j), 0);
+         AChunkSource<V>(s, smem.rows[c.row], ktable, j), 0, V);
   }
-  for (int chunk = thread; chunk < SlabChunks(kBlockCols, V); chunk += kThreads) {
-    const SlabChunk c = SlabChunkAt(chunk, kBlockCols, V);
-    const int64_t j = j0 + c.step * kStepWords + c.word;
-    copy(&smem.b[stage][c.step][SwizzledWord(c.row, c.word)], BChunkSource(s, n0 + c.row, j), 1);
+  if (!s.w_input_major) {
+    for (int chunk = thread; chunk < SlabChunks(kBlockCols, V); chunk += kThreads) {
+      const SlabChunk c = SlabChunkAt(chunk, kBlockCols, V);
+      const int64_t j = j0 + c.step * kStepWords + c.word;
+      copy(&smem.b[stage][c.step][SwizzledWord(c.row, c.word)], BChunkSource(s, n0 + c.row, j), 1,
+           V);
+    }
+  } else {
+    for (int e = thread; e < SlabChunks(kBlockCols, 1); e += kThreads) {
+      const SlabChunk c = SlabColumnWordAt(e);
+      const int64_t j = j0 + c.step * kStepWords + c.word;
+      copy(&smem.b[stage][c.step][SwizzledWord(c.row, c.word)], BChunkSource(s, n0 + c.row, j), 1,
+           1);
+    }
   }
 }
 
@@ -437,11 +469,15 @@ XNORJAX_HOST_DEVICE inline void MaskSlabTails(const ConvShape& s, Smem& smem,
                                               int64_t slab, int stage, int thread) {
   const uint32_t mask = geometry::TailMask(s.channels, s.in_words - 1);
   const int64_t j0 = slab * kSlabWords;
-  for (int chunk = thread; chunk < SlabChunks(kBlockCols, V); chunk += kThreads) {
-    const SlabChunk c = SlabChunkAt(chunk, kBlockCols, V);
-    const int64_t j = j0 + c.step * kStepWords + c.word;  // first word of the chunk
-    if (j + V > GemmKWords(s) || (j + V) % s.in_words != 0) continue;  // no tail word in it
-    smem.b[stage][c.step][SwizzledWord(c.row, c.word + V - 1)] &= mask;
+  const int64_t k_words = GemmKWords(s);
+  // The chunks (or, input-major, the words) this thread copied, as LoadSlab enumerates them.
+  const int words = s.w_input_major ? 1 : V;
+  const int count = SlabChunks(kBlockCols, words);
+  for (int chunk = thread; chunk < count; chunk += kThreads) {
+    const SlabChunk c = s.w_input_major ? SlabColumnWordAt(chunk) : SlabChunkAt(chunk, kBlockCols, V);
+    const int64_t j = j0 + c.step * kStepWords + c.word;  // first word copied
+    if (j + words > k_words || (j + words) % s.in_words != 0) continue;  // no tap's last word
+    smem.b[stage][c.step][SwizzledWord(c.row, c.word + words - 1)] &= mask;
   }
 }
 

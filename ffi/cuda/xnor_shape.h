@@ -51,20 +51,32 @@ constexpr int64_t kMaxDotBits = (int64_t{1} << 31) - 1;
 
 // Checks a conv call; on success fills `shape` and returns "". `kind` selects the result layout;
 // scale and bias (F32[O]) exist for kFloat32 and kPacked only (pass nullptr dims otherwise).
-inline std::string ValidateConv(Dims x, Dims w, const Dims* scale, const Dims* bias, Dims out,
-                                OutputKind kind, const ConvAttrs& a, ConvShape* shape) {
+// `w_input_major`: w is u32[KH, KW, Cw, O] (the public packed layout, targets "..._hwio") rather
+// than u32[O, KH, KW, Cw] (the contract's targets).
+inline std::string ValidateConv(Dims x, Dims w_dims, const Dims* scale, const Dims* bias, Dims out,
+                                OutputKind kind, const ConvAttrs& a, ConvShape* shape,
+                                bool w_input_major = false) {
   const std::string where = "xnor_conv (CUDA): ";
   if (x.size != 4) return where + "x must be u32[N, H, W, Cw], got dims " + DimsString(x);
-  if (w.size != 4) return where + "w must be u32[O, KH, KW, Cw], got dims " + DimsString(w);
-  for (size_t i = 0; i < 4; ++i) {
-    if (x[i] < 0 || w[i] < 0) return where + "negative dimension";
+  if (w_dims.size != 4) {
+    return where + "w must be u32" + (w_input_major ? "[KH, KW, Cw, O]" : "[O, KH, KW, Cw]") +
+           ", got dims " + DimsString(w_dims);
   }
+  for (size_t i = 0; i < 4; ++i) {
+    if (x[i] < 0 || w_dims[i] < 0) return where + "negative dimension";
+  }
+  // w as [O, KH, KW, Cw] whatever its layout.
+  const int64_t w_ohwi[4] = {w_input_major ? w_dims[3] : w_dims[0],
+                             w_input_major ? w_dims[0] : w_dims[1],
+                             w_input_major ? w_dims[1] : w_dims[2],
+                             w_input_major ? w_dims[2] : w_dims[3]};
+  const Dims w{w_ohwi, 4};
   if (x[3] < 1 || x[3] != w[3]) {
     return where + "x and w must have the same Cw >= 1, got x " + DimsString(x) + ", w " +
-           DimsString(w);
+           DimsString(w_dims);
   }
   if (w[1] < 1 || w[2] < 1 || w[1] > kMaxKernel || w[2] > kMaxKernel) {
-    return where + "kernel size must be in [1, 255], got w " + DimsString(w);
+    return where + "kernel size must be in [1, 255], got w " + DimsString(w_dims);
   }
   if (a.channels < 1 || geometry::PackedWords(a.channels) != x[3]) {
     return where + "channels=" + std::to_string(a.channels) + " does not need Cw=" +
@@ -98,6 +110,7 @@ inline std::string ValidateConv(Dims x, Dims w, const Dims* scale, const Dims* b
   s.pad_value = a.pad_value;
   s.out_h = geometry::ConvOutputSize(s.in_h, s.kernel_h, s.stride_h, a.pad_top, a.pad_bottom);
   s.out_w = geometry::ConvOutputSize(s.in_w, s.kernel_w, s.stride_w, a.pad_left, a.pad_right);
+  s.w_input_major = w_input_major;
   const int64_t last = kind == OutputKind::kPacked ? OutputWords(s) : s.out_channels;
   if (out.size != 4 || out[0] != s.batch || out[1] != s.out_h || out[2] != s.out_w ||
       out[3] != last) {
@@ -118,17 +131,21 @@ inline std::string ValidateConv(Dims x, Dims w, const Dims* scale, const Dims* b
 }
 
 // A dense layer as a conv on 1x1 maps: x u32[M, Kw] rows are pixels, w u32[N, Kw] a 1x1 kernel.
-inline std::string ValidateDense(Dims x, Dims w, const Dims* scale, const Dims* bias, Dims out,
-                                 OutputKind kind, int64_t features, int64_t impl,
-                                 ConvShape* shape) {
+// `w_input_major`: w is u32[Kw, N] (targets "..._kn") rather than u32[N, Kw].
+inline std::string ValidateDense(Dims x, Dims w_dims, const Dims* scale, const Dims* bias,
+                                 Dims out, OutputKind kind, int64_t features, int64_t impl,
+                                 ConvShape* shape, bool w_input_major = false) {
   const std::string where = "xnor_dense (CUDA): ";
-  if (x.size != 2 || w.size != 2) {
-    return where + "x must be u32[M, Kw] and w u32[N, Kw], got " + DimsString(x) + " and " +
-           DimsString(w);
+  if (x.size != 2 || w_dims.size != 2) {
+    return where + "x must be u32[M, Kw] and w u32" + (w_input_major ? "[Kw, N]" : "[N, Kw]") +
+           ", got " + DimsString(x) + " and " + DimsString(w_dims);
   }
+  const int64_t w_nk[2] = {w_input_major ? w_dims[1] : w_dims[0],
+                           w_input_major ? w_dims[0] : w_dims[1]};
+  const Dims w{w_nk, 2};
   if (x[0] < 0 || w[0] < 0 || x[1] < 1 || x[1] != w[1]) {
     return where + "x and w must have the same Kw >= 1, got " + DimsString(x) + " and " +
-           DimsString(w);
+           DimsString(w_dims);
   }
   if (features < 1 || geometry::PackedWords(features) != x[1]) {
     return where + "features=" + std::to_string(features) + " does not need Kw=" +
@@ -147,6 +164,7 @@ inline std::string ValidateDense(Dims x, Dims w, const Dims* scale, const Dims* 
   s.pad_top = s.pad_left = 0;
   s.pad_value = 0;
   s.out_h = s.out_w = 1;
+  s.w_input_major = w_input_major;
   const int64_t last = kind == OutputKind::kPacked ? OutputWords(s) : s.out_channels;
   if (out.size != 2 || out[0] != s.batch || out[1] != last) {
     return where + "result dims " + DimsString(out) + " do not match [" + std::to_string(s.batch) +
