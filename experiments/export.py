@@ -11,9 +11,9 @@ first and last layers kept) and saved with orbax beside manifest.json (model, op
 and the run's normalisation, classes, source checkpoint, program, array shapes, sizes). Prints the
 sizes (binary layers float32 vs packed, whole model, files on disk); then loads the export back with
 `xnorjax.deploy.load` and compares it, on the first --verify_images test images of the run's data,
-with the training-time model in evaluation mode, both with its per-layer packed kernels (what
-`model.eval()` runs) and with XLA float convs (forward="xla"): predictions and logits. The
-comparison is written into the manifest as "verification".
+with the training-time model in evaluation mode as `experiments.evaluate` runs it, both with its
+per-layer packed kernels (what `model.eval()` runs) and with XLA float convs (forward="xla"):
+predictions and logits. The comparison is written into the manifest as "verification".
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ from absl import flags
 from absl import logging
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from experiments import evaluate
 from experiments import input_pipeline
 from experiments import restore
-from experiments import trainer
 from xnorjax import deploy
 from xnorjax import nn as xnn
 from xnorjax.deploy import sizes as sizes_lib
@@ -61,18 +60,6 @@ def model_logits_fn(model: nnx.Module):
   return lambda x: fn(state, x)
 
 
-def batched_logits(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """fn over `images` in batches (the last one padded to the batch size), float32 [N, classes]."""
-  out = []
-  for start in range(0, len(images), batch_size):
-    batch = images[start:start + batch_size]
-    n = len(batch)
-    if n < batch_size:
-      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
-    out.append(np.asarray(fn(batch))[:n])
-  return np.concatenate(out).astype(np.float32)
-
-
 @dataclasses.dataclass
 class Agreement:
   """The exported model's logits against a reference model's on the same images."""
@@ -89,36 +76,41 @@ class Agreement:
     return self.predictions_equal == self.images
 
 
-def compare(exported_logits: np.ndarray, reference_logits: np.ndarray, reference: str,
+def compare(got: np.ndarray, want: np.ndarray, reference: str,
             labels: Optional[np.ndarray] = None) -> Agreement:
-  diff = np.abs(exported_logits - reference_logits)
-  rel = diff / np.maximum(1.0, np.abs(reference_logits))
-  agreement = Agreement(
-      reference, len(exported_logits),
-      int(np.sum(exported_logits.argmax(-1) == reference_logits.argmax(-1))),
-      float(diff.max()), float(rel.max()))
+  """How the exported model's logits `got` agree with a reference model's `want`."""
+  diff = np.abs(got - want)
+  rel = diff / np.maximum(1.0, np.abs(want))
+  agreement = Agreement(reference, len(got), int(np.sum(got.argmax(-1) == want.argmax(-1))),
+                        float(diff.max()), float(rel.max()))
   if labels is not None:
-    agreement.exported_accuracy = float(np.mean(exported_logits.argmax(-1) == labels))
-    agreement.reference_accuracy = float(np.mean(reference_logits.argmax(-1) == labels))
+    agreement.exported_accuracy = float(np.mean(got.argmax(-1) == labels))
+    agreement.reference_accuracy = float(np.mean(want.argmax(-1) == labels))
   return agreement
 
 
-def verify(predictor: deploy.Predictor, model: nnx.Module, images: np.ndarray, *, mean, std,
-           labels: Optional[np.ndarray] = None, batch_size: int = 250) -> list[Agreement]:
+def exported_logits(predictor: deploy.Predictor, split: input_pipeline.Split,
+                    batch_size: int) -> np.ndarray:
+  """The exported model's logits over `split`, batched as `experiments.evaluate.predict` does."""
+  return np.concatenate([np.asarray(predictor(images))[mask] for images, _, mask in
+                         input_pipeline.eval_batches(split, batch_size)]).astype(np.float32)
+
+
+def verify(predictor: deploy.Predictor, model: nnx.Module, split: input_pipeline.Split, *, mean,
+           std, batch_size: int = 250) -> list[Agreement]:
   """The exported model against `model` in eval mode, per-layer packed ("auto") and XLA floats.
 
-  `images` are uint8; the model gets them normalised as in training (`trainer.normalize`).
-  Leaves the model's forward setting as it found "auto".
+  The references are `experiments.evaluate.predict`'s logits: the uint8 images normalised inside
+  the jitted evaluation, as training evaluates (the exported predictor does the same). Leaves the
+  model's binary layers at forward="auto".
   """
-  got = batched_logits(predictor, images, batch_size)
-  mean, std = jnp.asarray(mean), jnp.asarray(std)
-  results = []
+  got = exported_logits(predictor, split, batch_size)
   model.eval()
+  results = []
   for forward in FORWARDS:
-    fn = model_logits_fn(set_binary_forward(model, forward))
-    want = batched_logits(lambda x: fn(trainer.normalize(jnp.asarray(x), mean, std)), images,
-                          batch_size)
-    results.append(compare(got, want, f"eval model, forward={forward!r}", labels))
+    want, _ = evaluate.predict(set_binary_forward(model, forward), split, mean=mean, std=std,
+                               batch_size=batch_size)
+    results.append(compare(got, want, f"eval model, forward={forward!r}", split.labels))
   set_binary_forward(model, "auto")
   return results
 
@@ -141,8 +133,9 @@ def export_workdir(workdir: str, out: str, *, checkpoint: str = "best", overwrit
   if verify_images:
     predictor = deploy.load(out)
     n = len(data.test) if verify_images < 0 else min(verify_images, len(data.test))
-    agreements = verify(predictor, restored.model, data.test.images[:n], mean=data.mean,
-                        std=data.std, labels=data.test.labels[:n], batch_size=batch_size)
+    test = input_pipeline.Split(data.test.images[:n], data.test.labels[:n])
+    agreements = verify(predictor, restored.model, test, mean=data.mean, std=data.std,
+                        batch_size=batch_size)
     manifest["verification"] = [dataclasses.asdict(a) for a in agreements]
     with open(os.path.join(out, deploy.export.MANIFEST_FILE), "w", encoding="utf-8") as f:
       json.dump(manifest, f, indent=1)
