@@ -1,13 +1,18 @@
 // Packed XNOR-popcount convolution and dense layers on NVIDIA GPUs: the CUDA twins of the CPU
 // targets "xnorjax_xnor_{conv,dense}_{i32,f32,packed}" (same operands, attributes and results).
 //
-// Two paths (ffi/cuda/xnor_plan.h holds their index arithmetic, tested on the CPU):
+// Also the "_hwio" / "_kn" targets: the same, reading the weights in their public packed layout.
+//
+// Paths (ffi/cuda/xnor_plan.h holds their index arithmetic, tested on the CPU):
 //  * simple: one thread per output value (per output word for _packed), XOR + __popc. Obviously
-//    right; the fallback for devices below sm_80 and the second opinion in tests (impl=100).
+//    right; the fallback for shapes the tensor-core path does not index and the second opinion in
+//    tests (impl=100).
 //  * mma: implicit GEMM on the 1-bit tensor cores, mma.sync.m16n8k256 AND-popc (native on sm_80
 //    and sm_90, where the XOR form is emulated at twice the cost), cp.async double-buffered
 //    shared-memory slabs read with ldmatrix, a pre-pass for the popcounts the AND form needs,
-//    and a fused epilogue (scale, bias, sign-and-pack). Default wherever the device allows.
+//    and a fused epilogue (scale, bias, sign-and-pack). Default (impl 0-3, or 101).
+//  * warpgroup (impl=102, experimental): the same kernel tiled for one wgmma.m64n64k256 AND-popc
+//    per k-step of the block's warpgroup on sm_90a; mma.sync with that tiling elsewhere.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -85,7 +90,8 @@ __device__ __forceinline__ void CopyChunk(uint32_t* dst, const uint32_t* src) {
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(SharedAddress(dst)), "l"(src),
-               "n"(4 * V));
+               "n"(4 * V)
+               : "memory");
 #else
   for (int i = 0; i < V; ++i) dst[i] = src[i];
 #endif
@@ -93,14 +99,16 @@ __device__ __forceinline__ void CopyChunk(uint32_t* dst, const uint32_t* src) {
 
 __device__ __forceinline__ void CpAsyncCommit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 
 template <int kPending>
 __device__ __forceinline__ void CpAsyncWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+  // The memory clobber keeps the compiler from moving shared-memory accesses (MaskSlabTails)
+  // above the wait.
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 #endif
 }
 
