@@ -18,6 +18,9 @@ Run by experiments/gpu_check.sh (which builds the extension first) on a CUDA mac
    Each timed call runs the op on R different inputs inside one jit (dispatch amortized, no
    common-subexpression elimination possible); the best of several calls, divided by R.
 3. A short table last (also written, with all numbers, to DIR/gpu_check.json and .txt).
+The experimental wgmma path (impl 102) is first tried on a small conv in a child process (a
+canary): should the unverified code fault, only that process's CUDA context is lost, and the main
+run leaves the path out (and exits non-zero).
 
 --smoke runs a tiny version on any backend (on CPU the paths are the host emulation,
 xnorjax._cuda_host), to check this script without a GPU.
@@ -30,6 +33,7 @@ import functools
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -155,10 +159,11 @@ def emulated_conv(problem: ConvProblem, kind: str, path: str):
   return run
 
 
-def paths_under_test(on_gpu: bool):
+def paths_under_test(on_gpu: bool, with_wgmma: bool = True):
   if on_gpu:
     return {name: (lambda p, k, impl=impl: jax.jit(ffi_conv(p, k, impl)))
-            for name, impl in PATHS.items() if name != "auto"} | {
+            for name, impl in PATHS.items()
+            if name != "auto" and (with_wgmma or name != "wgmma")} | {
                 "mma_hwio": lambda p, k: jax.jit(ffi_conv(p, k, IMPL_MMA, hwio=True)),
                 "auto": lambda p, k: jax.jit(public_conv(p, k, "ffi"))}
   return {"simple": lambda p, k: emulated_conv(p, k, "simple"),
@@ -171,7 +176,7 @@ def paths_under_test(on_gpu: bool):
 # 1. Exactness.
 
 
-def exactness(rng, on_gpu: bool, smoke: bool, deadline: float):
+def exactness(rng, on_gpu: bool, smoke: bool, deadline: float, with_wgmma: bool = True):
   cases = []
   layers = BIN_VGG16[:2] if smoke else BIN_VGG16
   for i, (c, o, hw, _) in enumerate(layers):
@@ -179,7 +184,7 @@ def exactness(rng, on_gpu: bool, smoke: bool, deadline: float):
                                          (0, -1, 1)[i % 3])))
   for shape in (ODD_SHAPES[:3] if smoke else ODD_SHAPES):
     cases.append(("odd " + "x".join(map(str, shape[:5])), shape))
-  paths = paths_under_test(on_gpu)
+  paths = paths_under_test(on_gpu, with_wgmma)
   results, failures = [], 0
   for name, shape in cases:
     if time.time() > deadline:
@@ -241,7 +246,7 @@ def _repeated(op, reps):
   return jax.jit(lambda xs, *rest: tuple(op(x, *rest) for x in xs))
 
 
-def timing(rng, on_gpu: bool, smoke: bool, deadline: float):
+def timing(rng, on_gpu: bool, smoke: bool, deadline: float, with_wgmma: bool = True):
   layers = [(64, 64, 8, 2), (128, 128, 4, 1)] if smoke else BIN_VGG16
   batches = (2, 1) if smoke else (128, 1)  # the batch the targets are about first
   calls = 2 if smoke else 5
@@ -293,6 +298,8 @@ def timing(rng, on_gpu: bool, smoke: bool, deadline: float):
       variants = [("xnor_packed_us", "packed", IMPL_MMA), ("xnor_i32_us", "i32", IMPL_MMA),
                   ("wgmma_packed_us", "packed", IMPL_WGMMA),
                   ("simple_packed_us", "packed", IMPL_SIMPLE)]
+      if not with_wgmma:
+        variants = [v for v in variants if v[2] != IMPL_WGMMA]
       for key, kind, impl in variants:
         # On CPU (smoke) the CPU kernels through the public op stand in for the CUDA paths.
         op = ffi_conv(problem, kind, impl) if on_gpu else public_conv(problem, kind, "ffi")
@@ -336,7 +343,7 @@ def _aggregate(rows, batch):
   return agg
 
 
-def table(rows, exact_failures, exact_checked, calls) -> str:
+def table(rows, exact_failures, exact_checked, calls, env) -> str:
   nan = float("nan")
   lines = []
   hdr = (f"{'layer':>14} {'N':>4} {'bf16 us':>9} {'int8 us':>9} {'xnor i32':>9} "
@@ -347,7 +354,8 @@ def table(rows, exact_failures, exact_checked, calls) -> str:
     if "skipped" in r:
       lines.append(f"{r['layer']:>14} {r['batch']:>4}  skipped ({r['skipped']})")
       continue
-    exact_keys = ("xnor_i32_exact", "xnor_packed_exact", "wgmma_packed_exact")
+    exact_keys = [k for k in ("xnor_i32_exact", "xnor_packed_exact", "wgmma_packed_exact")
+                  if k in r or k != "wgmma_packed_exact"]
     exact = "yes" if all(r.get(k) is True for k in exact_keys) else "NO"
     lines.append(
         f"{r['layer']:>14} {r['batch']:>4} {r.get('bf16_us', nan):9.1f} "
@@ -366,11 +374,44 @@ def table(rows, exact_failures, exact_checked, calls) -> str:
           f"{agg['vs_bf16']:7.2f} {agg['vs_int8']:7.2f} {100 * agg['peak_fraction']:7.2f}")
   errors = sorted({f"{k}: {v}" for r in rows for k, v in r.items() if k.endswith("_error")})
   lines.extend(f"error {e}" for e in errors[:5])
+  if "wgmma_canary" in env:
+    lines.append(f"wgmma (impl=102): sm_90a code loaded = {env['wgmma_compiled_for_device']}, "
+                 f"canary vs the simple path: {env['wgmma_canary']}"
+                 + ("" if env["wgmma_canary"] == "ok" else " (left out of the sweep and timing)"))
   lines.append(f"exactness vs XLA: {exact_checked - exact_failures}/{exact_checked} exact "
                f"(all paths, kinds, shapes); times per layer call in microseconds (best of "
                f"{calls}); 'xnor' = mma.sync path; 'x bf16' / 'x int8' / '% peak' (of "
                f"{PEAK_BIT_MACS / 1e15:.1f} P bit-MAC/s) for the xnor packed column.")
   return "\n".join(lines)
+
+
+def canary() -> int:
+  """A small conv on the experimental wgmma path against the simple path; the exit status.
+
+  Run in a child process first: should the unverified wgmma code fault, it takes only that
+  process's CUDA context down, and the main run leaves the path out.
+  """
+  xnorjax.require_extension()
+  problem = ConvProblem(np.random.default_rng(0), 2, 9, 7, 64, 64, (3, 3), (1, 1),
+                        ((1, 1), (1, 1)), 0)
+  ops = problem.operands("i32")
+  got = np.asarray(jax.jit(ffi_conv(problem, "i32", IMPL_WGMMA))(*ops))
+  want = np.asarray(jax.jit(ffi_conv(problem, "i32", IMPL_SIMPLE))(*ops))
+  print(f"wgmma canary: {int(np.sum(got != want))} of {got.size} outputs differ", flush=True)
+  return 0 if np.array_equal(got, want) else 3
+
+
+def _run_canary(timeout_s: float = 120.0) -> str:
+  try:
+    # The parent holds XLA's preallocated GPU memory: the child allocates on demand.
+    child_env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    done = subprocess.run([sys.executable, "-m", "experiments.gpu_check", "--canary"],
+                          capture_output=True, text=True, timeout=timeout_s, check=False,
+                          env=child_env)
+  except subprocess.TimeoutExpired:
+    return "timed out"
+  tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+  return "ok" if done.returncode == 0 else f"failed (rc={done.returncode}): {tail[0][:200]}"
 
 
 def main(argv=None):
@@ -379,7 +420,11 @@ def main(argv=None):
   parser.add_argument("--budget_s", type=float, default=300.0,
                       help="stop starting new cases after this many seconds")
   parser.add_argument("--smoke", action="store_true", help="tiny run on any backend")
+  parser.add_argument("--canary", action="store_true",
+                      help="only check the wgmma path on a small conv (run in a child process)")
   args = parser.parse_args(argv)
+  if args.canary:
+    return canary()
   start = time.time()
   os.makedirs(args.out, exist_ok=True)
   xnorjax.require_extension()
@@ -393,14 +438,17 @@ def main(argv=None):
     env["device_kind"] = jax.devices()[0].device_kind
     # 1: the loaded kernels are the sm_90a build, so impl=102 runs wgmma (else its mma.sync twin).
     env["wgmma_compiled_for_device"] = _ffi_cuda.wgmma_compiled_for_device()
+    env["wgmma_canary"] = _run_canary()
+  with_wgmma = env.get("wgmma_canary", "ok") == "ok"
   print("environment:", json.dumps(env), flush=True)
   rng = np.random.default_rng(int(time.time()))
   # Exactness gets up to 35% of the budget; timing the rest.
-  results, failures = exactness(rng, on_gpu, args.smoke, start + 0.35 * args.budget_s)
+  results, failures = exactness(rng, on_gpu, args.smoke, start + 0.35 * args.budget_s,
+                                with_wgmma)
   checked = sum(1 for r in results if "exact" in r)
   print(f"[{time.time() - start:.0f}s] timing", flush=True)
-  rows = timing(rng, on_gpu, args.smoke, start + args.budget_s)
-  text = table(rows, failures, checked, 2 if args.smoke else 5)
+  rows = timing(rng, on_gpu, args.smoke, start + args.budget_s, with_wgmma)
+  text = table(rows, failures, checked, 2 if args.smoke else 5, env)
   report = dict(environment=env, exactness=results, timing=rows,
                 aggregate=[_aggregate(rows, b) for b in sorted({r["batch"] for r in rows})],
                 seconds=time.time() - start)
@@ -410,7 +458,7 @@ def main(argv=None):
     f.write(text + "\n")
   print(f"\n[{time.time() - start:.0f}s] gpu_check table ({env.get('device_kind', env['backend'])}, "
         f"jax {jax.__version__}):\n{text}", flush=True)
-  return 1 if failures else 0
+  return 1 if failures or not with_wgmma else 0
 
 
 if __name__ == "__main__":
