@@ -34,11 +34,13 @@ def test_pack_bits_matches_numpy(rng, implementation, shape, axis):
 
 
 @requires_extension
-def test_auto_uses_ffi_on_cpu_and_agrees(rng):
+def test_ffi_is_a_custom_call_and_auto_agrees(rng):
   x = rng.standard_normal((4, 100)).astype(np.float32)
-  hlo = jax.jit(pack_bits).lower(x).as_text()
-  assert "xnorjax_pack_bits" in hlo
-  np.testing.assert_array_equal(np.asarray(jax.jit(pack_bits)(x)), numpy_pack_bits(x, -1))
+  ffi = jax.jit(lambda v: pack_bits(v, implementation="ffi"))
+  assert "xnorjax_pack_bits" in ffi.lower(x).as_text()
+  assert "xnorjax_pack_bits" not in jax.jit(pack_bits).lower(x).as_text()  # auto: fusable XLA
+  np.testing.assert_array_equal(np.asarray(jax.jit(pack_bits)(x)), np.asarray(ffi(x)))
+  np.testing.assert_array_equal(np.asarray(ffi(x)), numpy_pack_bits(x, -1))
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, jnp.bool_])
