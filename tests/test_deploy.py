@@ -299,7 +299,7 @@ def _check_verification(manifest, images):
 
 @requires_extension
 def test_export_of_a_trained_model(tmp_path):
-  """bin_small_cnn trained 200 steps on synthetic data; its export checked on the 200 test images."""
+  """bin_small_cnn trained 200 steps on synthetic data, its export checked on 200 test images."""
   workdir, out = str(tmp_path / "run"), str(tmp_path / "exported")
   trainer.train_and_evaluate(_small_config(), workdir)
   manifest, _ = export_cli.export_workdir(workdir, out, verify_images=-1, batch_size=64)
@@ -327,7 +327,8 @@ def test_command_line_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 @requires_extension
-@pytest.mark.skipif(not CIFAR10, reason=f"${input_pipeline.CIFAR10_ENV_VAR} is not set (real CIFAR-10 copy)")
+@pytest.mark.skipif(not CIFAR10,
+                    reason=f"${input_pipeline.CIFAR10_ENV_VAR} is not set (real CIFAR-10 copy)")
 def test_real_cifar10_trained_model_exports_exactly(tmp_path):
   """bin_small_cnn, 300 steps on real CIFAR-10; the export on the 10,000 real test images."""
   config = _small_config(source="image_folder", steps=300)

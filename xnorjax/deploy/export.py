@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import xnorjax
 from xnorjax.deploy import convert
 from xnorjax.deploy import fold as fold_lib
 from xnorjax.deploy import program as program_lib
@@ -87,10 +88,9 @@ def export_model(model, *, input_shape: Sequence[int], mean=None, std=None,
     raise ValueError(f"the program maps an input of {input_shape} to shape {probe.shape[1:]}, "
                      "not to logits [classes]")
   num_classes = int(probe.shape[-1])
-  classes = [str(c) for c in classes] if classes is not None else [str(c) for c in range(num_classes)]
+  classes = [str(c) for c in (range(num_classes) if classes is None else classes)]
   if len(classes) != num_classes:
     raise ValueError(f"{len(classes)} class names for a model with {num_classes} outputs")
-  import xnorjax  # pylint: disable=g-import-not-at-top
   manifest = {
       "format": FORMAT,
       "format_version": FORMAT_VERSION,
@@ -132,8 +132,8 @@ def save(exported: Exported, path: str, *, overwrite: bool = False) -> dict:
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(path, ARRAYS_DIR), exported.arrays)
   manifest = dict(exported.manifest)
-  manifest["sizes"] = {**manifest["sizes"],
-                       "arrays_dir_bytes": sizes_lib.directory_bytes(os.path.join(path, ARRAYS_DIR))}
+  arrays_bytes = sizes_lib.directory_bytes(os.path.join(path, ARRAYS_DIR))
+  manifest["sizes"] = {**manifest["sizes"], "arrays_dir_bytes": arrays_bytes}
   with open(os.path.join(path, MANIFEST_FILE), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=1)
     f.write("\n")
@@ -200,14 +200,15 @@ def _forward(program, mean, std, arrays, images):
 
 
 def load(path: str) -> Predictor:
-  """The exported model in `path` (written by `save` / python -m experiments.export), ready to run."""
+  """The exported model in `path` (from `save` or python -m experiments.export), ready to run."""
   ocp = _orbax()
   path = os.path.abspath(path)
   manifest = read_manifest(path)
   program = [program_lib.Op.from_json(r) for r in manifest["program"]]
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = {name: {k: jax.ShapeDtypeStruct(tuple(s["shape"]), jnp.dtype(s["dtype"]), sharding=device)
-                     for k, s in group.items()} for name, group in manifest["arrays"].items()}
+  abstract = {name: {k: jax.ShapeDtypeStruct(tuple(s["shape"]), jnp.dtype(s["dtype"]),
+                                             sharding=device) for k, s in group.items()}
+              for name, group in manifest["arrays"].items()}
   with ocp.StandardCheckpointer() as checkpointer:
     arrays = checkpointer.restore(os.path.join(path, ARRAYS_DIR), abstract)
   return Predictor(program, arrays, manifest)

@@ -41,7 +41,7 @@ _TABLE_ELEMENTS = 1 << 24  # largest [2K + 1, channels] table evaluated at once
 
 @dataclasses.dataclass
 class Folded:
-  """The deployed program, its arrays, and for each binary op the layer-program ops folded into it."""
+  """The deployed program, its arrays, and per binary op the layer-program ops folded into it."""
   program: list[Op]
   arrays: dict[str, dict[str, jax.Array]]
   absorbed: dict[str, list[str]]

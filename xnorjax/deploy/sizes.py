@@ -83,10 +83,13 @@ def format_report(sizes: Mapping[str, Any]) -> str:
   for l in sizes["binary_layers"]:
     f32 = l["float32_kernel_bytes"] + l["float32_folded_bytes"]
     packed = l["packed_kernel_bytes"] + l["epilogue_bytes"]
-    rows.append(f"{l['name']:<36} {l['weights']:>10,} {f32:>11,} {packed:>10,} {f32 / packed:>6.1f}")
-  rows.append(f"{'binary layers (kernels + folded params)':<47} {sizes['binary_float32_bytes']:>11,} "
-              f"{sizes['binary_packed_bytes']:>10,} {sizes['binary_ratio'] or 0:>6.1f}")
-  rows.append(f"{'binary kernels alone':<47} {'':>11} {'':>10} {sizes['binary_kernel_ratio'] or 0:>6.1f}")
+    rows.append(f"{l['name']:<36} {l['weights']:>10,} {f32:>11,} {packed:>10,} "
+                f"{f32 / packed:>6.1f}")
+  rows.append(f"{'binary layers (kernels + folded params)':<47} "
+              f"{sizes['binary_float32_bytes']:>11,} {sizes['binary_packed_bytes']:>10,} "
+              f"{sizes['binary_ratio'] or 0:>6.1f}")
+  rows.append(f"{'binary kernels alone':<47} {'':>11} {'':>10} "
+              f"{sizes['binary_kernel_ratio'] or 0:>6.1f}")
   rows.append(f"{'whole model (float32 training model vs exported arrays)':<47} "
               f"{sizes['model_float32_bytes']:>11,} {sizes['model_exported_bytes']:>10,} "
               f"{sizes['model_ratio'] or 0:>6.1f}")
