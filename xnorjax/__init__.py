@@ -5,6 +5,8 @@ Submodules:
   xnorjax.nn          BinaryConv and BinaryDense (Flax NNX), drop-in for nnx.Conv / nnx.Linear.
   xnorjax.ops         pack_bits and the packed XNOR-popcount kernels (C++ XLA FFI custom calls).
   xnorjax.summary     summary(model, input_shape): larq-style per-layer parameters, memory, MACs.
+  xnorjax.models      vgg16 / bin_vgg16, nin / bin_nin, resnet18 / bin_resnet18 by name.
+  xnorjax.deploy      trained binary models exported in packed form and run on the kernels.
 """
 
 from xnorjax import nn
