@@ -17,4 +17,26 @@ inline ffi::Error InvalidArgument(const std::string& message) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, message);
 }
 
+// The shape of a pack along the last axis, f32[..., n] -> u32[..., ceil(n / 32)]: checks the
+// output against the input and gives the number of rows (all leading axes, including any added
+// by vmap), n and the words per row. Shared by the CPU and CUDA pack_bits handlers.
+template <typename Dims>
+ffi::Error PackedRowsShape(const Dims& dims, const Dims& out_dims, int64_t& rows, int64_t& n,
+                           int64_t& words) {
+  if (dims.size() < 1 || out_dims.size() != dims.size()) {
+    return InvalidArgument("pack_bits: input and output must have the same rank >= 1");
+  }
+  n = dims.back();
+  words = WordsFor(n);
+  rows = 1;
+  for (size_t i = 0; i + 1 < dims.size(); ++i) {
+    if (out_dims[i] != dims[i]) return InvalidArgument("pack_bits: leading dimensions differ");
+    rows *= dims[i];
+  }
+  if (out_dims.back() != words) {
+    return InvalidArgument("pack_bits: output must hold ceil(n / 32) words per row");
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace xnorjax

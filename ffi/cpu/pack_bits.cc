@@ -27,20 +27,10 @@ void PackRow(const float* x, int64_t n, uint32_t* out) {
 
 ffi::Error PackBitsImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::U32> out) {
   // Packs along the last axis; all leading axes (including any added by vmap) are rows.
-  const auto dims = x.dimensions();
-  const auto out_dims = out->dimensions();
-  if (dims.size() < 1 || out_dims.size() != dims.size()) {
-    return InvalidArgument("pack_bits: input and output must have the same rank >= 1");
-  }
-  const int64_t n = dims.back();
-  const int64_t words = WordsFor(n);
-  int64_t rows = 1;
-  for (size_t i = 0; i + 1 < dims.size(); ++i) {
-    if (out_dims[i] != dims[i]) return InvalidArgument("pack_bits: leading dimensions differ");
-    rows *= dims[i];
-  }
-  if (out_dims.back() != words) {
-    return InvalidArgument("pack_bits: output must hold ceil(n / 32) words per row");
+  int64_t rows = 0, n = 0, words = 0;
+  if (ffi::Error error = PackedRowsShape(x.dimensions(), out->dimensions(), rows, n, words);
+      error.failure()) {
+    return error;
   }
   const float* src = x.typed_data();
   uint32_t* dst = out->typed_data();
