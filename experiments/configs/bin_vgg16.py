@@ -10,22 +10,4 @@ from experiments.configs import default
 
 
 def get_config():
-  config = default.get_config("bin_vgg16")
-  config.model.options = {
-      "width": 1.0,
-      "input_quantizer": "ste_sign",
-      "kernel_quantizer": "magnitude_aware_sign",
-      "binarize_first_layer": False,
-      "binarize_last_layer": False,
-      "dtype": "float32",
-  }
-  config.num_epochs = 400
-  config.optim.name = "adamw"
-  config.optim.learning_rate = 2e-3
-  config.optim.schedule = "cosine"
-  config.optim.warmup_epochs = 5.0
-  config.optim.weight_decay = 1e-4
-  config.optim.weight_decay_binary = 0.0
-  config.optim.weight_decay_norm_bias = 0.0
-  config.optim.clip_latent_weights = 1.0
-  return config
+  return default.binary_config("bin_vgg16", num_epochs=400)

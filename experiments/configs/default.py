@@ -78,3 +78,28 @@ def get_config(model: str = "bin_vgg16") -> ml_collections.ConfigDict:
   config.distributed = False
   config.tensorboard = True  # TensorBoard event files (needs TensorFlow); metrics.jsonl always
   return config
+
+
+def binary_config(model: str, *, num_epochs: int, input_quantizer: str = "ste_sign"):
+  """The shared recipe of the binary presets: XNOR-Net layers (alpha * sign(W) kernels), float
+  first and last layers, AdamW 2e-3 with cosine decay after 5 warm-up epochs, decoupled weight
+  decay 1e-4 on float kernels only; latent binary kernels clipped to [-1, 1] (the default)."""
+  config = get_config(model)
+  config.model.options = {
+      "width": 1.0,
+      "input_quantizer": input_quantizer,
+      "kernel_quantizer": "magnitude_aware_sign",
+      "binarize_first_layer": False,
+      "binarize_last_layer": False,
+      "dtype": "float32",
+  }
+  config.num_epochs = num_epochs
+  config.optim.name = "adamw"
+  config.optim.learning_rate = 2e-3
+  config.optim.schedule = "cosine"
+  config.optim.warmup_epochs = 5.0
+  config.optim.weight_decay = 1e-4
+  config.optim.weight_decay_binary = 0.0
+  config.optim.weight_decay_norm_bias = 0.0
+  config.optim.clip_latent_weights = 1.0
+  return config
