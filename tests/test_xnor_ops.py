@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 from hypothesis import given, settings, strategies as st
 import jax
@@ -479,3 +480,28 @@ def test_sharded_over_four_devices_partitions_the_batch(rng):
   result = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], capture_output=True, text=True,
                           env=env, timeout=300, check=False)
   assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+
+
+def test_concurrent_calls_from_several_threads_are_exact(rng):
+  """Calls from several threads at once (one holds the kernels' spinning worker pool, the others
+  fall back to XLA's pool) all finish with exact results."""
+  x = signs(rng, (4, 8, 8, 64))
+  kernel = signs(rng, (3, 3, 64, 96))
+  want = lax_conv_reference(x, kernel, (1, 1), ((1, 1), (1, 1)), 0.0)
+  fn = jax.jit(lambda a, b: xnor_conv(a, b, implementation="ffi"))
+  xs, ks = jnp.asarray(x), jnp.asarray(kernel)
+  fn(xs, ks).block_until_ready()
+  wrong = []
+
+  def work():
+    for _ in range(25):
+      if not np.array_equal(np.asarray(fn(xs, ks)), want):
+        wrong.append(threading.get_ident())
+
+  threads = [threading.Thread(target=work) for _ in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=120)
+  assert not any(t.is_alive() for t in threads), "a concurrent call hung"
+  assert not wrong

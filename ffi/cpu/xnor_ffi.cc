@@ -5,6 +5,7 @@
 
 #include "conv_geometry.h"
 #include "cpu/parallel_for.h"
+#include "cpu/spin_pool.h"
 #include "cpu/xnor_kernels.h"
 #include "ffi_common.h"
 
@@ -55,7 +56,7 @@ ffi::Error Run(const char* target, ffi::ThreadPool& pool, ConvProblem problem,
               scale ? scale->typed_data() : nullptr, bias ? bias->typed_data() : nullptr,
               out->untyped_data(), threads,
               [&pool](int64_t n, int64_t use, const std::function<void(int64_t)>& body) {
-                ParallelForOnPool(&pool, use, n, body);
+                if (!SpinPoolParallelFor(use, n, body)) ParallelForOnPool(&pool, use, n, body);
               });
   return ffi::Error::Success();
 }

@@ -18,15 +18,17 @@ inline int32_t Popcount32(uint32_t v) {
 
 }  // namespace
 
-void PopcountGemmPortable(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
-                          int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo) {
+void PopcountGemmPortable(const RowSource& a, int64_t rows, const uint32_t* bt, int64_t ldb,
+                          int64_t cols, int32_t* out, int64_t ldo) {
   for (int64_t r = 0; r < rows; ++r) {
     int32_t* row = out + r * ldo;
     for (int64_t o = 0; o < cols; ++o) row[o] = 0;
-    for (int64_t k = 0; k < kw; ++k) {
-      const uint32_t word = a[r * lda + k];
-      const uint32_t* weights = bt + k * ldb;
-      for (int64_t o = 0; o < cols; ++o) row[o] += Popcount32(word ^ weights[o]);
+    for (int64_t s = 0; s < a.segments; ++s) {
+      const uint32_t* words = a.rows[r] + a.seg_offset[s];
+      for (int64_t j = 0; j < a.seg_len; ++j) {
+        const uint32_t* weights = bt + (s * a.seg_len + j) * ldb;
+        for (int64_t o = 0; o < cols; ++o) row[o] += Popcount32(words[j] ^ weights[o]);
+      }
     }
   }
 }

@@ -112,8 +112,10 @@ std::string ValidateConvProblem(ConvProblem* p) {
 
 namespace {
 
-using GemmFn = void (*)(const uint32_t*, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
-                        int64_t, int32_t*, int64_t);
+using GemmFn = void (*)(const RowSource&, int64_t, const uint32_t*, int64_t, int64_t, int32_t*,
+                        int64_t);
+using FusedGemmFn = void (*)(const RowSource&, int64_t, const uint32_t*, int64_t, int64_t,
+                             const EpilogueArgs*);
 
 GemmFn GemmFor(XnorImpl impl) {
   switch (impl) {
@@ -148,8 +150,9 @@ void TransposeWeights(const uint32_t* w, int64_t out_c, int64_t kw, uint32_t* bt
 }
 
 constexpr int64_t kRowBlock = 48;   // output pixels per work item (a multiple of 6 and 2)
-// Below about this many vector XOR-popcount steps per thread, extra threads do not pay off.
-constexpr int64_t kMinWorkPerThread = 64 * 1024;
+// Below about this many vector XOR-popcount steps per thread, extra threads do not pay off (a
+// spinning pool worker joins within a microsecond or so; a sleeping one takes tens).
+constexpr int64_t kMinWorkPerThread = 8 * 1024;
 constexpr int64_t kColAlign = 64;   // output-channel chunks: multiples of 64 (whole packed words)
 
 int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -157,12 +160,19 @@ int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // Per-thread scratch, grown on demand and reused across calls.
 struct Scratch {
-  std::vector<uint32_t> a;     // im2col block: rows x taps * words
-  std::vector<int32_t> tile;   // popcounts: rows x chunk
+  std::vector<const uint32_t*> rows;  // the work item's row pointers into the padded input
+  std::vector<EpilogueArgs> epilogues;  // and each row's epilogue
+  std::vector<int32_t> tile;          // popcounts: rows x chunk
 };
 Scratch& ThreadScratch() {
   thread_local Scratch scratch;
   return scratch;
+}
+
+// The padded copy of the input, owned by the calling thread (reused across calls).
+std::vector<uint32_t>& PaddedInputBuffer() {
+  thread_local std::vector<uint32_t> buffer;
+  return buffer;
 }
 
 }  // namespace
@@ -174,8 +184,13 @@ struct Plan {
   ConvProblem p;
   XnorOutput output;
   GemmFn gemm;
+  FusedGemmFn fused_gemm;  // the microkernel with the epilogue fused in, where there is one
   void (*epilogue)(const EpilogueArgs&);
-  const uint32_t* x;
+  // The input as the microkernels read it: u32[N, src_h, src_w, words], input pixel (ih, iw) at
+  // (ih + src_top, iw + src_left); every tap of every output pixel lies inside it.
+  const uint32_t* src;
+  int64_t src_h, src_w, src_top, src_left;
+  const int64_t* seg_offset;  // [KH] offset of kernel row kh from an output pixel's first tap
   const uint32_t* bt;        // weights [K words][O]
   const float* scale;
   const float* bias;
@@ -184,7 +199,6 @@ struct Plan {
   uint32_t last_mask;
   bool mask_tails;
   const int32_t* garbage;    // [O] weight tail bits per output channel (mask_tails only)
-  const uint32_t* pad_words; // [words] the gathered value of a padded tap
   // Zero-padding correction per border class: row_class[oh], col_class[ow] index the distinct
   // inside-tap ranges; class_corr[(rc * col_classes + cc) * O + o]; nullptr for interior rows.
   const int32_t* class_corr;
@@ -194,57 +208,43 @@ struct Plan {
   int64_t chunk, col_chunks;
 };
 
-// dst[0, n) = src[0, n) for the few words of a receptive-field row: 16-byte moves, never a call
-// to memcpy or a `rep movs` (whose start-up costs more than these copies).
-__attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void CopyWords(
-    uint32_t* __restrict dst, const uint32_t* __restrict src, int64_t n) {
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) __builtin_memcpy(dst + i, src + i, 16);
-  for (; i < n; ++i) dst[i] = src[i];
-}
-
-// Packed im2col of rows [m0, m0 + n_rows) into a (n_rows x kw words), padding as the plan's pad
-// words, tails masked. The KW taps of one kernel row read KW adjacent input pixels: one
-// contiguous copy when all are inside.
-void Gather(const Plan& pl, int64_t m0, int64_t n_rows, uint32_t* __restrict a) {
+// Copies x into the padded buffer `dst` (the plan's src geometry): taps outside the input hold
+// `pad` (one +-1 word per packed word), and the tail bits of every pixel's last word are cleared.
+void PadInput(const Plan& pl, const uint32_t* __restrict x, const uint32_t* __restrict pad,
+              uint32_t* __restrict dst) {
   const ConvProblem& p = pl.p;
-  const int64_t words = pl.words, kw = pl.kw, pixels = pl.pixels;
-  const int64_t row_words = p.kernel_w * words;
-  const uint32_t* __restrict x = pl.x;
-  const uint32_t* __restrict pad = pl.pad_words;
-  const uint32_t last_mask = pl.last_mask;
-  int64_t n = m0 / pixels, oh = (m0 % pixels) / p.out_w, ow = m0 % p.out_w;
-  for (int64_t r = 0; r < n_rows; ++r, ++ow) {
-    if (ow == p.out_w) {  // next output row (and image): no divisions per pixel
-      ow = 0;
-      if (++oh == p.out_h) oh = 0, ++n;
-    }
-    const int64_t iw0 = g::TapInputIndex(ow, 0, p.stride_w, p.pad_left);
-    const bool cols_inside = iw0 >= 0 && iw0 + p.kernel_w <= p.width;
-    uint32_t* __restrict dst = a + r * kw;
-    for (int64_t kh = 0; kh < p.kernel_h; ++kh, dst += row_words) {
-      const int64_t ih = g::TapInputIndex(oh, kh, p.stride_h, p.pad_top);
-      const bool row_inside = g::TapInside(ih, p.height);
-      const int64_t base = ((n * p.height + ih) * p.width + iw0) * words;  // used only inside
-      if (row_inside && cols_inside) {
-        CopyWords(dst, x + base, row_words);
-      } else {
-        for (int64_t kx = 0; kx < p.kernel_w; ++kx) {
-          const bool inside = row_inside && g::TapInside(iw0 + kx, p.width);
-          CopyWords(dst + kx * words, inside ? x + base + kx * words : pad, words);
-        }
+  const int64_t words = pl.words;
+  const int64_t row_words = pl.src_w * words;
+  // Source columns [c0, c1) hold input columns [c0 - src_left, c1 - src_left).
+  const int64_t c0 = std::clamp<int64_t>(pl.src_left, 0, pl.src_w);
+  const int64_t c1 = std::clamp<int64_t>(pl.src_left + p.width, c0, pl.src_w);
+  auto fill_pad = [&](uint32_t* out, int64_t pixels) {
+    for (int64_t i = 0; i < pixels; ++i) std::memcpy(out + i * words, pad, words * 4);
+  };
+  for (int64_t n = 0; n < p.batch; ++n) {
+    for (int64_t r = 0; r < pl.src_h; ++r) {
+      uint32_t* out = dst + (n * pl.src_h + r) * row_words;
+      const int64_t ih = r - pl.src_top;
+      if (!g::TapInside(ih, p.height)) {
+        fill_pad(out, pl.src_w);
+        continue;
       }
+      fill_pad(out, c0);
+      std::memcpy(out + c0 * words,
+                  x + ((n * p.height + ih) * p.width + (c0 - pl.src_left)) * words,
+                  (c1 - c0) * words * 4);
       if (pl.mask_tails) {
-        for (int64_t kx = 0; kx < p.kernel_w; ++kx) dst[kx * words + words - 1] &= last_mask;
+        for (int64_t c = c0; c < c1; ++c) out[c * words + words - 1] &= pl.last_mask;
       }
+      fill_pad(out + c1 * words, pl.src_w - c1);
     }
   }
 }
 
 // Epilogue of one row: dot = bits - 2 * (popcount - weight tail bits) + padding correction,
 // written as int32, float32 (dot * scale + bias) or packed bits of that (>= 0).
-void Epilogue(const Plan& pl, int64_t m, int64_t oh, int64_t ow, int64_t c0, int64_t c1,
-              const int32_t* pc) {
+EpilogueArgs RowEpilogue(const Plan& pl, int64_t m, int64_t oh, int64_t ow, int64_t c0,
+                         int64_t c1, const int32_t* pc) {
   EpilogueArgs e;
   e.pc = pc;
   e.garbage = pl.mask_tails ? pl.garbage + c0 : nullptr;
@@ -265,7 +265,7 @@ void Epilogue(const Plan& pl, int64_t m, int64_t oh, int64_t ow, int64_t c0, int
       e.out = static_cast<uint32_t*>(pl.out) + m * g::PackedWords(pl.out_c) + g::WordOfChannel(c0);
       break;
   }
-  pl.epilogue(e);
+  return e;
 }
 
 void RunItem(const Plan& pl, int64_t item) {
@@ -274,21 +274,35 @@ void RunItem(const Plan& pl, int64_t item) {
   const int64_t c0 = (item % pl.col_chunks) * pl.chunk;
   const int64_t c1 = std::min(pl.out_c, c0 + pl.chunk);
   Scratch& s = ThreadScratch();
-  if (s.a.size() < static_cast<size_t>(kRowBlock * pl.kw)) s.a.resize(kRowBlock * pl.kw);
-  if (s.tile.size() < static_cast<size_t>(kRowBlock * pl.chunk)) {
+  if (s.rows.size() < static_cast<size_t>(kRowBlock)) {
+    s.rows.resize(kRowBlock);
+    s.epilogues.resize(kRowBlock);
+  }
+  const bool fused = pl.fused_gemm != nullptr;
+  if (!fused && s.tile.size() < static_cast<size_t>(kRowBlock * pl.chunk)) {
     s.tile.resize(kRowBlock * pl.chunk);
   }
-  Gather(pl, m0, n_rows, s.a.data());
-  pl.gemm(s.a.data(), pl.kw, n_rows, pl.bt + c0, pl.out_c, c1 - c0, pl.kw, s.tile.data(),
-          pl.chunk);
-  int64_t oh = (m0 % pl.pixels) / pl.p.out_w, ow = m0 % pl.p.out_w;
+  // Per output pixel: its first tap in the padded input and its epilogue (no divisions).
+  const ConvProblem& p = pl.p;
+  int64_t n = m0 / pl.pixels, oh = (m0 % pl.pixels) / p.out_w, ow = m0 % p.out_w;
   for (int64_t r = 0; r < n_rows; ++r, ++ow) {
-    if (ow == pl.p.out_w) {
+    if (ow == p.out_w) {
       ow = 0;
-      if (++oh == pl.p.out_h) oh = 0;
+      if (++oh == p.out_h) oh = 0, ++n;
     }
-    Epilogue(pl, m0 + r, oh, ow, c0, c1, s.tile.data() + r * pl.chunk);
+    const int64_t ih = g::TapInputIndex(oh, 0, p.stride_h, p.pad_top) + pl.src_top;
+    const int64_t iw = g::TapInputIndex(ow, 0, p.stride_w, p.pad_left) + pl.src_left;
+    s.rows[r] = pl.src + ((n * pl.src_h + ih) * pl.src_w + iw) * pl.words;
+    s.epilogues[r] = RowEpilogue(pl, m0 + r, oh, ow, c0, c1,
+                                 fused ? nullptr : s.tile.data() + r * pl.chunk);
   }
+  const RowSource a{s.rows.data(), pl.seg_offset, p.kernel_h, p.kernel_w * pl.words};
+  if (fused) {
+    pl.fused_gemm(a, n_rows, pl.bt + c0, pl.out_c, c1 - c0, s.epilogues.data());
+    return;
+  }
+  pl.gemm(a, n_rows, pl.bt + c0, pl.out_c, c1 - c0, s.tile.data(), pl.chunk);
+  for (int64_t r = 0; r < n_rows; ++r) pl.epilogue(s.epilogues[r]);
 }
 
 // Distinct inside-tap ranges [begin, end) along one axis: the class (index into `ranges`) of
@@ -314,10 +328,10 @@ void RunXnorConv(const ConvProblem& p, WeightLayout layout, XnorImpl impl, XnorO
   pl.p = p;
   pl.output = output;
   pl.gemm = GemmFor(impl);
+  pl.fused_gemm = impl == XnorImpl::kAvx512 ? PopcountGemmEpilogueAvx512 : nullptr;
   pl.epilogue = impl == XnorImpl::kAvx512 ? EpilogueRowAvx512
                 : impl == XnorImpl::kAvx2 ? EpilogueRowAvx2
                                           : EpilogueRowPortable;
-  pl.x = x;
   pl.scale = scale;
   pl.bias = bias;
   pl.out = out;
@@ -357,9 +371,28 @@ void RunXnorConv(const ConvProblem& p, WeightLayout layout, XnorImpl impl, XnorO
     }
   }
   pl.garbage = garbage.data();
+  // The input read in place: x itself when no tap is padded and no tail bits need clearing,
+  // else a padded copy covering exactly the rows and columns that the taps read.
   std::vector<uint32_t> pad_words(words);
   for (int64_t j = 0; j < words; ++j) pad_words[j] = g::ConstantWord(assumed_pad, p.channels, j);
-  pl.pad_words = pad_words.data();
+  if (!any_padding && !pl.mask_tails) {
+    pl.src = x;
+    pl.src_h = p.height;
+    pl.src_w = p.width;
+    pl.src_top = pl.src_left = 0;
+  } else {
+    pl.src_h = (p.out_h - 1) * p.stride_h + p.kernel_h;
+    pl.src_w = (p.out_w - 1) * p.stride_w + p.kernel_w;
+    pl.src_top = p.pad_top;
+    pl.src_left = p.pad_left;
+    std::vector<uint32_t>& padded = PaddedInputBuffer();
+    padded.resize(p.batch * pl.src_h * pl.src_w * words);
+    PadInput(pl, x, pad_words.data(), padded.data());
+    pl.src = padded.data();
+  }
+  std::vector<int64_t> seg_offset(p.kernel_h);
+  for (int64_t kh = 0; kh < p.kernel_h; ++kh) seg_offset[kh] = kh * pl.src_w * words;
+  pl.seg_offset = seg_offset.data();
 
   // Zero padding: the correction of each border class (a distinct pair of inside-tap ranges),
   // from the sum of the +-1 weights of every (tap, output channel).
@@ -408,7 +441,7 @@ void RunXnorConv(const ConvProblem& p, WeightLayout layout, XnorImpl impl, XnorO
   // Work items: blocks of output pixels x chunks of output channels (more chunks when there are
   // few pixel blocks, so that every thread has work even for batch 1 on a 2x2 map). Chunks are
   // multiples of 64 channels, so packed output words never straddle two items. Small problems
-  // run on fewer threads (waking a thread costs more than it saves).
+  // run on fewer threads (starting a thread costs more than it saves).
   const int64_t row_blocks = (pl.rows + kRowBlock - 1) / kRowBlock;
   const int64_t lane_work = pl.rows * RoundUp(out_c, kColAlign) * pl.kw / 16;  // vector XORs
   const int64_t threads = std::clamp<int64_t>(lane_work / kMinWorkPerThread, 1,

@@ -1,9 +1,10 @@
 // Packed XNOR-popcount convolution and dense layers on the CPU: the engine behind the FFI
 // targets xnorjax_xnor_{conv,dense}_{i32,f32,packed} (see xnor_ffi.cc for the handlers).
 //
-// A convolution is computed as a binary GEMM: each output pixel's receptive field is gathered
-// (im2col on packed words: KH * KW * Cw words, 32x smaller than a float im2col) into a small
-// per-thread block, and multiplied against the weights transposed to [K words][O] so that one
+// A convolution is computed as an implicit binary GEMM: the packed input is copied once per call
+// into a padded buffer (padding as a constant +-1 word, tail bits masked), whose receptive fields
+// the microkernels read in place (KH runs of KW * Cw contiguous words per output pixel: no
+// im2col), against the weights laid out as [K words][O] so that one
 // SIMD register holds one 32-bit word of 16 (AVX-512) or 8 (AVX2) output channels: the
 // microkernels broadcast an input word, XOR it with the weight words, popcount each 32-bit lane
 // and accumulate, with no horizontal reductions. A dense layer is a 1x1 convolution on a 1x1 map.
@@ -66,16 +67,27 @@ void RunXnorConv(const ConvProblem& problem, WeightLayout layout, XnorImpl impl,
                  const float* bias, void* out, int64_t num_threads,
                  const ParallelFor& parallel_for);
 
-// Microkernels, one per instruction set, all with the same contract:
-//   out[r * ldo + o] = sum_{k < kw} popcount(a[r * lda + k] ^ bt[k * ldb + o])
+// The left operand of the microkernels, read in place: row r is the concatenation, over
+// s < segments, of the seg_len words at rows[r] + seg_offset[s]. For a convolution, rows[r]
+// points at the first tap of output pixel r in the padded input and segment s is kernel row s
+// (KW * Cw contiguous words); for a dense layer there is one segment, the whole input row.
+struct RowSource {
+  const uint32_t* const* rows;
+  const int64_t* seg_offset;
+  int64_t segments;
+  int64_t seg_len;
+};
+
+// Microkernels, one per instruction set, all with the same contract (kw = segments * seg_len):
+//   out[r * ldo + o] = sum_{k < kw} popcount(A[r][k] ^ bt[k * ldb + o])
 // for r < rows and o < cols. They read bt only at o < cols, but may write out[r * ldo + o] up to
 // o < RoundUp(cols, 16) (ldo must leave room).
-void PopcountGemmAvx512(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
-                        int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo);
-void PopcountGemmAvx2(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
-                      int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo);
-void PopcountGemmPortable(const uint32_t* a, int64_t lda, int64_t rows, const uint32_t* bt,
-                          int64_t ldb, int64_t cols, int64_t kw, int32_t* out, int64_t ldo);
+void PopcountGemmAvx512(const RowSource& a, int64_t rows, const uint32_t* bt, int64_t ldb,
+                        int64_t cols, int32_t* out, int64_t ldo);
+void PopcountGemmAvx2(const RowSource& a, int64_t rows, const uint32_t* bt, int64_t ldb,
+                      int64_t cols, int32_t* out, int64_t ldo);
+void PopcountGemmPortable(const RowSource& a, int64_t rows, const uint32_t* bt, int64_t ldb,
+                          int64_t cols, int32_t* out, int64_t ldo);
 
 // One output row of the fused epilogue, for o < n (pointers already offset to the row's first
 // channel): dot = base - 2 * pc[o] (+ 2 * garbage[o] when given: weight tail bits) (+ corr[o]
@@ -94,6 +106,11 @@ struct EpilogueArgs {
   void* out;
 };
 void EpilogueRowAvx512(const EpilogueArgs& e);
+
+// The AVX-512 microkernel with the epilogue fused in: the popcounts of row r go straight from
+// registers through epilogue[r] (whose pc is not read; its n equals cols), with no tile.
+void PopcountGemmEpilogueAvx512(const RowSource& a, int64_t rows, const uint32_t* bt, int64_t ldb,
+                                int64_t cols, const EpilogueArgs* epilogue);
 void EpilogueRowAvx2(const EpilogueArgs& e);
 void EpilogueRowPortable(const EpilogueArgs& e);
 
