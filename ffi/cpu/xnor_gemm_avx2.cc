@@ -107,9 +107,12 @@ XNORJAX_TARGET_AVX2 void PopcountGemmAvx2(const RowSource& a, int64_t rows, cons
   }
 }
 
-XNORJAX_TARGET_AVX2 void AddColumnPopcountsAvx2(const uint32_t* row, int64_t n, uint32_t mask,
-                                                int32_t* acc) {
-  for (int64_t o = 0; o < n; ++o) acc[o] += Popcount32(row[o] & mask);
+XNORJAX_TARGET_AVX2 void AddColumnPopcountsAvx2(const uint32_t* rows, int64_t nrows, int64_t ld,
+                                                int64_t n, uint32_t last_mask, int32_t* acc) {
+  for (int64_t j = 0; j < nrows; ++j) {
+    const uint32_t mask = j == nrows - 1 ? last_mask : 0xFFFFFFFFu;
+    for (int64_t o = 0; o < n; ++o) acc[o] += Popcount32(rows[j * ld + o] & mask);
+  }
 }
 
 XNORJAX_TARGET_AVX2 void EpilogueRowAvx2(const EpilogueArgs& e) { EpilogueRowGeneric(e); }

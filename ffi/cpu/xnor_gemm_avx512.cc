@@ -175,15 +175,20 @@ XNORJAX_TARGET_AVX512 void PopcountGemmEpilogueAvx512(const RowSource& a, int64_
   Gemm<true>(a, rows, bt, ldb, cols, nullptr, 0, epilogue);
 }
 
-XNORJAX_TARGET_AVX512 void AddColumnPopcountsAvx512(const uint32_t* row, int64_t n, uint32_t mask,
+XNORJAX_TARGET_AVX512 void AddColumnPopcountsAvx512(const uint32_t* rows, int64_t nrows,
+                                                    int64_t ld, int64_t n, uint32_t last_mask,
                                                     int32_t* acc) {
-  const __m512i m = _mm512_set1_epi32(static_cast<int>(mask));
+  const __m512i last = _mm512_set1_epi32(static_cast<int>(last_mask));
   for (int64_t o = 0; o < n; o += 16) {
     const __mmask16 lanes =
         static_cast<__mmask16>(n - o >= 16 ? 0xFFFF : (1u << (n - o)) - 1u);
-    const __m512i v = _mm512_and_si512(_mm512_maskz_loadu_epi32(lanes, row + o), m);
-    const __m512i sum = _mm512_add_epi32(_mm512_maskz_loadu_epi32(lanes, acc + o),
-                                         _mm512_popcnt_epi32(v));
+    __m512i sum = _mm512_maskz_loadu_epi32(lanes, acc + o);
+    for (int64_t j = 0; j + 1 < nrows; ++j) {
+      const __m512i word = _mm512_maskz_loadu_epi32(lanes, rows + j * ld + o);
+      sum = _mm512_add_epi32(sum, _mm512_popcnt_epi32(word));
+    }
+    const __m512i tail = _mm512_maskz_loadu_epi32(lanes, rows + (nrows - 1) * ld + o);
+    sum = _mm512_add_epi32(sum, _mm512_popcnt_epi32(_mm512_and_si512(tail, last)));
     _mm512_mask_storeu_epi32(acc + o, lanes, sum);
   }
 }

@@ -33,9 +33,12 @@ void PopcountGemmPortable(const RowSource& a, int64_t rows, const uint32_t* bt, 
   }
 }
 
-void AddColumnPopcountsPortable(const uint32_t* row, int64_t n, uint32_t mask,
-                                int32_t* acc) {
-  for (int64_t o = 0; o < n; ++o) acc[o] += Popcount32(row[o] & mask);
+void AddColumnPopcountsPortable(const uint32_t* rows, int64_t nrows, int64_t ld, int64_t n,
+                                uint32_t last_mask, int32_t* acc) {
+  for (int64_t j = 0; j < nrows; ++j) {
+    const uint32_t mask = j == nrows - 1 ? last_mask : 0xFFFFFFFFu;
+    for (int64_t o = 0; o < n; ++o) acc[o] += Popcount32(rows[j * ld + o] & mask);
+  }
 }
 
 void EpilogueRowPortable(const EpilogueArgs& e) { EpilogueRowGeneric(e); }

@@ -1,5 +1,5 @@
 // The CPU engine of the packed XNOR-popcount conv / dense targets: validation, CPU dispatch,
-// weight transpose, per-block im2col on packed words, the microkernel call and the fused epilogue.
+// weight transpose, the padded input copy read in place, the microkernel call and the epilogue.
 #include "cpu/xnor_kernels.h"
 
 #include <algorithm>
@@ -125,7 +125,7 @@ GemmFn GemmFor(XnorImpl impl) {
   }
 }
 
-using ColumnPopcountFn = void (*)(const uint32_t*, int64_t, uint32_t, int32_t*);
+using ColumnPopcountFn = void (*)(const uint32_t*, int64_t, int64_t, int64_t, uint32_t, int32_t*);
 
 ColumnPopcountFn ColumnPopcountsFor(XnorImpl impl) {
   switch (impl) {
@@ -345,8 +345,8 @@ void RunXnorConv(const ConvProblem& p, WeightLayout layout, XnorImpl impl, XnorO
   pl.last_mask = g::TailMask(p.channels, p.words - 1);
   pl.mask_tails = pl.last_mask != 0xFFFFFFFFu;
   const int64_t taps = pl.taps, words = pl.words, out_c = pl.out_c;
-  // Padded taps are gathered as the +-1 value `assumed_pad`; zero padding (not representable in
-  // bits) is gathered as -1 and fixed by the per-border-position correction.
+  // Padded taps are read as the +-1 value `assumed_pad`; zero padding (not representable in
+  // bits) is read as -1 and fixed by the per-border-position correction.
   const int64_t assumed_pad = p.pad_value != 0 ? p.pad_value : -1;
   const bool any_padding = p.pad_top > 0 || p.pad_bottom > 0 || p.pad_left > 0 || p.pad_right > 0;
   const bool correct = any_padding && p.pad_value != assumed_pad;
@@ -361,12 +361,12 @@ void RunXnorConv(const ConvProblem& p, WeightLayout layout, XnorImpl impl, XnorO
     TransposeWeights(w, out_c, pl.kw, transposed.get());
     pl.bt = transposed.get();
   }
-  // Tail bits of the weights are not masked in place; the gathered inputs' tails are zero, so
+  // Tail bits of the weights are not masked in place; the padded copy clears the inputs' tails, so
   // each weight tail bit adds 1 to the XOR popcount: `garbage` takes those counts back out.
   std::vector<int32_t> garbage(pl.mask_tails ? out_c : 0, 0);
   if (pl.mask_tails) {
     for (int64_t t = 0; t < taps; ++t) {
-      column_popcounts(pl.bt + (t * words + words - 1) * out_c, out_c, ~pl.last_mask,
+      column_popcounts(pl.bt + (t * words + words - 1) * out_c, 1, out_c, out_c, ~pl.last_mask,
                        garbage.data());
     }
   }
@@ -402,10 +402,7 @@ void RunXnorConv(const ConvProblem& p, WeightLayout layout, XnorImpl impl, XnorO
     std::vector<int32_t> tap_sums(taps * out_c, 0);
     for (int64_t t = 0; t < taps; ++t) {
       int32_t* sums = tap_sums.data() + t * out_c;
-      for (int64_t j = 0; j < words; ++j) {
-        column_popcounts(pl.bt + (t * words + j) * out_c, out_c,
-                         j == words - 1 ? pl.last_mask : 0xFFFFFFFFu, sums);
-      }
+      column_popcounts(pl.bt + t * words * out_c, words, out_c, out_c, pl.last_mask, sums);
       for (int64_t o = 0; o < out_c; ++o) {
         sums[o] = static_cast<int32_t>(g::SumFromPopcount(p.channels, sums[o]));
       }

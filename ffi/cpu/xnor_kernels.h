@@ -114,9 +114,14 @@ void PopcountGemmEpilogueAvx512(const RowSource& a, int64_t rows, const uint32_t
 void EpilogueRowAvx2(const EpilogueArgs& e);
 void EpilogueRowPortable(const EpilogueArgs& e);
 
-// acc[o] += popcount(row[o] & mask) for o < n (per instruction set, like the microkernels).
-void AddColumnPopcountsAvx512(const uint32_t* row, int64_t n, uint32_t mask, int32_t* acc);
-void AddColumnPopcountsAvx2(const uint32_t* row, int64_t n, uint32_t mask, int32_t* acc);
-void AddColumnPopcountsPortable(const uint32_t* row, int64_t n, uint32_t mask, int32_t* acc);
+// acc[o] += sum_{j < nrows} popcount(rows[j * ld + o] & mask_j) for o < n, where mask_j is all
+// ones except for the last row, whose mask is `last_mask` (per instruction set, like the
+// microkernels): the +1 count of each output channel over one tap's packed words, or its tail bits.
+void AddColumnPopcountsAvx512(const uint32_t* rows, int64_t nrows, int64_t ld, int64_t n,
+                              uint32_t last_mask, int32_t* acc);
+void AddColumnPopcountsAvx2(const uint32_t* rows, int64_t nrows, int64_t ld, int64_t n,
+                            uint32_t last_mask, int32_t* acc);
+void AddColumnPopcountsPortable(const uint32_t* rows, int64_t nrows, int64_t ld, int64_t n,
+                                uint32_t last_mask, int32_t* acc);
 
 }  // namespace xnorjax
