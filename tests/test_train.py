@@ -320,3 +320,16 @@ def test_real_cifar10_small_binary_cnn_learns(tmp_path):
   config.optim.warmup_epochs = 0.05
   results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["test_accuracy"] > 0.3  # Chance is 0.1.
+
+
+def test_bench_train_compares_with_the_same_machine_pytorch_run_when_there_is_one():
+  from experiments import bench_train  # pylint: disable=g-import-not-at-top
+  row = {"model": "vgg16", "train_images_per_second": 120.0}
+  measured = bench_train.compare(dict(row), {"train_images_per_second": 100.0,
+                                             "forward_images_per_second": 400.0})
+  assert measured["pytorch_source"] == "measured in this run"
+  assert measured["ratio_to_pytorch"] == 1.2 and not measured["meets_target"]
+  quoted = bench_train.compare(dict(row), None)
+  assert quoted["pytorch_train_images_per_second"] == 97.0
+  assert "another machine" in quoted["pytorch_source"]
+  assert quoted["ratio_to_pytorch"] == round(120 / 97, 3)
