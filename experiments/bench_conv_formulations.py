@@ -39,7 +39,7 @@ def bench_shape(cin, cout, size, batch, dtype, repeats, kernel_size=3):
   k = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, cin, cout)), dtype)
   ct = jnp.asarray(rng.standard_normal((batch, size, size, cout)), dtype)
   row = {}
-  for formulation in ("lax", "im2col", "lax_im2col"):
+  for formulation in ("lax", "im2col", "lax_im2col", "lax_padded"):
     def forward(x, k, formulation=formulation):
       return conv_lib.conv2d(x, k, strides=1, padding="SAME", formulation=formulation)
 

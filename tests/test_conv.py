@@ -40,7 +40,7 @@ def numpy_conv2d(x, kernel, strides, padding, pad_value):
 
 
 PADDINGS = ["SAME", "VALID", 1, ((2, 0), (0, 1))]
-FORMULATIONS = ["lax", "im2col", "lax_im2col", "auto"]
+FORMULATIONS = ["lax", "im2col", "lax_im2col", "lax_padded", "auto"]
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS)
@@ -76,6 +76,31 @@ def test_conv2d_formulations_have_equal_gradients(rng, padding, strides):
       np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", [
+    ((2, 18, 17, 5), (3, 3), 1, "SAME", 0.0),             # > 256 output pixels: a matmul per tap
+    ((3, 7, 6, 4), (3, 2), 1, ((2, 0), (0, 1)), 0.0),     # asymmetric padding: padded convs
+    ((2, 6, 6, 3), (3, 3), 1, 3, 0.0),                    # padding > kernel - 1: lax's own vjp
+    ((2, 9, 8, 3), (3, 3), 2, "SAME", 0.0),               # stride 2: lax's own vjp
+    ((2, 6, 5, 3), (3, 3), 1, "SAME", -1.0),              # +-1 padding: pre-padded, VALID conv
+    ((2, 6, 5, 3), (3, 3), 1, "VALID", 0.0),
+], ids=str)
+def test_lax_padded_gradients_match_lax_autodiff(rng, case):
+  """Every branch of lax_padded's backward pass against jax.grad of lax.conv (float32)."""
+  x_shape, kernel_hw, strides, padding, pad_value = case
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal(kernel_hw + (x_shape[3], 6)), jnp.float32)
+  out_shape = conv2d(x, kernel, strides=strides, padding=padding, formulation="lax").shape
+  cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+  grads = {}
+  for formulation in ("lax", "lax_padded"):
+    loss = lambda a, b, f=formulation: jnp.sum(conv2d(
+        a, b, strides=strides, padding=padding, pad_value=pad_value, formulation=f) * cotangent)
+    grads[formulation] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  for got, ref in zip(grads["lax_padded"], grads["lax"]):
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("formulation", ["lax", "im2col"])
 def test_conv2d_check_grads(rng, formulation):
   """Numerical vs autodiff gradients, both modes (lax_im2col is reverse-only, covered above)."""
@@ -102,7 +127,10 @@ def test_choose_formulation_policy():
   same = lambda n: conv_lib.normalize_padding("SAME", (n, n), (3, 3), (1, 1))
   assert conv_lib.choose_formulation((16, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2)) == "im2col"
   assert conv_lib.choose_formulation((16, 32, 32, 3), (3, 3, 3, 64), (1, 1), same(32)) == "im2col"
-  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32)) == "lax_im2col"
+  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32)) == "lax_padded"
+  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32),
+                                     pad_value=-1.0) == "lax_im2col"
+  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (2, 2), same(32)) == "lax_im2col"
   pads1 = conv_lib.normalize_padding("SAME", (32, 32), (1, 1), (1, 1))
   assert conv_lib.choose_formulation((16, 32, 32, 64), (1, 1, 64, 64), (1, 1), pads1) == "im2col"
 

@@ -7,6 +7,13 @@ the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
   "lax"         lax.conv_general_dilated, forward and (autodiff) backward.
   "im2col"      shifted views + one dot, forward and (autodiff) backward.
   "lax_im2col"  lax.conv forward, im2col's gradient backward (a custom_vjp: reverse mode only).
+  "lax_padded"  lax.conv forward and backward, every conv written with its zero padding inside the
+                conv: XLA's CPU conv is 2.5-4x faster with padding than on a pre-padded input
+                ("VALID"; jax.grad of a padded conv gives such a VALID conv for the kernel
+                gradient), so the input gradient is a padded conv of the output gradient with the
+                flipped kernel and the kernel gradient a padded conv of the input with the output
+                gradient (or, on maps larger than 16x16, one matmul per tap). A custom_vjp:
+                reverse mode only. Strides > 1 take lax.conv's own gradient.
 All compute the same sum and differ only in summation order (results agree within float rounding;
 tests/test_conv.py). `choose_formulation` is the single policy that `formulation="auto"` applies;
 experiments/bench_conv_formulations.py measures it.
@@ -25,7 +32,8 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-FORMULATIONS = ("auto", "lax", "im2col", "lax_im2col")
+FORMULATIONS = ("auto", "lax", "im2col", "lax_im2col", "lax_padded")
+_DN = ("NHWC", "HWIO", "NHWC")
 Padding = Union[str, int, Sequence[Sequence[int]]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -74,38 +82,38 @@ def output_hw(input_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequen
 
 
 def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
-                       strides: Sequence[int], pads: Pads) -> str:
+                       strides: Sequence[int], pads: Pads, pad_value: float = 0.0) -> str:
   """The formulation "auto" uses for one conv shape (the one place to tune the policy).
 
     * "im2col" for 1x1 kernels (a reshape and one matmul), for output maps of at most 4x4 (where
       lax.conv is pathological: ~100x slower at 2x2) and for inputs of at most 8 channels (RGB
       first layers, where the patch matrix is small).
-    * "lax_im2col" otherwise: lax.conv's forward (2-4x faster than the im2col dot on large maps,
-      which matters for evaluation) with im2col's backward (lax.conv's backward is 1.2-1.8x slower).
+    * "lax_padded" for stride 1 with zero padding of at most kernel - 1 per side: lax.conv's fast
+      padded path forward and backward (forward 2-4x faster than the im2col dot on large maps,
+      which matters for evaluation; forward + backward 14-26% faster than "lax_im2col").
+    * "lax_im2col" otherwise: lax.conv's forward with im2col's backward.
 
-  Measured with experiments/bench_conv_formulations.py's `bench_shape` (batch 128, float32, 3x3
-  SAME, median of 3, ms; "f+b" = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5,
-  load average about 1 (other jobs sharing the cores):
-     cin->cout   map  |  fwd lax  fwd i2c  fwd mix |  f+b lax  f+b i2c  f+b mix | auto
-       3->64    32x32 |    17.3     10.8     16.7  |    23.4     15.9     17.6  | im2col
-      64->64    32x32 |    76.8    188.7     80.2  |   427.6    294.8    325.3  | lax_im2col
-      64->128   16x16 |    21.7     63.6     22.0  |   107.6     91.6     93.8  | lax_im2col
-     128->128   16x16 |    24.4     99.4     23.9  |   210.3    192.9    188.5  | lax_im2col
-     128->256    8x8  |    12.3     38.4     12.7  |   104.2     72.1     66.6  | lax_im2col
-     256->256    8x8  |    25.8     74.0     25.1  |   204.4    134.3    129.8  | lax_im2col
-     256->512    4x4  |    15.5     15.0     12.5  |    77.1     41.3     49.2  | im2col
-     512->512    4x4  |    29.0     40.8     28.3  |   212.2     93.2    108.0  | im2col
-     512->512    2x2  |   755.9      6.0    758.5  |  2252.1     21.6    788.1  | im2col
-  Sums over the nine shapes: f+b lax 3635, im2col 958, auto 976 ms; forward lax 979, im2col 537,
-  auto 237 ms. So "auto" trains as fast as im2col (within noise) and evaluates 2.3x faster. At
-  batch 16, lax alone won f+b on 64->64 32x32 and 128->128 16x16 (ratio 0.7-0.8) in one of two
-  runs; the policy ignores batch size. Under heavy load (6 jobs on 2 cores) all numbers are
-  2-3x higher and noisier; compare ratios within one run.
+  Measured with experiments/bench_conv_formulations.py (batch 128, float32, 3x3 SAME, forward +
+  gradients for input and kernel, median of 3, ms) on the quiet 2-core AMD EPYC Zen 5 (2026-11-29):
+     cin->cout   map  |  lax_im2col  lax_padded  im2col
+      64->64    32x32 |     347         272
+      64->128   16x16 |     111          88
+     128->128   16x16 |     198         146
+     128->256    8x8  |      70          61
+     256->256    8x8  |     125         108
+     256->512    4x4  |      45          46        (im2col)
+     512->512    4x4  |      89         111        (im2col)
+  An earlier run (same machine under load; forward, forward + backward): lax.conv's own backward
+  was 1.2-1.8x slower than im2col's, and at 2x2 lax.conv took 756 ms forward against 6 ms for
+  im2col, which is why small maps stay on im2col.
   """
   kh, kw, cin = kernel_shape[:3]
   ho, wo = output_hw(input_shape[1:3], (kh, kw), strides, pads)
   if kh * kw == 1 or ho * wo <= 16 or cin <= 8:
     return "im2col"
+  if (tuple(strides) == (1, 1) and pad_value == 0
+      and all(0 <= lo <= k - 1 and 0 <= hi <= k - 1 for (lo, hi), k in zip(pads, (kh, kw)))):
+    return "lax_padded"
   return "lax_im2col"
 
 
@@ -149,6 +157,58 @@ def _conv_lax_im2col_bwd(strides, precision, preferred_element_type, residuals, 
 
 _conv_lax_im2col.defvjp(_conv_lax_im2col_fwd, _conv_lax_im2col_bwd)
 
+# Kernel gradients on output maps up to this many pixels are one padded conv; larger ones (where
+# that conv is slower: 172 vs 160 ms at 32x32x64, batch 128) a matmul per tap.
+_KERNEL_GRAD_CONV_MAX_PIXELS = 256
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_lax_padded(x, kernel, strides, pads, precision, preferred_element_type):
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN,
+                                  precision=precision,
+                                  preferred_element_type=preferred_element_type)
+
+
+def _conv_lax_padded_fwd(x, kernel, strides, pads, precision, preferred_element_type):
+  y = _conv_lax_padded(x, kernel, strides, pads, precision, preferred_element_type)
+  return y, (x, kernel)
+
+
+def _conv_lax_padded_bwd(strides, pads, precision, preferred_element_type, residuals, g):
+  x, kernel = residuals
+  kh, kw, cin, cout = kernel.shape
+  back_pads = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
+  if tuple(strides) != (1, 1) or min(p for pair in back_pads for p in pair) < 0:
+    _, vjp = jax.vjp(lambda a, b: lax.conv_general_dilated(
+        a, b, strides, pads, dimension_numbers=_DN, precision=precision,
+        preferred_element_type=preferred_element_type), x, kernel)
+    return vjp(g)
+  dtype = jnp.result_type(x, kernel, g)
+  xd, kd, gd = x.astype(dtype), kernel.astype(dtype), g.astype(dtype)
+  # dL/dx: the output gradient convolved with the flipped kernel, input and output channels
+  # swapped, padded by kernel - 1 - pad on each side (a "full" conv cropped to the input).
+  flipped = jnp.flip(kd, (0, 1)).transpose(0, 1, 3, 2)
+  gx = lax.conv_general_dilated(gd, flipped, (1, 1), back_pads, dimension_numbers=_DN,
+                                precision=precision)
+  ho, wo = g.shape[1:3]
+  if ho * wo <= _KERNEL_GRAD_CONV_MAX_PIXELS:
+    # dL/dK[i, j, c, o] = sum_{n, h, w} xpad[n, h + i, w + j, c] g[n, h, w, o]: a padded conv with
+    # the batch as the contracted feature axis, channels as the batch, g as the kernel.
+    gk = lax.conv_general_dilated(xd, gd, (1, 1), pads, precision=precision,
+                                  dimension_numbers=("CHWN", "IHWO", "HWNC"))
+  else:
+    xp = jnp.pad(xd, ((0, 0), pads[0], pads[1], (0, 0)))
+    gm = gd.reshape(-1, cout)
+    n = x.shape[0]
+    gk = jnp.stack([
+        jnp.dot(lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, cin)).reshape(-1, cin).T, gm,
+                precision=precision)
+        for i in range(kh) for j in range(kw)]).reshape(kh, kw, cin, cout)
+  return gx.astype(x.dtype), gk.astype(kernel.dtype)
+
+
+_conv_lax_padded.defvjp(_conv_lax_padded_fwd, _conv_lax_padded_bwd)
+
 _IMPLEMENTATIONS = {"lax": _conv_lax, "im2col": _conv_im2col, "lax_im2col": _conv_lax_im2col}
 
 
@@ -164,8 +224,9 @@ def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float 
     padding: "SAME" / "VALID" (XLA's rules), an int (all sides) or ((top, bottom), (left, right)).
     pad_value: the constant the input is padded with (a Python number).
     formulation: "lax" (lax.conv_general_dilated), "im2col" (shifted views + one dot),
-      "lax_im2col" (lax forward, im2col's gradient backward; reverse mode only, no jvp) or "auto"
-      (`choose_formulation`). All give the same result up to float summation order.
+      "lax_im2col" (lax forward, im2col's gradient backward; reverse mode only, no jvp),
+      "lax_padded" (lax forward and backward with the padding inside every conv; reverse mode
+      only) or "auto" (`choose_formulation`). All give the same result up to float summation order.
     precision, preferred_element_type: passed to the conv / dot (e.g. bfloat16 operands with
       float32 accumulation).
 
@@ -198,7 +259,12 @@ def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float 
   dtype = jnp.result_type(x, kernel)
   x, kernel = x.astype(dtype), kernel.astype(dtype)
   if formulation == "auto":
-    formulation = choose_formulation(x.shape, kernel.shape, strides, pads)
+    formulation = choose_formulation(x.shape, kernel.shape, strides, pads, pad_value)
+  if formulation == "lax_padded" and pad_value == 0:
+    return _conv_lax_padded(x, kernel, strides, pads, precision, preferred_element_type)
   if any(lo or hi for lo, hi in pads):
     x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=jnp.asarray(pad_value, dtype))
+  if formulation == "lax_padded":  # non-zero padding values: padded above, the conv itself VALID
+    return _conv_lax_padded(x, kernel, strides, ((0, 0), (0, 0)), precision,
+                            preferred_element_type)
   return _IMPLEMENTATIONS[formulation](x, kernel, strides, precision, preferred_element_type)
