@@ -84,21 +84,33 @@ def test_packed_gradients_equal_xla_gradients(rng):
   assert float(jnp.abs(gx_xla).sum()) > 0  # a zero gradient would make the comparison empty
 
 
-def test_auto_packs_in_eval_mode_only(rng):
+def test_auto_packs_on_cpu_in_training_and_inference(rng):
   layer = xnn.BinaryConv(16, 8, (3, 3), rngs=nnx.Rngs(0), **XNOR)
   x = jnp.asarray(rng.standard_normal((2, 6, 6, 16)), jnp.float32)
-  assert "xnorjax_xnor_conv" not in _hlo(lambda v: layer(v), x)  # training by default
+  assert jax.default_backend() == "cpu"
+  assert "xnorjax_xnor_conv" in _hlo(lambda v: layer(v), x)
   layer.eval()
   assert "xnorjax_xnor_conv" in _hlo(lambda v: layer(v), x)
-  layer.train()
-  assert "xnorjax_xnor_conv" not in _hlo(lambda v: layer(v), x)
+  # The training step's gradient of an "auto" layer is the float product's (straight-through).
+  loss = lambda f: jnp.sum(xnn.BinaryConv(16, 8, (3, 3), forward=f, rngs=nnx.Rngs(0), **XNOR)(x) ** 2)
+  np.testing.assert_allclose(float(loss("auto")), float(loss("xla")), rtol=1e-5)
+  grad = lambda f: jax.grad(lambda v: jnp.sum(
+      xnn.BinaryConv(16, 8, (3, 3), forward=f, rngs=nnx.Rngs(0), **XNOR)(v) ** 2))(x)
+  np.testing.assert_allclose(np.asarray(grad("auto")), np.asarray(grad("xla")), rtol=1e-4, atol=1e-4)
+
+
+def test_auto_uses_xla_off_the_cpu(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  quant = functional.quantizers.get("ste_sign")
+  kquant = functional.quantizers.get("magnitude_aware_sign")
+  assert functional.resolve_forward("auto", quant, kquant) == "xla"
+  assert functional.resolve_forward("packed", quant, kquant) == "packed"
 
 
 def test_block_eval_runs_packed_and_matches(rng):
   model = xnn.BinaryConvBlock(16, 8, (3, 3), rngs=nnx.Rngs(0))
   x = jnp.asarray(rng.standard_normal((2, 6, 6, 16)), jnp.float32)
   model.eval()
-  assert model.conv.deterministic
   assert "xnorjax_xnor_conv" in _hlo(lambda v: model(v), x)
   packed = model(x)
   model.conv.forward = "xla"

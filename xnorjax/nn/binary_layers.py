@@ -49,9 +49,10 @@ class BinaryConv(nnx.Module):
 
   `forward`: the implementation of the binarized product (see `xnorjax.nn.functional`): "xla"
   (float conv), "packed" (XNOR-popcount kernels forward, the float conv's gradient backward), or
-  "auto" (default: "packed" in inference mode, i.e. after `model.eval()`, when the quantizers are
-  sign-like and the extension is built; "xla" in training). `formulation` is passed to `xnorjax.ops.conv2d` ("auto" chooses per shape
-  and may pick "lax_im2col", a custom_vjp: use "lax" or "im2col" if you need forward-mode AD).
+  "auto" (default: "packed" on the CPU backend, in training and inference, when the quantizers
+  are sign-like and the extension is built; "xla" otherwise). `formulation` is passed to
+  `xnorjax.ops.conv2d` ("auto" chooses per shape and may pick "lax_im2col" or "lax_padded",
+  custom_vjps: use "lax" or "im2col" if you need forward-mode AD).
 
   Unlike `nnx.Conv`, an int kernel_size means a square kernel (this layer is 2-D only).
   """
@@ -76,9 +77,8 @@ class BinaryConv(nnx.Module):
     if activation_scaling and self.input_quantizer is None:
       raise ValueError("activation_scaling=True needs an input_quantizer (K rescales binarized inputs)")
     self.activation_scaling = bool(activation_scaling)
-    functional.resolve_forward(forward, self.input_quantizer, self.kernel_quantizer, False)  # validates
-    self.forward = forward  # resolved per call, with the train/eval mode
-    self.deterministic = False  # set by model.eval() / model.train(); "auto" packs in inference
+    functional.resolve_forward(forward, self.input_quantizer, self.kernel_quantizer)  # validates
+    self.forward = forward  # resolved per call ("auto" depends on the backend)
     if formulation not in conv_lib.FORMULATIONS:
       raise ValueError(f"formulation must be one of {conv_lib.FORMULATIONS}, got {formulation!r}")
     self.formulation = formulation
@@ -97,7 +97,7 @@ class BinaryConv(nnx.Module):
         strides=self.strides, padding=self.padding, input_quantizer=self.input_quantizer,
         kernel_quantizer=self.kernel_quantizer, pad_value=self.pad_value,
         activation_scaling=self.activation_scaling, dtype=self.dtype, forward=self.forward,
-        deterministic=self.deterministic, formulation=self.formulation,
+        formulation=self.formulation,
         preferred_element_type=self.preferred_element_type)
 
 
@@ -113,9 +113,8 @@ class BinaryDense(nnx.Module):
     self.out_features = _check_features(out_features, "out_features")
     self.input_quantizer = quantizers.get(input_quantizer, argument="input_quantizer")
     self.kernel_quantizer = quantizers.get(kernel_quantizer, argument="kernel_quantizer")
-    functional.resolve_forward(forward, self.input_quantizer, self.kernel_quantizer, False)  # validates
-    self.forward = forward  # resolved per call, with the train/eval mode
-    self.deterministic = False  # set by model.eval() / model.train(); "auto" packs in inference
+    functional.resolve_forward(forward, self.input_quantizer, self.kernel_quantizer)  # validates
+    self.forward = forward  # resolved per call ("auto" depends on the backend)
     self.use_bias = use_bias
     self.dtype = dtype
     self.param_dtype = param_dtype
@@ -129,5 +128,4 @@ class BinaryDense(nnx.Module):
     return functional.binary_dense(
         inputs, self.kernel[...], None if self.bias is None else self.bias[...],
         input_quantizer=self.input_quantizer, kernel_quantizer=self.kernel_quantizer,
-        dtype=self.dtype, forward=self.forward, deterministic=self.deterministic,
-        preferred_element_type=self.preferred_element_type)
+        dtype=self.dtype, forward=self.forward, preferred_element_type=self.preferred_element_type)
