@@ -1,4 +1,4 @@
-"""Times xnorjax.ops.conv2d's formulations ("lax", "im2col") on the VGG16 CIFAR-10 conv shapes.
+"""Times xnorjax.ops.conv2d's formulations on the VGG16 CIFAR-10 conv shapes.
 
 Run: .venv/bin/python experiments/bench_conv_formulations.py [--batch=16] [--repeats=5] [--dtype=float32]
 
@@ -19,6 +19,7 @@ from xnorjax.ops import conv as conv_lib
 
 # (in_channels, out_channels, map size), 3x3 SAME: the first float conv and the 12 distinct binary
 # conv shapes of VGG16 on 32x32 inputs (stage 3 and 4 repeat shapes).
+FORMULATIONS = ("lax", "im2col", "lax_im2col", "lax_padded")
 VGG16_SHAPES = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8),
                 (256, 256, 8), (256, 512, 4), (512, 512, 4), (512, 512, 2)]
 
@@ -39,7 +40,7 @@ def bench_shape(cin, cout, size, batch, dtype, repeats, kernel_size=3):
   k = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, cin, cout)), dtype)
   ct = jnp.asarray(rng.standard_normal((batch, size, size, cout)), dtype)
   row = {}
-  for formulation in ("lax", "im2col", "lax_im2col", "lax_padded"):
+  for formulation in FORMULATIONS:
     def forward(x, k, formulation=formulation):
       return conv_lib.conv2d(x, k, strides=1, padding="SAME", formulation=formulation)
 
@@ -62,8 +63,8 @@ def main():
   dtype = jnp.dtype(args.dtype)
   print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch {args.batch}, {args.dtype}, "
         f"3x3 SAME, median of {args.repeats}, ms")
-  names = ("lax", "im2col", "lax_im2col")
-  short = {"lax": "lax", "im2col": "i2c", "lax_im2col": "mix"}
+  names = FORMULATIONS
+  short = {"lax": "lax", "im2col": "i2c", "lax_im2col": "mix", "lax_padded": "pad"}
   print(f"{'cin->cout':>10} {'map':>5} {'patches':>9} | "
         + " ".join(f"{'fwd ' + short[n]:>8}" for n in names) + " | "
         + " ".join(f"{'f+b ' + short[n]:>8}" for n in names) + " | auto")

@@ -93,19 +93,22 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
       which matters for evaluation; forward + backward 14-26% faster than "lax_im2col").
     * "lax_im2col" otherwise: lax.conv's forward with im2col's backward.
 
-  Measured with experiments/bench_conv_formulations.py (batch 128, float32, 3x3 SAME, forward +
-  gradients for input and kernel, median of 3, ms) on the quiet 2-core AMD EPYC Zen 5 (2026-11-29):
-     cin->cout   map  |  lax_im2col  lax_padded  im2col
-      64->64    32x32 |     347         272
-      64->128   16x16 |     111          88
-     128->128   16x16 |     198         146
-     128->256    8x8  |      70          61
-     256->256    8x8  |     125         108
-     256->512    4x4  |      45          46        (im2col)
-     512->512    4x4  |      89         111        (im2col)
-  An earlier run (same machine under load; forward, forward + backward): lax.conv's own backward
-  was 1.2-1.8x slower than im2col's, and at 2x2 lax.conv took 756 ms forward against 6 ms for
-  im2col, which is why small maps stay on im2col.
+  Measured with experiments/bench_conv_formulations.py (batch 128, float32, 3x3 SAME, median of
+  3, ms; "f+b" = value_and_grad for input and kernel) on the quiet 2-core AMD EPYC Zen 5
+  (2026-11-29, load average about 1.5):
+     cin->cout   map  |  fwd lax  fwd i2c |  f+b lax  f+b i2c  f+b lax_im2col  f+b lax_padded | auto
+       3->64    32x32 |    16.8     15.8  |    24.0     19.5       15.7           31.7      | im2col
+      64->64    32x32 |    73.5    187.6  |   373.3    289.8      301.9          240.7      | padded
+      64->128   16x16 |    19.7     50.7  |   108.8     91.9       96.8           63.9      | padded
+     128->128   16x16 |    31.7    102.7  |   214.2    182.5      179.0          103.3      | padded
+     128->256    8x8  |    12.0     34.1  |    95.6     61.0       63.0           46.7      | padded
+     256->256    8x8  |    24.8     61.9  |   203.5    128.8      127.3           94.5      | padded
+     256->512    4x4  |    11.4     12.0  |    68.3     36.3       48.3           42.3      | im2col
+     512->512    4x4  |    27.7     41.3  |   207.2     92.3       98.6           94.4      | im2col
+     512->512    2x2  |   723.7      5.9  |  2086.1     20.3      722.9         1392.1      | im2col
+  Sums of f+b over the nine shapes: lax 3381, im2col 922, lax_im2col 1654, lax_padded 2110 (its
+  2x2 row), auto 718 ms. The padded convs win where the maps are large; at 2x2 every lax.conv
+  is pathological (XLA rewrites it into a reversed-window form), so small maps stay on im2col.
   """
   kh, kw, cin = kernel_shape[:3]
   ho, wo = output_hw(input_shape[1:3], (kh, kw), strides, pads)
