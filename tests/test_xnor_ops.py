@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import xnorjax
+from xnorjax import _native
 from xnorjax.ops import fold_batch_norm, pack_bits, xnor_conv, xnor_dense
 from xnorjax.ops import conv as conv_lib
 from conftest import requires_extension
@@ -505,3 +506,19 @@ def test_concurrent_calls_from_several_threads_are_exact(rng):
     t.join(timeout=120)
   assert not any(t.is_alive() for t in threads), "a concurrent call hung"
   assert not wrong
+
+
+@pytest.mark.skipif(not _native.cuda_kernels_available(), reason="CUDA kernels not built")
+def test_cuda_lowering_calls_the_input_major_targets(rng):
+  """On a GPU the wrapper calls the "_hwio" / "_kn" CUDA targets: no weight transpose per call
+  (checked on the lowered program; running it needs a GPU)."""
+  x = signs(rng, (2, 6, 6, 40))
+  kernel = pack_bits(signs(rng, (3, 3, 40, 24)), axis=-2)
+  dense_kernel = pack_bits(signs(rng, (40, 24)), axis=-2)
+  for fn, target in ((lambda a, w: xnor_conv(a, w, channels=40), "xnorjax_xnor_conv_i32_hwio"),
+                     (lambda a, w: xnor_dense(a.reshape(-1, 40), w, features=40),
+                      "xnorjax_xnor_dense_i32_kn")):
+    w = kernel if "conv" in target else dense_kernel
+    text = jax.jit(fn).trace(jnp.asarray(x), w).lower(lowering_platforms=("cuda",)).as_text()
+    assert f'custom_call @{target}(' in text or f'"{target}"' in text, text[-2000:]
+    assert "transpose" not in text

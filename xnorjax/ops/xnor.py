@@ -120,9 +120,9 @@ def _dense_reference(x, w, scale, bias, p: _DenseParams):
 
 # ----------------------------------------------------------------------------------------------
 # FFI calls and the platform choice. The wrapper's weights are in the public packed layout
-# (conv u32[KH, KW, Cw, O], dense u32[Kw, N]). The contract targets (shared with CUDA) take them
-# output-major, transposed here; on the CPU the "_hwio" / "_kn" targets read the public layout as
-# is, so no weight transpose runs per call.
+# (conv u32[KH, KW, Cw, O], dense u32[Kw, N]). The contract targets (on CPU and CUDA) take them
+# output-major, transposed here; the "_hwio" / "_kn" targets (both platforms) read the public
+# layout as is, so no weight transpose runs per call: the wrapper calls those where registered.
 
 
 def _result_type(rows_shape: tuple[int, ...], out_channels: int, output: str):
@@ -167,6 +167,11 @@ def _cuda_targets() -> frozenset[str]:
   return frozenset(_ffi_cuda.registrations())
 
 
+def _input_major_target(target: str) -> str:
+  """The target that reads the weights in the public packed layout (no transpose per call)."""
+  return target + ("_hwio" if "_conv_" in target else "_kn")
+
+
 def _dispatch(ffi_fn, reference_fn, target: str, implementation: str, x, *args):
   """The CPU kernel, the CUDA kernel where registered, or the reference, per platform."""
   if implementation == "xla":
@@ -175,7 +180,10 @@ def _dispatch(ffi_fn, reference_fn, target: str, implementation: str, x, *args):
   if implementation == "auto" and not _native.extension_available():
     return reference_fn(x, *args)
   kernels = {"cpu": cpu_fn}
-  if target in _cuda_targets():
+  cuda = _cuda_targets()
+  if _input_major_target(target) in cuda:
+    kernels["cuda"] = functools.partial(ffi_fn, input_major=True)
+  elif target in cuda:
     kernels["cuda"] = functools.partial(ffi_fn, input_major=False)
   default = cpu_fn if implementation == "ffi" else reference_fn
   if implementation == "ffi":
