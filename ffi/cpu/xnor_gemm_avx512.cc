@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <cstring>
 
-#include "cpu/xnor_epilogue.h"
 #include "cpu/xnor_kernels.h"
 
 #define XNORJAX_TARGET_AVX512 \
@@ -190,40 +189,6 @@ XNORJAX_TARGET_AVX512 void AddColumnPopcountsAvx512(const uint32_t* rows, int64_
     const __m512i tail = _mm512_maskz_loadu_epi32(lanes, rows + (nrows - 1) * ld + o);
     sum = _mm512_add_epi32(sum, _mm512_popcnt_epi32(_mm512_and_si512(tail, last)));
     _mm512_mask_storeu_epi32(acc + o, lanes, sum);
-  }
-}
-
-// The epilogue on 16 channels per register; packed output straight from the compare masks.
-XNORJAX_TARGET_AVX512 void EpilogueRowAvx512(const EpilogueArgs& e) {
-  const __m512i base = _mm512_set1_epi32(e.base);
-  // Packed words as 16-bit halves (x86 is little-endian: word j = halves 2j, 2j + 1).
-  unsigned char* packed = static_cast<unsigned char*>(e.out);
-  for (int64_t o = 0; o < e.n; o += 16) {
-    const __mmask16 lanes =
-        static_cast<__mmask16>(e.n - o >= 16 ? 0xFFFF : (1u << (e.n - o)) - 1u);
-    __m512i dot = _mm512_sub_epi32(
-        base, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(lanes, e.pc + o), 1));
-    if (e.garbage != nullptr) {
-      dot = _mm512_add_epi32(dot,
-                             _mm512_slli_epi32(_mm512_maskz_loadu_epi32(lanes, e.garbage + o), 1));
-    }
-    if (e.corr != nullptr) dot = _mm512_add_epi32(dot, _mm512_maskz_loadu_epi32(lanes, e.corr + o));
-    if (e.output == XnorOutput::kInt32) {
-      _mm512_mask_storeu_epi32(static_cast<int32_t*>(e.out) + o, lanes, dot);
-      continue;
-    }
-    const __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_maskz_loadu_ps(lanes, e.scale + o),
-                                     _mm512_maskz_loadu_ps(lanes, e.bias + o));
-    if (e.output == XnorOutput::kFloat32) {
-      _mm512_mask_storeu_ps(static_cast<float*>(e.out) + o, lanes, y);
-    } else {
-      const uint16_t bits = _mm512_mask_cmp_ps_mask(lanes, y, _mm512_setzero_ps(), _CMP_GE_OQ);
-      std::memcpy(packed + 2 * (o / 16), &bits, 2);
-    }
-  }
-  // A packed row ends on a whole word: zero its upper half when n stops inside the lower one.
-  if (e.output == XnorOutput::kPacked && (e.n % 32) != 0 && (e.n % 32) <= 16) {
-    std::memset(packed + 2 * ((e.n + 15) / 16), 0, 2);
   }
 }
 

@@ -329,9 +329,8 @@ void RunXnorConv(const ConvProblem& p, WeightLayout layout, XnorImpl impl, XnorO
   pl.output = output;
   pl.gemm = GemmFor(impl);
   pl.fused_gemm = impl == XnorImpl::kAvx512 ? PopcountGemmEpilogueAvx512 : nullptr;
-  pl.epilogue = impl == XnorImpl::kAvx512 ? EpilogueRowAvx512
-                : impl == XnorImpl::kAvx2 ? EpilogueRowAvx2
-                                          : EpilogueRowPortable;
+  // The row epilogue after a tile of popcounts (AVX2, portable; AVX-512 fuses it in registers).
+  pl.epilogue = impl == XnorImpl::kAvx2 ? EpilogueRowAvx2 : EpilogueRowPortable;
   pl.scale = scale;
   pl.bias = bias;
   pl.out = out;

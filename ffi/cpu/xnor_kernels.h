@@ -105,14 +105,15 @@ struct EpilogueArgs {
   const float* bias;
   void* out;
 };
-void EpilogueRowAvx512(const EpilogueArgs& e);
+
+// The row epilogue after a tile of popcounts (the AVX2 and portable paths).
+void EpilogueRowAvx2(const EpilogueArgs& e);
+void EpilogueRowPortable(const EpilogueArgs& e);
 
 // The AVX-512 microkernel with the epilogue fused in: the popcounts of row r go straight from
 // registers through epilogue[r] (whose pc is not read; its n equals cols), with no tile.
 void PopcountGemmEpilogueAvx512(const RowSource& a, int64_t rows, const uint32_t* bt, int64_t ldb,
                                 int64_t cols, const EpilogueArgs* epilogue);
-void EpilogueRowAvx2(const EpilogueArgs& e);
-void EpilogueRowPortable(const EpilogueArgs& e);
 
 // acc[o] += sum_{j < nrows} popcount(rows[j * ld + o] & mask_j) for o < n, where mask_j is all
 // ones except for the last row, whose mask is `last_mask` (per instruction set, like the
