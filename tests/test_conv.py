@@ -101,6 +101,31 @@ def test_lax_padded_gradients_match_lax_autodiff(rng, case):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-4)
 
 
+def test_lax_padded_kernel_gradient_over_batch_chunks(rng, monkeypatch):
+  """The kernel gradient accumulated over chunks of the batch equals the whole-batch one."""
+  x = jnp.asarray(rng.standard_normal((12, 9, 8, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 5, 6)), jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal((12, 9, 8, 6)), jnp.float32)
+  example_bytes = 4 * (9 * 8 * 5 + 9 * 8 * 6)
+  monkeypatch.setattr(conv_lib, "_KERNEL_GRAD_CHUNK_BYTES", 3 * example_bytes)
+  assert conv_lib._batch_chunks(12, example_bytes) == 4
+  grads = {}
+  for formulation in ("lax", "lax_padded"):
+    loss = lambda a, b, f=formulation: jnp.sum(conv2d(a, b, padding="SAME", formulation=f) * cotangent)
+    grads[formulation] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  for got, ref in zip(grads["lax_padded"], grads["lax"]):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-4)
+
+
+def test_batch_chunks_policy():
+  mib = 1 << 20
+  assert conv_lib._batch_chunks(128, mib // 2) == 16   # 64->64 at 32x32: 8 examples per chunk
+  assert conv_lib._batch_chunks(128, mib // 8) == 4    # 256->256 at 8x8: 32 per chunk
+  assert conv_lib._batch_chunks(16, mib // 8) == 1     # the whole batch fits one chunk
+  assert conv_lib._batch_chunks(127, mib // 2) == 1    # prime batch: no even split near 6
+  assert conv_lib._batch_chunks(1, 64 * mib) == 1
+
+
 @pytest.mark.parametrize("formulation", ["lax", "im2col"])
 def test_conv2d_check_grads(rng, formulation):
   """Numerical vs autodiff gradients, both modes (lax_im2col is reverse-only, covered above)."""
@@ -133,6 +158,9 @@ def test_choose_formulation_policy():
   assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (2, 2), same(32)) == "lax_im2col"
   pads1 = conv_lib.normalize_padding("SAME", (32, 32), (1, 1), (1, 1))
   assert conv_lib.choose_formulation((16, 32, 32, 64), (1, 1, 64, 64), (1, 1), pads1) == "im2col"
+  for shape in ((16, 2, 2, 512), (16, 32, 32, 64)):  # off the CPU: lax.conv (cuDNN on GPUs)
+    kernel = (3, 3, shape[3], shape[3])
+    assert conv_lib.choose_formulation(shape, kernel, (1, 1), same(shape[1]), backend="gpu") == "lax"
 
 
 def test_conv2d_bad_input():

@@ -11,9 +11,9 @@ the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
                 conv: XLA's CPU conv is 2.5-4x faster with padding than on a pre-padded input
                 ("VALID"; jax.grad of a padded conv gives such a VALID conv for the kernel
                 gradient), so the input gradient is a padded conv of the output gradient with the
-                flipped kernel and the kernel gradient a padded conv of the input with the output
-                gradient (or, on maps larger than 16x16, one matmul per tap). A custom_vjp:
-                reverse mode only. Strides > 1 take lax.conv's own gradient.
+                flipped kernel; the kernel gradient is one matmul per tap over cache-sized chunks
+                of the batch. A custom_vjp: reverse mode only. Strides > 1 take lax.conv's own
+                gradient.
 All compute the same sum and differ only in summation order (results agree within float rounding;
 tests/test_conv.py). `choose_formulation` is the single policy that `formulation="auto"` applies;
 experiments/bench_conv_formulations.py measures it.
@@ -82,8 +82,12 @@ def output_hw(input_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequen
 
 
 def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
-                       strides: Sequence[int], pads: Pads, pad_value: float = 0.0) -> str:
+                       strides: Sequence[int], pads: Pads, pad_value: float = 0.0,
+                       backend: Optional[str] = None) -> str:
   """The formulation "auto" uses for one conv shape (the one place to tune the policy).
+
+  Off the CPU (`backend`, default `jax.default_backend()`), "lax": the measurements below are
+  about XLA's CPU convs; on GPUs lax.conv goes to cuDNN. On the CPU:
 
     * "im2col" for 1x1 kernels (a reshape and one matmul), for output maps of at most 4x4 (where
       lax.conv is pathological: ~100x slower at 2x2) and for inputs of at most 8 channels (RGB
@@ -95,21 +99,23 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
 
   Measured with experiments/bench_conv_formulations.py (batch 128, float32, 3x3 SAME, median of
   3, ms; "f+b" = value_and_grad for input and kernel) on the quiet 2-core AMD EPYC Zen 5
-  (2026-11-29, load average about 1.5):
+  (2026-11-29 05:50 UTC, load average about 1.5):
      cin->cout   map  |  fwd lax  fwd i2c |  f+b lax  f+b i2c  f+b lax_im2col  f+b lax_padded | auto
-       3->64    32x32 |    16.8     15.8  |    24.0     19.5       15.7           31.7      | im2col
-      64->64    32x32 |    73.5    187.6  |   373.3    289.8      301.9          240.7      | padded
-      64->128   16x16 |    19.7     50.7  |   108.8     91.9       96.8           63.9      | padded
-     128->128   16x16 |    31.7    102.7  |   214.2    182.5      179.0          103.3      | padded
-     128->256    8x8  |    12.0     34.1  |    95.6     61.0       63.0           46.7      | padded
-     256->256    8x8  |    24.8     61.9  |   203.5    128.8      127.3           94.5      | padded
-     256->512    4x4  |    11.4     12.0  |    68.3     36.3       48.3           42.3      | im2col
-     512->512    4x4  |    27.7     41.3  |   207.2     92.3       98.6           94.4      | im2col
-     512->512    2x2  |   723.7      5.9  |  2086.1     20.3      722.9         1392.1      | im2col
-  Sums of f+b over the nine shapes: lax 3381, im2col 922, lax_im2col 1654, lax_padded 2110 (its
-  2x2 row), auto 718 ms. The padded convs win where the maps are large; at 2x2 every lax.conv
+       3->64    32x32 |    17.6     17.4  |    27.4     15.7       18.3           36.2      | im2col
+      64->64    32x32 |    74.0    182.7  |   362.7    281.3      296.1          165.4      | padded
+      64->128   16x16 |    19.8     49.0  |   107.3     88.0       90.7           55.2      | padded
+     128->128   16x16 |    23.4     95.1  |   200.7    176.5      178.1           93.1      | padded
+     128->256    8x8  |    22.1     32.2  |   102.2     65.9       60.9           42.8      | padded
+     256->256    8x8  |    23.2     59.1  |   202.8    124.1      130.1           89.1      | padded
+     256->512    4x4  |    11.1     11.7  |    72.0     37.2       41.8           46.3      | im2col
+     512->512    4x4  |    27.3     40.0  |   199.7     92.3       95.0           92.2      | im2col
+     512->512    2x2  |   688.7      5.7  |  2010.4     19.3      724.8         1407.5      | im2col
+  Sums of f+b over the nine shapes: lax 3285, im2col 900, lax_im2col 1636, lax_padded 2028 (its
+  2x2 row), auto 610 ms. The padded convs win where the maps are large; at 2x2 every lax.conv
   is pathological (XLA rewrites it into a reversed-window form), so small maps stay on im2col.
   """
+  if (backend or jax.default_backend()) != "cpu":
+    return "lax"
   kh, kw, cin = kernel_shape[:3]
   ho, wo = output_hw(input_shape[1:3], (kh, kw), strides, pads)
   if kh * kw == 1 or ho * wo <= 16 or cin <= 8:
@@ -160,9 +166,47 @@ def _conv_lax_im2col_bwd(strides, precision, preferred_element_type, residuals, 
 
 _conv_lax_im2col.defvjp(_conv_lax_im2col_fwd, _conv_lax_im2col_bwd)
 
-# Kernel gradients on output maps up to this many pixels are one padded conv; larger ones (where
-# that conv is slower: 172 vs 160 ms at 32x32x64, batch 128) a matmul per tap.
-_KERNEL_GRAD_CONV_MAX_PIXELS = 256
+# The kernel gradient is one matmul per tap, over chunks of the batch of about this many bytes of
+# input and output gradient: cache-sized chunks run 1.2-2x faster than the whole batch at once
+# (batch 128, float32: 64->64 at 32x32 169 -> 88 ms with 8-image chunks, 128->128 at 16x16
+# 79 -> 46 ms with 16, 256->256 at 8x8 54 -> 39 ms with 32).
+_KERNEL_GRAD_CHUNK_BYTES = 3 << 20
+
+
+def _batch_chunks(batch: int, bytes_per_example: int) -> int:
+  """How many equal chunks to split the batch into for the kernel gradient (1: no split)."""
+  want = max(1, _KERNEL_GRAD_CHUNK_BYTES // max(bytes_per_example, 1))  # examples per chunk
+  if want >= batch:
+    return 1
+  divisors = [d for d in range(1, batch + 1) if batch % d == 0]
+  per_chunk = min(divisors, key=lambda d: abs(np.log(d / want)))
+  if not want / 4 <= per_chunk <= want * 4:  # e.g. a prime batch: no split
+    return 1
+  return batch // per_chunk
+
+
+def _kernel_grad_taps(x, g, kernel_hw, pads, precision):
+  """dL/dK[i, j, c, o] = sum_{n, h, w} xpad[n, h + i, w + j, c] g[n, h, w, o], one matmul per tap
+  (stride 1), accumulated over cache-sized chunks of the batch."""
+  kh, kw = kernel_hw
+  n, ho, wo, cout = g.shape
+  cin = x.shape[3]
+
+  def taps(xc, gc):
+    xp = jnp.pad(xc, ((0, 0), pads[0], pads[1], (0, 0)))
+    gm = gc.reshape(-1, cout)
+    m = xc.shape[0]
+    return jnp.stack([
+        jnp.dot(lax.slice(xp, (0, i, j, 0), (m, i + ho, j + wo, cin)).reshape(-1, cin).T, gm,
+                precision=precision)
+        for i in range(kh) for j in range(kw)]).reshape(kh, kw, cin, cout)
+
+  chunks = _batch_chunks(n, x.dtype.itemsize * (x[0].size + g[0].size))
+  if chunks == 1:
+    return taps(x, g)
+  xs = x.reshape((chunks, n // chunks) + x.shape[1:])
+  gs = g.reshape((chunks, n // chunks) + g.shape[1:])
+  return lax.map(lambda c: taps(*c), (xs, gs)).sum(axis=0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -193,20 +237,7 @@ def _conv_lax_padded_bwd(strides, pads, precision, preferred_element_type, resid
   flipped = jnp.flip(kd, (0, 1)).transpose(0, 1, 3, 2)
   gx = lax.conv_general_dilated(gd, flipped, (1, 1), back_pads, dimension_numbers=_DN,
                                 precision=precision)
-  ho, wo = g.shape[1:3]
-  if ho * wo <= _KERNEL_GRAD_CONV_MAX_PIXELS:
-    # dL/dK[i, j, c, o] = sum_{n, h, w} xpad[n, h + i, w + j, c] g[n, h, w, o]: a padded conv with
-    # the batch as the contracted feature axis, channels as the batch, g as the kernel.
-    gk = lax.conv_general_dilated(xd, gd, (1, 1), pads, precision=precision,
-                                  dimension_numbers=("CHWN", "IHWO", "HWNC"))
-  else:
-    xp = jnp.pad(xd, ((0, 0), pads[0], pads[1], (0, 0)))
-    gm = gd.reshape(-1, cout)
-    n = x.shape[0]
-    gk = jnp.stack([
-        jnp.dot(lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, cin)).reshape(-1, cin).T, gm,
-                precision=precision)
-        for i in range(kh) for j in range(kw)]).reshape(kh, kw, cin, cout)
+  gk = _kernel_grad_taps(xd, gd, (kh, kw), pads, precision)
   return gx.astype(x.dtype), gk.astype(kernel.dtype)
 
 
