@@ -2,8 +2,8 @@
 
 #include <pthread.h>
 #include <sched.h>
-#include <immintrin.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -14,8 +14,19 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace xnorjax {
 namespace {
+
+// A hint to the core that this thread is spinning (x86 PAUSE; nothing elsewhere).
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
 
 // One parallel loop. Items are claimed from `next`; the caller waits until `done` reaches n. A
 // worker that arrives after the loop ended claims nothing and never touches `body`; the state
@@ -67,7 +78,7 @@ class SpinPool {
     // core after a while in case a worker was preempted (it may need this core to finish).
     for (int spins = 0; loop->done.load(std::memory_order_acquire) != n; ++spins) {
       if (spins < 4096) {
-        _mm_pause();
+        CpuRelax();
       } else {
         std::this_thread::yield();
       }
@@ -86,7 +97,7 @@ class SpinPool {
       const auto start = std::chrono::steady_clock::now();
       int spins = 0;
       while (generation_.load(std::memory_order_acquire) == seen) {
-        _mm_pause();
+        CpuRelax();
         if (++spins % 256 == 0 && std::chrono::steady_clock::now() - start >
                                       std::chrono::microseconds(kSpinPoolSpinMicros)) {
           std::unique_lock<std::mutex> lock(mu_);
