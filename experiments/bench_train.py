@@ -154,11 +154,14 @@ def pytorch_python() -> str:
 
 def bench_pytorch(python: str, models, batch_size: int, steps: int, repeats: int) -> dict:
   """{model: row} from experiments/pytorch_baseline.py run under `python` (a subprocess)."""
-  out = subprocess.run(
+  done = subprocess.run(
       [python, PYTORCH_BASELINE, f"--models={','.join(models)}", f"--batch_size={batch_size}",
        f"--steps={steps}", f"--repeats={repeats}"],
-      check=True, capture_output=True, text=True).stdout
-  rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+      check=False, capture_output=True, text=True)
+  if done.returncode != 0:
+    raise RuntimeError(f"the PyTorch baseline failed under --pytorch_python={python} (exit "
+                       f"{done.returncode}):\n{done.stderr[-2000:]}")
+  rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
   return {row["model"]: row for row in rows}
 
 

@@ -333,3 +333,9 @@ def test_bench_train_compares_with_the_same_machine_pytorch_run_when_there_is_on
   assert quoted["pytorch_train_images_per_second"] == 97.0
   assert "another machine" in quoted["pytorch_source"]
   assert quoted["ratio_to_pytorch"] == round(120 / 97, 3)
+
+
+def test_bench_train_reports_a_failing_pytorch_baseline():
+  from experiments import bench_train  # pylint: disable=g-import-not-at-top
+  with pytest.raises(RuntimeError, match="PyTorch baseline failed under --pytorch_python=/bin/false"):
+    bench_train.bench_pytorch("/bin/false", ["vgg16"], 8, 1, 1)
