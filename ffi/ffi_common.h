@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -37,6 +38,26 @@ ffi::Error PackedRowsShape(const Dims& dims, const Dims& out_dims, int64_t& rows
     return InvalidArgument("pack_bits: output must hold ceil(n / 32) words per row");
   }
   return ffi::Error::Success();
+}
+
+// The attributes of the xnor_conv / xnor_dense targets, appended to a binding (the same on every
+// platform; see xnorjax/ops/xnor.py for the contract).
+template <typename Binding>
+auto ConvAttrsOf(Binding binding) {
+  return std::move(binding)
+      .template Attr<int64_t>("channels")
+      .template Attr<int64_t>("stride_h")
+      .template Attr<int64_t>("stride_w")
+      .template Attr<int64_t>("pad_top")
+      .template Attr<int64_t>("pad_bottom")
+      .template Attr<int64_t>("pad_left")
+      .template Attr<int64_t>("pad_right")
+      .template Attr<int64_t>("pad_value")
+      .template Attr<int64_t>("impl");
+}
+template <typename Binding>
+auto DenseAttrsOf(Binding binding) {
+  return std::move(binding).template Attr<int64_t>("features").template Attr<int64_t>("impl");
 }
 
 }  // namespace xnorjax

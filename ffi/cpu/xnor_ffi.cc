@@ -149,16 +149,10 @@ constexpr const char* kDenseNames[3][2] = {
     {"xnorjax_xnor_dense_f32", "xnorjax_xnor_dense_f32_kn"},
     {"xnorjax_xnor_dense_packed", "xnorjax_xnor_dense_packed_kn"}};
 
-#define XNORJAX_CONV_ATTRS                                                                    \
-  .Attr<int64_t>("channels")                                                                  \
-      .Attr<int64_t>("stride_h")                                                              \
-      .Attr<int64_t>("stride_w")                                                              \
-      .Attr<int64_t>("pad_top")                                                               \
-      .Attr<int64_t>("pad_bottom")                                                            \
-      .Attr<int64_t>("pad_left")                                                              \
-      .Attr<int64_t>("pad_right")                                                             \
-      .Attr<int64_t>("pad_value")                                                             \
-      .Attr<int64_t>("impl")
+// The operands every target takes, packed input and packed weights; the epilogue targets add
+// the per-channel scale and bias.
+auto BindInputs() { return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<U32>().Arg<U32>(); }
+auto BindInputsScaleBias() { return BindInputs().Arg<F32>().Arg<F32>(); }
 
 template <WeightLayout kLayout>
 ffi::Error ConvI32(ffi::ThreadPool pool, U32 x, U32 w, ffi::ResultBuffer<ffi::S32> out,
@@ -205,105 +199,24 @@ ffi::Error DensePacked(ffi::ThreadPool pool, U32 x, U32 w, F32 scale, F32 bias,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cpu, ConvI32<WeightLayout::kOutputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Ret<ffi::Buffer<ffi::S32>>() XNORJAX_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32HwioCpu, ConvI32<WeightLayout::kInputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Ret<ffi::Buffer<ffi::S32>>() XNORJAX_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvF32Cpu, ConvF32<WeightLayout::kOutputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() XNORJAX_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvF32HwioCpu, ConvF32<WeightLayout::kInputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() XNORJAX_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvPackedCpu, ConvPacked<WeightLayout::kOutputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<ffi::Buffer<ffi::U32>>() XNORJAX_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvPackedHwioCpu, ConvPacked<WeightLayout::kInputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<ffi::Buffer<ffi::U32>>() XNORJAX_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cpu, DenseI32<WeightLayout::kOutputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("features")
-                                  .Attr<int64_t>("impl"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32KnCpu, DenseI32<WeightLayout::kInputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("features")
-                                  .Attr<int64_t>("impl"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseF32Cpu, DenseF32<WeightLayout::kOutputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("features")
-                                  .Attr<int64_t>("impl"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseF32KnCpu, DenseF32<WeightLayout::kInputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("features")
-                                  .Attr<int64_t>("impl"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDensePackedCpu, DensePacked<WeightLayout::kOutputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<ffi::Buffer<ffi::U32>>()
-                                  .Attr<int64_t>("features")
-                                  .Attr<int64_t>("impl"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDensePackedKnCpu, DensePacked<WeightLayout::kInputMajor>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<U32>()
-                                  .Arg<U32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<ffi::Buffer<ffi::U32>>()
-                                  .Attr<int64_t>("features")
-                                  .Attr<int64_t>("impl"));
+// The contract's targets (weights output-major) and the "_hwio" / "_kn" targets (weights in the
+// public packed layout), which differ only in how the weights are read.
+#define XNORJAX_CPU_HANDLERS(CONV, DENSE, LAYOUT)                                                  \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32##CONV##Cpu, ConvI32<LAYOUT>,                           \
+                                ConvAttrsOf(BindInputs().Ret<ffi::Buffer<ffi::S32>>()));           \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvF32##CONV##Cpu, ConvF32<LAYOUT>,                           \
+                                ConvAttrsOf(BindInputsScaleBias().Ret<ffi::Buffer<ffi::F32>>()));  \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvPacked##CONV##Cpu, ConvPacked<LAYOUT>,                     \
+                                ConvAttrsOf(BindInputsScaleBias().Ret<ffi::Buffer<ffi::U32>>()));  \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32##DENSE##Cpu, DenseI32<LAYOUT>,                        \
+                                DenseAttrsOf(BindInputs().Ret<ffi::Buffer<ffi::S32>>()));          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseF32##DENSE##Cpu, DenseF32<LAYOUT>,                        \
+                                DenseAttrsOf(BindInputsScaleBias().Ret<ffi::Buffer<ffi::F32>>())); \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDensePacked##DENSE##Cpu, DensePacked<LAYOUT>,                  \
+                                DenseAttrsOf(BindInputsScaleBias().Ret<ffi::Buffer<ffi::U32>>()));
+
+XNORJAX_CPU_HANDLERS(, , WeightLayout::kOutputMajor)
+XNORJAX_CPU_HANDLERS(Hwio, Kn, WeightLayout::kInputMajor)
+#undef XNORJAX_CPU_HANDLERS
 
 }  // namespace xnorjax

@@ -545,20 +545,6 @@ auto BindConv() {
       .Arg<ffi::Buffer<ffi::U32>>();
 }
 
-template <typename Binding>
-auto ConvAttrsOf(Binding binding) {
-  return std::move(binding)
-      .template Attr<int64_t>("channels")
-      .template Attr<int64_t>("stride_h")
-      .template Attr<int64_t>("stride_w")
-      .template Attr<int64_t>("pad_top")
-      .template Attr<int64_t>("pad_bottom")
-      .template Attr<int64_t>("pad_left")
-      .template Attr<int64_t>("pad_right")
-      .template Attr<int64_t>("pad_value")
-      .template Attr<int64_t>("impl");
-}
-
 }  // namespace
 
 int WgmmaCompiledForDevice() {
@@ -578,44 +564,37 @@ int WgmmaCompiledForDevice() {
 // public packed layout), which differ only in how the weights are read.
 #define XNORJAX_CONV_HANDLERS(SUFFIX, INPUT_MAJOR)                                                \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cuda##SUFFIX, cuda::ConvI32Impl<INPUT_MAJOR>,           \
-                                cuda::ConvAttrsOf(cuda::BindConv().Ret<ffi::Buffer<ffi::S32>>())); \
+                                ConvAttrsOf(cuda::BindConv().Ret<ffi::Buffer<ffi::S32>>())); \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
       XnorConvF32Cuda##SUFFIX,                                                                    \
       (cuda::ConvEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32, INPUT_MAJOR>),                \
-      cuda::ConvAttrsOf(cuda::BindConv()                                                          \
+      ConvAttrsOf(cuda::BindConv()                                                          \
                             .Arg<ffi::Buffer<ffi::F32>>()                                         \
                             .Arg<ffi::Buffer<ffi::F32>>()                                         \
                             .Ret<ffi::Buffer<ffi::F32>>()));                                      \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
       XnorConvPackedCuda##SUFFIX,                                                                 \
       (cuda::ConvEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32, INPUT_MAJOR>),                 \
-      cuda::ConvAttrsOf(cuda::BindConv()                                                          \
+      ConvAttrsOf(cuda::BindConv()                                                          \
                             .Arg<ffi::Buffer<ffi::F32>>()                                         \
                             .Arg<ffi::Buffer<ffi::F32>>()                                         \
                             .Ret<ffi::Buffer<ffi::U32>>()));                                      \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cuda##SUFFIX, cuda::DenseI32Impl<INPUT_MAJOR>,         \
-                                cuda::BindConv()                                                  \
-                                    .Ret<ffi::Buffer<ffi::S32>>()                                 \
-                                    .Attr<int64_t>("features")                                    \
-                                    .Attr<int64_t>("impl"));                                      \
+                                DenseAttrsOf(cuda::BindConv().Ret<ffi::Buffer<ffi::S32>>()));     \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
       XnorDenseF32Cuda##SUFFIX,                                                                   \
       (cuda::DenseEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32, INPUT_MAJOR>),               \
-      cuda::BindConv()                                                                            \
-          .Arg<ffi::Buffer<ffi::F32>>()                                                           \
-          .Arg<ffi::Buffer<ffi::F32>>()                                                           \
-          .Ret<ffi::Buffer<ffi::F32>>()                                                           \
-          .Attr<int64_t>("features")                                                              \
-          .Attr<int64_t>("impl"));                                                                \
+      DenseAttrsOf(cuda::BindConv()                                                               \
+                       .Arg<ffi::Buffer<ffi::F32>>()                                              \
+                       .Arg<ffi::Buffer<ffi::F32>>()                                              \
+                       .Ret<ffi::Buffer<ffi::F32>>()));                                           \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
       XnorDensePackedCuda##SUFFIX,                                                                \
       (cuda::DenseEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32, INPUT_MAJOR>),                \
-      cuda::BindConv()                                                                            \
-          .Arg<ffi::Buffer<ffi::F32>>()                                                           \
-          .Arg<ffi::Buffer<ffi::F32>>()                                                           \
-          .Ret<ffi::Buffer<ffi::U32>>()                                                           \
-          .Attr<int64_t>("features")                                                              \
-          .Attr<int64_t>("impl"));
+      DenseAttrsOf(cuda::BindConv()                                                               \
+                       .Arg<ffi::Buffer<ffi::F32>>()                                              \
+                       .Arg<ffi::Buffer<ffi::F32>>()                                              \
+                       .Ret<ffi::Buffer<ffi::U32>>()));
 
 XNORJAX_CONV_HANDLERS(, false)
 XNORJAX_CONV_HANDLERS(InputMajor, true)
