@@ -137,42 +137,37 @@ def conv_binarized(xb: jax.Array, wb: jax.Array, *, strides=1, padding="SAME", p
 
   For "packed", xb must be +-1 and wb = c_o * sign(W) per output channel (c_o >= 0).
   """
-  check_forward(forward)
-
-  def xla_product(xb, wb):
-    return conv_lib.conv2d(xb, wb, strides=strides, padding=padding, pad_value=pad_value,
-                           formulation=formulation, preferred_element_type=preferred_element_type)
-
-  if forward == "xla":
-    return xla_product(xb, wb)
-  if forward != "packed":
-    raise ValueError(f"conv_binarized needs a concrete forward ('xla' or 'packed'), got {forward!r}")
-  out_dtype = jnp.result_type(xb, wb) if preferred_element_type is None else preferred_element_type
-
-  def packed_product(xb, wb):
-    y = xnor_lib.xnor_conv(xb, wb, strides=strides, padding=padding, pad_value=pad_value,
-                           scale=_channel_scale(wb))
-    return y.astype(out_dtype)
-
-  return _packed_with_xla_gradient(packed_product, xla_product, xb, wb)
+  return _binarized_product(
+      "conv_binarized", forward, xb, wb, preferred_element_type,
+      lambda xb, wb: conv_lib.conv2d(xb, wb, strides=strides, padding=padding,
+                                     pad_value=pad_value, formulation=formulation,
+                                     preferred_element_type=preferred_element_type),
+      lambda xb, wb, scale: xnor_lib.xnor_conv(xb, wb, strides=strides, padding=padding,
+                                               pad_value=pad_value, scale=scale))
 
 
 def dense_binarized(xb: jax.Array, wb: jax.Array, *, forward: str = "xla",
                     preferred_element_type=None) -> jax.Array:
   """Matrix product of already-quantized operands (..., I) x (I, O), by `forward` (see module doc)."""
+  return _binarized_product(
+      "dense_binarized", forward, xb, wb, preferred_element_type,
+      lambda xb, wb: jnp.dot(xb, wb, preferred_element_type=preferred_element_type),
+      lambda xb, wb, scale: xnor_lib.xnor_dense(xb, wb, scale=scale))
+
+
+def _binarized_product(name: str, forward: str, xb, wb, preferred_element_type, xla_product,
+                       packed_kernel):
+  """xla_product(xb, wb) for "xla"; for "packed", packed_kernel(xb, wb, c_o) (c_o per output
+  channel, fused into the kernel's epilogue) forward and xla_product's vjp backward."""
   check_forward(forward)
-
-  def xla_product(xb, wb):
-    return jnp.dot(xb, wb, preferred_element_type=preferred_element_type)
-
   if forward == "xla":
     return xla_product(xb, wb)
   if forward != "packed":
-    raise ValueError(f"dense_binarized needs a concrete forward ('xla' or 'packed'), got {forward!r}")
+    raise ValueError(f"{name} needs a concrete forward ('xla' or 'packed'), got {forward!r}")
   out_dtype = jnp.result_type(xb, wb) if preferred_element_type is None else preferred_element_type
 
   def packed_product(xb, wb):
-    return xnor_lib.xnor_dense(xb, wb, scale=_channel_scale(wb)).astype(out_dtype)
+    return packed_kernel(xb, wb, _channel_scale(wb)).astype(out_dtype)
 
   return _packed_with_xla_gradient(packed_product, xla_product, xb, wb)
 
