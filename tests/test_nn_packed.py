@@ -133,3 +133,11 @@ def test_packed_rejects_layers_it_cannot_reproduce(quantizers):
   with pytest.raises(ValueError, match="forward must be one of"):
     xnn.BinaryDense(8, 4, forward="popcount", rngs=nnx.Rngs(0))
   assert not functional.packable(None, None)
+
+
+def test_binarized_products_need_a_concrete_forward():
+  x, w = jnp.ones((2, 4)), jnp.ones((4, 3))
+  with pytest.raises(ValueError, match="dense_binarized needs a concrete forward"):
+    functional.dense_binarized(x, w, forward="auto")
+  with pytest.raises(ValueError, match="conv_binarized needs a concrete forward"):
+    functional.conv_binarized(jnp.ones((1, 3, 3, 4)), jnp.ones((3, 3, 4, 2)), forward="auto")
