@@ -10,6 +10,11 @@ random crop, flip of uint8 CIFAR-sized images, as in training) is timed on the h
 two rates can be compared: the pipeline runs on a background thread and only limits training if
 its rate is below the step rate.
 
+A float roofline, in the same run: the best float32 matmul rate XLA reaches here (large,
+well-shaped products) bounds what the float products of a step (every layer's forward and
+gradients, except binary layers' packed forward) can reach, hence bounds images/s with all else
+free. Each row reports that bound and the fraction of it the target would take.
+
 The baseline is measured in the same run: experiments/pytorch_baseline.py (a straightforward
 PyTorch implementation of the same two models) runs as a subprocess under `--pytorch_python` (by
 default this interpreter, when it has torch; torch is not an xnorjax dependency), and the ratio to
@@ -38,12 +43,15 @@ from experiments import optim
 from experiments import trainer
 from experiments.configs import bin_vgg16 as bin_vgg16_config
 from experiments.configs import vgg16 as vgg16_config
+from xnorjax.summary import compute_summary
 
 # What the training issue quotes for PyTorch 2.13 on the project's 2-core Xeons (not this machine).
 ISSUE_PYTORCH_IMAGES_PER_SECOND = {"vgg16": 97.0, "bin_vgg16": 55.0}
 PYTORCH_BASELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytorch_baseline.py")
 TARGET_FACTOR = 1.5
 CONFIGS = {"vgg16": vgg16_config, "bin_vgg16": bin_vgg16_config}
+# Large, well-shaped float32 products (M, K, N); the fastest is the float roofline's ceiling.
+CEILING_MATMULS = ((2048, 4608, 512), (8192, 2304, 256), (4096, 4096, 1024))
 
 _MODELS = flags.DEFINE_list("models", ["vgg16", "bin_vgg16"], "Models to time (presets).")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
@@ -87,10 +95,54 @@ def _median_rate(fn, images_per_call, repeats):
   return statistics.median(rates), statistics.median(cpu_rates)
 
 
+def float_matmul_ceiling(repeats: int) -> float:
+  """XLA's float32 matmul rate on this machine in GMAC/s: the fastest of CEILING_MATMULS (median)."""
+  rng = np.random.default_rng(0)
+  matmul = jax.jit(jnp.dot)
+  best = 0.0
+  for m, k, n in CEILING_MATMULS:
+    a = jnp.asarray(rng.standard_normal((m, k), np.float32))
+    b = jnp.asarray(rng.standard_normal((k, n), np.float32))
+    jax.block_until_ready(matmul(a, b))
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      jax.block_until_ready(matmul(a, b))
+      times.append(time.perf_counter() - t)
+    best = max(best, m * k * n / statistics.median(times) / 1e9)
+  return best
+
+
+def float_training_macs(model, image_shape=(32, 32, 3)) -> int:
+  """Multiply-accumulates per image that one training step runs as float products.
+
+  Float layers: forward, input gradient and kernel gradient (3x their MACs). Binary layers: the
+  forward is packed (popcounts, not counted); their two gradients are float products (2x). Less
+  the first layer's input gradient, which nothing needs.
+  """
+  s = compute_summary(model, (1, *image_shape))
+  first = next(layer for layer in s.layers if layer.macs)
+  return 3 * (s.macs - s.binary_macs) + 2 * s.binary_macs - first.macs
+
+
+def roofline(row: dict, macs_per_image: int, ceiling_gmacs: float) -> dict:
+  """Adds the float roofline: the images/s bound at the matmul ceiling, and the target's share."""
+  bound = ceiling_gmacs * 1e9 / macs_per_image
+  target = row["target_ratio"] * row["pytorch_train_images_per_second"]
+  row.update({"float_train_mmac_per_image": round(macs_per_image / 1e6, 1),
+              "float_matmul_ceiling_gmac_per_second": round(ceiling_gmacs, 1),
+              "float_gmac_per_second": round(row["train_images_per_second"] * macs_per_image / 1e9, 1),
+              "ceiling_images_per_second": round(bound, 1),
+              "target_images_per_second": round(target, 1),
+              "target_over_ceiling": round(target / bound, 3)})
+  return row
+
+
 def bench_model(name: str, batch_size: int, steps: int, repeats: int, overrides) -> dict:
   """Train-step and forward images/s of the preset `name` on one synthetic device batch."""
   config = _override(CONFIGS[name].get_config(), overrides)
   model = trainer.create_model(config, 0)
+  macs_per_image = float_training_macs(model)
   parts = trainer.split_model(model)
   labels = optim.param_labels(parts.params, parts.binary_mask)
   schedule = optim.learning_rate_schedule(config.optim, 390, 390 * config.num_epochs)
@@ -137,7 +189,7 @@ def bench_model(name: str, batch_size: int, steps: int, repeats: int, overrides)
           "forward_images_per_second": round(forward_rate, 2),
           "train_images_per_cpu_second": round(train_cpu_rate, 2),
           "forward_images_per_cpu_second": round(forward_cpu_rate, 2),
-          "compile_seconds": round(compile_s, 1)}
+          "compile_seconds": round(compile_s, 1), "macs_per_image": macs_per_image}
 
 
 def pytorch_python() -> str:
@@ -200,6 +252,7 @@ def main(argv):
              "num_devices": jax.device_count(), "cpu_count": os.cpu_count(),
              "load_average_1min": round(os.getloadavg()[0], 2)}
   results.update(bench_input_pipeline(_BATCH.value))
+  results["float_matmul_ceiling_gmac_per_second"] = round(float_matmul_ceiling(_REPEATS.value), 1)
   print(json.dumps(results), flush=True)
   for name in _MODELS.value:
     if name not in CONFIGS:
@@ -213,6 +266,7 @@ def main(argv):
   for name in _MODELS.value:
     row = compare(bench_model(name, _BATCH.value, _STEPS.value, _REPEATS.value, _OVERRIDES.value),
                   pytorch.get(name))
+    row = roofline(row, row.pop("macs_per_image"), results["float_matmul_ceiling_gmac_per_second"])
     row["load_average_1min"] = round(os.getloadavg()[0], 2)
     row["input_to_train_ratio"] = round(
         results["input_pipeline_images_per_second"] / row["train_images_per_second"], 1)

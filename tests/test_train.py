@@ -339,3 +339,42 @@ def test_bench_train_reports_a_failing_pytorch_baseline():
   from experiments import bench_train  # pylint: disable=g-import-not-at-top
   with pytest.raises(RuntimeError, match="PyTorch baseline failed under --pytorch_python=/bin/false"):
     bench_train.bench_pytorch("/bin/false", ["vgg16"], 8, 1, 1)
+
+
+def _vgg16_conv_macs(in_channels):
+  """Per-image MACs of VGG16's thirteen 3x3 SAME convs on 32x32 inputs, counted by hand."""
+  macs, c, hw = [], in_channels, 32
+  for stage in ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)):
+    for out in stage:
+      macs.append(hw * hw * 9 * c * out)
+      c = out
+    hw //= 2
+  return macs
+
+
+def test_bench_train_counts_the_float_products_of_a_training_step():
+  from experiments import bench_train  # pylint: disable=g-import-not-at-top
+  from experiments.configs import bin_vgg16, vgg16  # pylint: disable=g-import-not-at-top
+  float_convs = _vgg16_conv_macs(3)
+  dense = 512 * 10
+  # vgg16: forward, input gradient and kernel gradient of every layer, but no input gradient of
+  # the first conv.
+  assert bench_train.float_training_macs(trainer.create_model(vgg16.get_config(), 0)) == (
+      3 * (sum(float_convs) + dense) - float_convs[0])
+  # bin_vgg16: the float stem 3->64 and classifier as above; the thirteen binary convs (the first
+  # of them 64->64) only have their two gradients in floating point.
+  stem = 32 * 32 * 9 * 3 * 64
+  binary = _vgg16_conv_macs(64)
+  assert bench_train.float_training_macs(trainer.create_model(bin_vgg16.get_config(), 0)) == (
+      3 * (stem + dense) - stem + 2 * sum(binary))
+
+
+def test_bench_train_roofline_bounds_images_per_second_at_the_matmul_ceiling():
+  from experiments import bench_train  # pylint: disable=g-import-not-at-top
+  row = bench_train.compare({"model": "vgg16", "train_images_per_second": 50.0},
+                            {"train_images_per_second": 100.0, "forward_images_per_second": 1.0})
+  row = bench_train.roofline(row, macs_per_image=10**9, ceiling_gmacs=200.0)
+  assert row["ceiling_images_per_second"] == 200.0  # 200 GMAC/s / 1 GMAC per image.
+  assert row["target_images_per_second"] == 150.0
+  assert row["target_over_ceiling"] == 0.75
+  assert row["float_gmac_per_second"] == 50.0
