@@ -136,6 +136,30 @@ def make_mesh(num_devices: int = -1) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
+def distributed_arguments(config: ml_collections.ConfigDict) -> dict:
+  """`jax.distributed.initialize` keyword arguments from the config: the ones that are set.
+
+  Unset (coordinator_address "", num_processes and process_id -1), JAX detects them from the
+  cluster environment (or JAX_COORDINATOR_ADDRESS).
+  """
+  args = {}
+  if config.coordinator_address:
+    args["coordinator_address"] = config.coordinator_address
+  if config.num_processes != -1:
+    if config.num_processes < 1:
+      raise ValueError(f"config.num_processes must be positive (or -1: detect), got "
+                       f"{config.num_processes}")
+    args["num_processes"] = config.num_processes
+  if config.process_id != -1:
+    if not 0 <= config.process_id < args.get("num_processes", config.process_id + 1):
+      raise ValueError(f"config.process_id must be in [0, config.num_processes), got "
+                       f"{config.process_id} of {config.num_processes}")
+    args["process_id"] = config.process_id
+  if args and not config.distributed:
+    raise ValueError(f"config.{next(iter(args))} is set but config.distributed is False")
+  return args
+
+
 def _global_batch(sharding, *local_arrays):
   return tuple(jax.make_array_from_process_local_data(sharding, a) for a in local_arrays)
 
@@ -234,8 +258,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Resumes from the newest checkpoint in `workdir` if there is one. Writes config.json,
   metrics.jsonl (and TensorBoard events), checkpoints and results.json into `workdir`.
   """
-  if config.distributed:
-    jax.distributed.initialize()
+  distributed = distributed_arguments(config)  # Checked whether or not config.distributed.
+  if config.distributed and not jax.distributed.is_initialized():
+    jax.distributed.initialize(**distributed)
   mesh = make_mesh(config.num_devices)
   check_config(config, mesh.size)
   workdir = os.path.abspath(workdir)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -226,6 +227,80 @@ def test_four_simulated_devices_match_one_device(tmp_path):
   rel = json.loads(proc.stdout.split("RELDIFF")[-1])
   # 12 SGD steps; only the summation order of the cross-device batch reductions differs.
   assert rel < 1e-4
+
+
+_RUN_AND_SAVE_PARAMETERS = textwrap.dedent("""
+    import sys
+    import jax, numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from tests.test_train import tiny_config
+    from experiments import trainer
+    workdir, out, process_id, num_processes, address = sys.argv[2:7]
+    c = tiny_config("bin_small_cnn", num_epochs=1, eval_test_during_training=False)
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.05
+    if int(num_processes) > 1:
+      c.distributed = True
+      c.coordinator_address = address
+      c.num_processes = int(num_processes)
+      c.process_id = int(process_id)
+    r = trainer.train_and_evaluate(c, workdir)
+    assert jax.process_count() == int(num_processes), jax.process_count()
+    leaves = jax.tree.leaves(jax.device_get({"params": r["state"]["params"], "rest": r["state"]["rest"]}))
+    np.savez(out, *[np.asarray(x) for x in leaves if np.issubdtype(np.asarray(x).dtype, np.floating)],
+             test_accuracy=r["test_accuracy"], devices=jax.device_count())
+    """)
+
+
+def test_two_processes_match_one_process(tmp_path):
+  """jax.distributed: 2 processes x 2 CPU devices (one global batch sharded over 4 devices, each
+  process feeding its half) end with the parameters of one process on one device."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{s.getsockname()[1]}"
+
+  def start(workdir, process_id, num_processes, devices):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.Popen(
+        [sys.executable, "-c", _RUN_AND_SAVE_PARAMETERS, REPO, str(tmp_path / workdir),
+         str(tmp_path / f"{workdir}{process_id}.npz"), str(process_id), str(num_processes), address],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+  procs = [start("multi", i, 2, devices=2) for i in range(2)] + [start("single", 0, 1, devices=1)]
+  for proc in procs:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+  single = np.load(tmp_path / "single0.npz")
+  assert int(single["devices"]) == 1
+  for i in range(2):
+    multi = np.load(tmp_path / f"multi{i}.npz")
+    assert int(multi["devices"]) == 4
+    assert multi["test_accuracy"] == single["test_accuracy"]
+    arrays = [k for k in single.files if k.startswith("arr_")]
+    assert arrays and sorted(arrays) == sorted(k for k in multi.files if k.startswith("arr_"))
+    for k in arrays:
+      a, b = single[k], multi[k]
+      # One SGD epoch; only the summation order of the cross-device reductions differs.
+      np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * (np.max(np.abs(a)) + 1e-12))
+  # The chief alone wrote the run's outputs.
+  assert len(_read_jsonl(str(tmp_path / "multi"))) == len(_read_jsonl(str(tmp_path / "single")))
+  assert os.path.exists(tmp_path / "multi" / "results.json")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"coordinator_address": "127.0.0.1:1234"},
+     "config.coordinator_address is set but config.distributed is False"),
+    ({"distributed": True, "num_processes": 0}, "config.num_processes must be positive"),
+    ({"distributed": True, "num_processes": 2, "process_id": 2},
+     r"config.process_id must be in \[0, config.num_processes\), got 2 of 2"),
+])
+def test_distributed_settings_are_checked(setting, message):
+  c = tiny_config()
+  for key, value in setting.items():
+    c[key] = value
+  with pytest.raises(ValueError, match=message):
+    trainer.distributed_arguments(c)
 
 
 # ---- Metric writers without TensorFlow ------------------------------------------------------------

@@ -76,6 +76,11 @@ def get_config(model: str = "bin_vgg16") -> ml_collections.ConfigDict:
   # Devices: data-parallel over local devices (-1: all); multi-host via jax.distributed.
   config.num_devices = -1
   config.distributed = False
+  # With distributed: where the processes meet, how many there are and which one this is ("" and
+  # -1: detected from the cluster, as jax.distributed.initialize does on SLURM, Open MPI, ...).
+  config.coordinator_address = ""
+  config.num_processes = -1
+  config.process_id = -1
   config.tensorboard = True  # TensorBoard event files (needs TensorFlow); metrics.jsonl always
   return config
 
