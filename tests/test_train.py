@@ -268,9 +268,13 @@ def test_two_processes_match_one_process(tmp_path):
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
   procs = [start("multi", i, 2, devices=2) for i in range(2)] + [start("single", 0, 1, devices=1)]
-  for proc in procs:
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+  try:
+    for proc in procs:
+      _, err = proc.communicate(timeout=600)
+      assert proc.returncode == 0, err[-3000:]
+  finally:  # A failed process can leave its peer waiting for it.
+    for proc in procs:
+      proc.kill()
   single = np.load(tmp_path / "single0.npz")
   assert int(single["devices"]) == 1
   for i in range(2):
