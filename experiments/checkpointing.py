@@ -33,11 +33,18 @@ class Checkpoints:
       raise ValueError(f"config.keep_checkpoints must be >= 1, got {keep}")
     self.latest_dir = os.path.abspath(os.path.join(workdir, LATEST_DIR))
     self.best_dir = os.path.abspath(os.path.join(workdir, BEST_DIR))
+    # Own barrier names per manager: on several processes both save the same step at once, and
+    # orbax's barriers are named by step ("Barrier _async_write_complete.12 is already ongoing").
     self.latest = ocp.CheckpointManager(
-        self.latest_dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.latest_dir, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=LATEST_DIR)))
     self.best = ocp.CheckpointManager(
         self.best_dir, options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m["val_accuracy"], best_mode="max"))
+            max_to_keep=1, create=True, best_fn=lambda m: m["val_accuracy"], best_mode="max",
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=BEST_DIR)))
 
   @staticmethod
   def _args(state, record):

@@ -262,18 +262,21 @@ def test_two_processes_match_one_process(tmp_path):
   def start(workdir, process_id, num_processes, devices):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return subprocess.Popen(
-        [sys.executable, "-c", _RUN_AND_SAVE_PARAMETERS, REPO, str(tmp_path / workdir),
-         str(tmp_path / f"{workdir}{process_id}.npz"), str(process_id), str(num_processes), address],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Logs go to files: a process blocked on a full pipe would miss the shutdown barrier.
+    with open(tmp_path / f"{workdir}{process_id}.log", "w") as log:
+      return subprocess.Popen(
+          [sys.executable, "-c", _RUN_AND_SAVE_PARAMETERS, REPO, str(tmp_path / workdir),
+           str(tmp_path / f"{workdir}{process_id}.npz"), str(process_id), str(num_processes),
+           address], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
-  procs = [start("multi", i, 2, devices=2) for i in range(2)] + [start("single", 0, 1, devices=1)]
+  procs = {"multi0": start("multi", 0, 2, devices=2), "multi1": start("multi", 1, 2, devices=2),
+           "single0": start("single", 0, 1, devices=1)}
   try:
-    for proc in procs:
-      _, err = proc.communicate(timeout=600)
-      assert proc.returncode == 0, err[-3000:]
+    for name, proc in procs.items():
+      proc.wait(timeout=600)
+      assert proc.returncode == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
   finally:  # A failed process can leave its peer waiting for it.
-    for proc in procs:
+    for proc in procs.values():
       proc.kill()
   single = np.load(tmp_path / "single0.npz")
   assert int(single["devices"]) == 1
