@@ -537,12 +537,17 @@ ffi::Error DenseEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
                     bias.typed_data(), out->typed_data());
 }
 
-auto BindConv() {
+// The operands every target takes, packed input and packed weights; the epilogue targets add
+// the per-channel scale and bias (as in ffi/cpu/xnor_ffi.cc, with the CUDA contexts).
+auto BindInputs() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::PlatformStream<cudaStream_t>>()
       .Ctx<ffi::ScratchAllocator>()
       .Arg<ffi::Buffer<ffi::U32>>()
       .Arg<ffi::Buffer<ffi::U32>>();
+}
+auto BindInputsScaleBias() {
+  return BindInputs().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>();
 }
 
 }  // namespace
@@ -562,39 +567,27 @@ int WgmmaCompiledForDevice() {
 
 // The contract's targets (weights output-major) and the "_hwio" / "_kn" targets (weights in the
 // public packed layout), which differ only in how the weights are read.
-#define XNORJAX_CONV_HANDLERS(SUFFIX, INPUT_MAJOR)                                                \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cuda##SUFFIX, cuda::ConvI32Impl<INPUT_MAJOR>,           \
-                                ConvAttrsOf(cuda::BindConv().Ret<ffi::Buffer<ffi::S32>>())); \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
-      XnorConvF32Cuda##SUFFIX,                                                                    \
-      (cuda::ConvEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32, INPUT_MAJOR>),                \
-      ConvAttrsOf(cuda::BindConv()                                                          \
-                            .Arg<ffi::Buffer<ffi::F32>>()                                         \
-                            .Arg<ffi::Buffer<ffi::F32>>()                                         \
-                            .Ret<ffi::Buffer<ffi::F32>>()));                                      \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
-      XnorConvPackedCuda##SUFFIX,                                                                 \
-      (cuda::ConvEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32, INPUT_MAJOR>),                 \
-      ConvAttrsOf(cuda::BindConv()                                                          \
-                            .Arg<ffi::Buffer<ffi::F32>>()                                         \
-                            .Arg<ffi::Buffer<ffi::F32>>()                                         \
-                            .Ret<ffi::Buffer<ffi::U32>>()));                                      \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cuda##SUFFIX, cuda::DenseI32Impl<INPUT_MAJOR>,         \
-                                DenseAttrsOf(cuda::BindConv().Ret<ffi::Buffer<ffi::S32>>()));     \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
-      XnorDenseF32Cuda##SUFFIX,                                                                   \
-      (cuda::DenseEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32, INPUT_MAJOR>),               \
-      DenseAttrsOf(cuda::BindConv()                                                               \
-                       .Arg<ffi::Buffer<ffi::F32>>()                                              \
-                       .Arg<ffi::Buffer<ffi::F32>>()                                              \
-                       .Ret<ffi::Buffer<ffi::F32>>()));                                           \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                  \
-      XnorDensePackedCuda##SUFFIX,                                                                \
-      (cuda::DenseEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32, INPUT_MAJOR>),                \
-      DenseAttrsOf(cuda::BindConv()                                                               \
-                       .Arg<ffi::Buffer<ffi::F32>>()                                              \
-                       .Arg<ffi::Buffer<ffi::F32>>()                                              \
-                       .Ret<ffi::Buffer<ffi::U32>>()));
+#define XNORJAX_CONV_HANDLERS(SUFFIX, INPUT_MAJOR)                                                 \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cuda##SUFFIX, cuda::ConvI32Impl<INPUT_MAJOR>,            \
+                                ConvAttrsOf(cuda::BindInputs().Ret<ffi::Buffer<ffi::S32>>()));    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                   \
+      XnorConvF32Cuda##SUFFIX,                                                                     \
+      (cuda::ConvEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32, INPUT_MAJOR>),                 \
+      ConvAttrsOf(cuda::BindInputsScaleBias().Ret<ffi::Buffer<ffi::F32>>()));                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                   \
+      XnorConvPackedCuda##SUFFIX,                                                                  \
+      (cuda::ConvEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32, INPUT_MAJOR>),                  \
+      ConvAttrsOf(cuda::BindInputsScaleBias().Ret<ffi::Buffer<ffi::U32>>()));                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cuda##SUFFIX, cuda::DenseI32Impl<INPUT_MAJOR>,          \
+                                DenseAttrsOf(cuda::BindInputs().Ret<ffi::Buffer<ffi::S32>>()));   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                   \
+      XnorDenseF32Cuda##SUFFIX,                                                                    \
+      (cuda::DenseEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32, INPUT_MAJOR>),                \
+      DenseAttrsOf(cuda::BindInputsScaleBias().Ret<ffi::Buffer<ffi::F32>>()));                     \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                   \
+      XnorDensePackedCuda##SUFFIX,                                                                 \
+      (cuda::DenseEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32, INPUT_MAJOR>),                 \
+      DenseAttrsOf(cuda::BindInputsScaleBias().Ret<ffi::Buffer<ffi::U32>>()));
 
 XNORJAX_CONV_HANDLERS(, false)
 XNORJAX_CONV_HANDLERS(InputMajor, true)
