@@ -103,13 +103,10 @@ def float_matmul_ceiling(repeats: int) -> float:
   for m, k, n in CEILING_MATMULS:
     a = jnp.asarray(rng.standard_normal((m, k), np.float32))
     b = jnp.asarray(rng.standard_normal((k, n), np.float32))
-    jax.block_until_ready(matmul(a, b))
-    times = []
-    for _ in range(repeats):
-      t = time.perf_counter()
-      jax.block_until_ready(matmul(a, b))
-      times.append(time.perf_counter() - t)
-    best = max(best, m * k * n / statistics.median(times) / 1e9)
+    run = lambda a=a, b=b: jax.block_until_ready(matmul(a, b))
+    run()  # Compile and warm up.
+    macs_per_second, _ = _median_rate(run, m * k * n, repeats)
+    best = max(best, macs_per_second / 1e9)
   return best
 
 

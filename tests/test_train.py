@@ -63,6 +63,12 @@ def _params(results):
   return jax.tree.map(np.asarray, jax.device_get(results["state"]["params"]))
 
 
+def float_leaves(state) -> list[np.ndarray]:
+  """The floating-point arrays of a trained state: parameters, then BatchNorm statistics."""
+  leaves = jax.tree.leaves(jax.device_get({"params": state["params"], "rest": state["rest"]}))
+  return [np.asarray(x) for x in leaves if np.issubdtype(np.asarray(x).dtype, np.floating)]
+
+
 def _read_jsonl(workdir):
   with open(os.path.join(workdir, metrics_lib.METRICS_FILE)) as f:
     return [json.loads(line) for line in f]
@@ -203,7 +209,7 @@ def test_four_simulated_devices_match_one_device(tmp_path):
       import json, sys
       import jax, numpy as np
       sys.path.insert(0, {REPO!r})
-      from tests.test_train import tiny_config
+      from tests.test_train import float_leaves, tiny_config
       from experiments import trainer
       assert jax.device_count() == 4, jax.devices()
       out = {{}}
@@ -214,9 +220,7 @@ def test_four_simulated_devices_match_one_device(tmp_path):
         c.optim.learning_rate = 0.05
         c.data.prefetch = 1
         r = trainer.train_and_evaluate(c, {str(tmp_path)!r} + f"/run{{n}}")
-        out[n] = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(r["state"]["params"]))]
-        out[n] += [np.asarray(x) for x in jax.tree.leaves(jax.device_get(r["state"]["rest"]))
-                   if np.issubdtype(np.asarray(x).dtype, np.floating)]
+        out[n] = float_leaves(r["state"])
       diffs = [float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)) for a, b in zip(out[1], out[4])]
       print("RELDIFF", json.dumps(max(diffs)))
   """)
@@ -233,7 +237,7 @@ _RUN_AND_SAVE_PARAMETERS = textwrap.dedent("""
     import sys
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
-    from tests.test_train import tiny_config
+    from tests.test_train import float_leaves, tiny_config
     from experiments import trainer
     workdir, out, process_id, num_processes, address = sys.argv[2:7]
     c = tiny_config("bin_small_cnn", num_epochs=1, eval_test_during_training=False)
@@ -246,9 +250,8 @@ _RUN_AND_SAVE_PARAMETERS = textwrap.dedent("""
       c.process_id = int(process_id)
     r = trainer.train_and_evaluate(c, workdir)
     assert jax.process_count() == int(num_processes), jax.process_count()
-    leaves = jax.tree.leaves(jax.device_get({"params": r["state"]["params"], "rest": r["state"]["rest"]}))
-    np.savez(out, *[np.asarray(x) for x in leaves if np.issubdtype(np.asarray(x).dtype, np.floating)],
-             test_accuracy=r["test_accuracy"], devices=jax.device_count())
+    np.savez(out, *float_leaves(r["state"]), test_accuracy=r["test_accuracy"],
+             devices=jax.device_count())
     """)
 
 
