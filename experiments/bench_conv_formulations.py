@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import huge_pages
 from xnorjax.ops import conv as conv_lib
 
 # (in_channels, out_channels, map size), 3x3 SAME: the first float conv and the 12 distinct binary
@@ -83,4 +84,5 @@ def main():
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   main()

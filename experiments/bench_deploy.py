@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import export as export_lib
+from experiments import huge_pages
 from xnorjax import deploy
 from xnorjax import models
 
@@ -160,4 +161,5 @@ def main():
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   main()

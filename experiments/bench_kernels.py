@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+from experiments import huge_pages
 import xnorjax
 from xnorjax.ops import pack_bits, xnor_conv
 
@@ -200,4 +201,5 @@ def _cpu_model() -> str:
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   main()

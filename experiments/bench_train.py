@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import huge_pages
 from experiments import input_pipeline
 from experiments import optim
 from experiments import trainer
@@ -202,7 +203,11 @@ def pytorch_python() -> str:
 
 
 def bench_pytorch(python: str, models, batch_size: int, steps: int, repeats: int) -> dict:
-  """{model: row} from experiments/pytorch_baseline.py run under `python` (a subprocess)."""
+  """{model: row} from experiments/pytorch_baseline.py run under `python` (a subprocess).
+
+  The subprocess inherits this process's environment, huge pages (experiments/huge_pages.py)
+  included, so both sides of the ratio run with the same allocator settings.
+  """
   done = subprocess.run(
       [python, PYTORCH_BASELINE, f"--models={','.join(models)}", f"--batch_size={batch_size}",
        f"--steps={steps}", f"--repeats={repeats}"],
@@ -247,7 +252,8 @@ def main(argv):
   del argv
   results = {"device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
              "num_devices": jax.device_count(), "cpu_count": os.cpu_count(),
-             "load_average_1min": round(os.getloadavg()[0], 2)}
+             "load_average_1min": round(os.getloadavg()[0], 2),
+             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   results.update(bench_input_pipeline(_BATCH.value))
   results["float_matmul_ceiling_gmac_per_second"] = round(float_matmul_ceiling(_REPEATS.value), 1)
   print(json.dumps(results), flush=True)
@@ -276,4 +282,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   app.run(main)

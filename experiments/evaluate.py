@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import metrics as skm
 
+from experiments import huge_pages
 from experiments import input_pipeline
 from experiments import plots
 from experiments import restore
@@ -288,5 +289,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   define_flags()
   app.run(main)

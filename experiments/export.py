@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from experiments import evaluate
+from experiments import huge_pages
 from experiments import input_pipeline
 from experiments import restore
 from xnorjax import deploy
@@ -194,5 +195,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   define_flags()
   app.run(main)

@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import huge_pages
 from experiments import trainer
 
 _CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -94,4 +95,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   app.run(main)
