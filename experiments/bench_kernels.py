@@ -34,25 +34,16 @@ import numpy as np
 
 from experiments import huge_pages
 import xnorjax
+from xnorjax.models import bin_vgg16_conv_shapes
 from xnorjax.ops import pack_bits, xnor_conv
 
-try:
-  from xnorjax.models import bin_vgg16_conv_shapes  # pylint: disable=g-import-not-at-top
-except ImportError:  # the model zoo has not landed: the same 13 shapes, listed here
-  bin_vgg16_conv_shapes = None
-
-_FALLBACK_LAYERS = [(64, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8),
-                    (256, 256, 8), (256, 256, 8), (256, 512, 4), (512, 512, 4), (512, 512, 4),
-                    (512, 512, 2), (512, 512, 2), (512, 512, 2)]
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
 def vgg_layers() -> list[tuple[str, int, int, int]]:
   """(name, C_in, C_out, map size) of bin_vgg16's 13 binary 3x3 SAME stride-1 convs."""
-  if bin_vgg16_conv_shapes is not None:
-    return [(s.name, s.in_channels, s.out_channels, s.input_hw[0])
-            for s in bin_vgg16_conv_shapes(image_size=32)]
-  return [(f"conv{i + 1}", cin, cout, hw) for i, (cin, cout, hw) in enumerate(_FALLBACK_LAYERS)]
+  return [(s.name, s.in_channels, s.out_channels, s.input_hw[0])
+          for s in bin_vgg16_conv_shapes(image_size=32)]
 
 
 def _lax_conv(x, k, out_dtype):
