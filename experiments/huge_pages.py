@@ -46,8 +46,14 @@ def huge_page_environment(environ, glibc: tuple[int, int] | None, mode: str | No
   Nothing to do when the user opted out, when the tunable is already set (also: after our own
   restart, so this can never loop), when the C library is not glibc >= 2.35 (which has no such
   tunable), or when the kernel's policy is "always" (already huge) or "never" (no advice helps).
+
+  Raises:
+    ValueError: XNORJAX_HUGE_PAGES is set to something other than 0 or 1.
   """
-  if environ.get(OPT_OUT, "1") == "0":
+  choice = environ.get(OPT_OUT, "1")
+  if choice not in ("0", "1"):
+    raise ValueError(f"{OPT_OUT} must be 0 (off) or 1 (on, the default), got {choice!r}")
+  if choice == "0":
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
   if TUNABLE + "=" in tunables:
@@ -65,7 +71,10 @@ def reexec_with_huge_pages() -> None:
   Call it first in a program's `if __name__ == "__main__":` block, before threads or files exist;
   it does not return when it restarts. `sys.orig_argv` keeps `-m module` and interpreter options.
   """
-  env = huge_page_environment(os.environ, glibc_version(), thp_mode())
+  try:
+    env = huge_page_environment(os.environ, glibc_version(), thp_mode())
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   if env is None or not sys.executable:
     return
   sys.stdout.flush()

@@ -77,3 +77,14 @@ def test_restart_keeps_the_command_and_gets_huge_pages(opt_out):
   else:
     assert tunables == _NEW
     assert huge_kib[0] >= 32 << 10, "the 64 MiB block should be mostly huge pages"
+
+
+@pytest.mark.parametrize("value", ["false", "off", "", "2"])
+def test_a_bad_opt_out_value_is_named(value):
+  with pytest.raises(ValueError, match="XNORJAX_HUGE_PAGES must be 0 .* or 1"):
+    huge_pages.huge_page_environment({huge_pages.OPT_OUT: value}, (2, 36), "madvise")
+  env = {**os.environ, huge_pages.OPT_OUT: value}
+  done = subprocess.run([sys.executable, "-m", "experiments.train", "--helpshort"], cwd=_ROOT,
+                        env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode != 0 and "error: XNORJAX_HUGE_PAGES must be" in done.stderr, done.stderr
+  assert "Traceback" not in done.stderr
