@@ -20,6 +20,7 @@ _NEW = "glibc.malloc.hugetlb=1"
     ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36), "madvise", None),  # the user's choice
     ({"XNORJAX_HUGE_PAGES": "0"}, (2, 36), "madvise", None),
     ({"XNORJAX_HUGE_PAGES": "1"}, (2, 36), "madvise", _NEW),
+    ({"XNORJAX_HUGE_PAGES": ""}, (2, 36), "madvise", _NEW),  # empty as unset
     ({}, (2, 34), "madvise", None),  # no such tunable before glibc 2.35
     ({}, None, "madvise", None),  # not glibc (musl, macOS)
     ({}, (2, 36), "always", None),  # already huge
@@ -79,7 +80,7 @@ def test_restart_keeps_the_command_and_gets_huge_pages(opt_out):
     assert huge_kib[0] >= 32 << 10, "the 64 MiB block should be mostly huge pages"
 
 
-@pytest.mark.parametrize("value", ["false", "off", "", "2"])
+@pytest.mark.parametrize("value", ["false", "off", "2", " 0"])
 def test_a_bad_opt_out_value_is_named(value):
   with pytest.raises(ValueError, match="XNORJAX_HUGE_PAGES must be 0 .* or 1"):
     huge_pages.huge_page_environment({huge_pages.OPT_OUT: value}, (2, 36), "madvise")

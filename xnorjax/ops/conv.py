@@ -114,7 +114,7 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
   Sums of f+b over the nine shapes: lax 3285, im2col 900, lax_im2col 1636, lax_padded 2028 (its
   2x2 row), auto 610 ms. The padded convs win where the maps are large; at 2x2 every lax.conv
   is pathological (XLA rewrites it into a reversed-window form), so small maps stay on im2col.
-  Rerun on huge pages (experiments/huge_pages.py; 2026-11-29 10:05 UTC), the sums were lax 2871,
+  Rerun on huge pages (experiments/huge_pages.py; 2026-11-29 09:45 UTC), the sums were lax 2871,
   im2col 633, lax_im2col 1456, lax_padded 2014, auto 588 ms; each choice was the fastest or
   within 1% of it, except 3->64, where lax_im2col (16.0 ms) beat im2col (23.4 ms): a 7 ms
   difference that went the other way in the table above, so the policy stays.
