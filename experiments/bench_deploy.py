@@ -157,7 +157,8 @@ def main():
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
       json.dump({"source": source, "cpu": _cpu_name(), "cpus": os.cpu_count(),
-                 "jax": jax.__version__, "sizes": sizes, "rows": rows}, f, indent=2)
+                 "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+                 "sizes": sizes, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

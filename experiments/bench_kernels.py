@@ -135,7 +135,8 @@ def main():
   info = {"machine": platform.processor() or platform.machine(), "cpu": _cpu_model(),
           "cores": threads, "jax": jax.__version__, "xnor_impl": impl_names[ext.xnor.auto_impl()],
           "popcount_ceiling_bitmac_per_s": ceiling, "popcount_ceiling_1thread": ceiling_1,
-          "load_average_before": os.getloadavg()}
+          "load_average_before": os.getloadavg(),
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   print(f"{info['cpu']}, {threads} cores, jax {jax.__version__}, xnor path {info['xnor_impl']}, "
         f"load average {info['load_average_before'][0]:.1f}")
   print(f"popcount ceiling: {ceiling / 1e12:.2f} T bit-MAC/s on {threads} threads "
