@@ -17,10 +17,11 @@ import numpy as np
 
 from experiments import huge_pages
 from xnorjax.ops import conv as conv_lib
+from xnorjax.ops import float_conv
 
 # (in_channels, out_channels, map size), 3x3 SAME: the first float conv and the 12 distinct binary
 # conv shapes of VGG16 on 32x32 inputs (stage 3 and 4 repeat shapes).
-FORMULATIONS = ("lax", "im2col", "lax_im2col", "lax_padded")
+FORMULATIONS = ("lax", "im2col", "lax_im2col", "lax_padded", "native")
 VGG16_SHAPES = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8),
                 (256, 256, 8), (256, 512, 4), (512, 512, 4), (512, 512, 2)]
 
@@ -35,13 +36,13 @@ def _median_ms(fn, args, repeats):
   return 1e3 * float(np.median(times))
 
 
-def bench_shape(cin, cout, size, batch, dtype, repeats, kernel_size=3):
+def bench_shape(cin, cout, size, batch, dtype, repeats, names, kernel_size=3):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), dtype)
   k = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, cin, cout)), dtype)
   ct = jnp.asarray(rng.standard_normal((batch, size, size, cout)), dtype)
   row = {}
-  for formulation in FORMULATIONS:
+  for formulation in names:
     def forward(x, k, formulation=formulation):
       return conv_lib.conv2d(x, k, strides=1, padding="SAME", formulation=formulation)
 
@@ -51,7 +52,7 @@ def bench_shape(cin, cout, size, batch, dtype, repeats, kernel_size=3):
     row[formulation] = (_median_ms(jax.jit(forward), (x, k), repeats),
                         _median_ms(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), (x, k), repeats))
   pads = conv_lib.normalize_padding("SAME", (size, size), (kernel_size, kernel_size), (1, 1))
-  row["auto"] = conv_lib.choose_formulation(x.shape, k.shape, (1, 1), pads)
+  row["auto"] = conv_lib.choose_formulation(x.shape, k.shape, (1, 1), pads, dtype=dtype)
   return row
 
 
@@ -65,13 +66,15 @@ def main():
   print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch {args.batch}, {args.dtype}, "
         f"3x3 SAME, median of {args.repeats}, ms")
   names = FORMULATIONS
-  short = {"lax": "lax", "im2col": "i2c", "lax_im2col": "mix", "lax_padded": "pad"}
+  if dtype != jnp.float32 or not float_conv.available():
+    names = tuple(n for n in names if n != "native")  # float32 only, needs the extension
+  short = {"lax": "lax", "im2col": "i2c", "lax_im2col": "mix", "lax_padded": "pad", "native": "nat"}
   print(f"{'cin->cout':>10} {'map':>5} {'patches':>9} | "
         + " ".join(f"{'fwd ' + short[n]:>8}" for n in names) + " | "
         + " ".join(f"{'f+b ' + short[n]:>8}" for n in names) + " | auto")
   totals = dict.fromkeys(names + ("auto",), 0.0)
   for cin, cout, size in VGG16_SHAPES:
-    row = bench_shape(cin, cout, size, args.batch, dtype, args.repeats)
+    row = bench_shape(cin, cout, size, args.batch, dtype, args.repeats, names)
     for name in names:
       totals[name] += row[name][1]
     totals["auto"] += row[row["auto"]][1]

@@ -188,15 +188,16 @@ def test_conv2d_bfloat16_with_float32_accumulation(rng):
 
 
 def test_choose_formulation_policy():
+  """The XLA formulations (without the extension's "native" conv: tests/test_float_conv.py)."""
   same = lambda n: conv_lib.normalize_padding("SAME", (n, n), (3, 3), (1, 1))
-  assert conv_lib.choose_formulation((16, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2)) == "im2col"
-  assert conv_lib.choose_formulation((16, 32, 32, 3), (3, 3, 3, 64), (1, 1), same(32)) == "im2col"
-  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32)) == "lax_padded"
-  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32),
-                                     pad_value=-1.0) == "lax_im2col"
-  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (2, 2), same(32)) == "lax_im2col"
+  choose = lambda *args, **kw: conv_lib.choose_formulation(*args, native=False, **kw)
+  assert choose((16, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2)) == "im2col"
+  assert choose((16, 32, 32, 3), (3, 3, 3, 64), (1, 1), same(32)) == "im2col"
+  assert choose((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32)) == "lax_padded"
+  assert choose((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32), pad_value=-1.0) == "lax_im2col"
+  assert choose((16, 32, 32, 64), (3, 3, 64, 64), (2, 2), same(32)) == "lax_im2col"
   pads1 = conv_lib.normalize_padding("SAME", (32, 32), (1, 1), (1, 1))
-  assert conv_lib.choose_formulation((16, 32, 32, 64), (1, 1, 64, 64), (1, 1), pads1) == "im2col"
+  assert choose((16, 32, 32, 64), (1, 1, 64, 64), (1, 1), pads1) == "im2col"
   for shape in ((16, 2, 2, 512), (16, 32, 32, 64)):  # off the CPU: lax.conv (cuDNN on GPUs)
     kernel = (3, 3, shape[3], shape[3])
     assert conv_lib.choose_formulation(shape, kernel, (1, 1), same(shape[1]), backend="gpu") == "lax"

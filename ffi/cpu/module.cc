@@ -2,6 +2,7 @@
 // with XLA (jax.ffi.register_ffi_target) at import.
 #include <nanobind/nanobind.h>
 
+#include "cpu/float_conv_ffi.h"
 #include "cpu/geometry_bindings.h"
 #include "cpu/pack_bits.h"
 #include "cpu/xnor_bindings.h"
@@ -38,6 +39,10 @@ NB_MODULE(_ffi, m) {
         xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseF32KnCpu);
     registrations["xnorjax_xnor_dense_packed_kn"] =
         xnorjax::EncapsulateFfiHandler(xnorjax::XnorDensePackedKnCpu);
+    // Float32 training convs (see cpu/float_conv.h).
+    registrations["xnorjax_float_conv"] = xnorjax::EncapsulateFfiHandler(xnorjax::FloatConvCpu);
+    registrations["xnorjax_float_conv_kernel_grad"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::FloatConvKernelGradCpu);
     return registrations;
   });
   xnorjax::BindGeometry(m);

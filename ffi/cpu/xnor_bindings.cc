@@ -8,6 +8,7 @@
 #include <string>
 
 #include "conv_geometry.h"
+#include "cpu/float_conv.h"
 #include "cpu/parallel_for.h"
 #include "cpu/popcount_ceiling.h"
 #include "cpu/xnor_kernels.h"
@@ -87,6 +88,7 @@ void BindXnor(nb::module_& parent) {
     nb::dict features;
     features["avx512_vpopcntdq"] = CpuHasAvx512Vpopcntdq();
     features["avx2"] = CpuHasAvx2();
+    features["avx512f"] = FloatConvSupported();  // the float32 training convs (float_conv.h)
     return features;
   });
   m.def("auto_impl", []() { return static_cast<int64_t>(ResolveImpl(0)); },

@@ -7,6 +7,9 @@ the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
   "lax"         lax.conv_general_dilated, forward and (autodiff) backward.
   "im2col"      shifted views + one dot, forward and (autodiff) backward.
   "lax_im2col"  lax.conv forward, im2col's gradient backward (a custom_vjp: reverse mode only).
+  "native"      the C++ extension's float32 conv (xnorjax/ops/float_conv.py; CPU with AVX-512F,
+                stride 1): its forward conv, input-gradient conv and kernel gradient run at
+                65-100% of the float32 FMA rate. A custom_vjp: reverse mode only.
   "lax_padded"  lax.conv forward and backward, every conv written with its zero padding inside the
                 conv: XLA's CPU conv is 2.5-4x faster with padding than on a pre-padded input
                 ("VALID"; jax.grad of a padded conv gives such a VALID conv for the kernel
@@ -32,7 +35,9 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-FORMULATIONS = ("auto", "lax", "im2col", "lax_im2col", "lax_padded")
+from xnorjax.ops import float_conv
+
+FORMULATIONS = ("auto", "lax", "im2col", "lax_im2col", "lax_padded", "native")
 _DN = ("NHWC", "HWIO", "NHWC")
 Padding = Union[str, int, Sequence[Sequence[int]]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -83,48 +88,55 @@ def output_hw(input_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequen
 
 def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
                        strides: Sequence[int], pads: Pads, pad_value: float = 0.0,
-                       backend: Optional[str] = None) -> str:
+                       backend: Optional[str] = None, dtype=jnp.float32,
+                       native: Optional[bool] = None, devices: Optional[int] = None) -> str:
   """The formulation "auto" uses for one conv shape (the one place to tune the policy).
 
   Off the CPU (`backend`, default `jax.default_backend()`), "lax": the measurements below are
   about XLA's CPU convs; on GPUs lax.conv goes to cuDNN. On the CPU:
 
     * "im2col" for 1x1 kernels (a reshape and one matmul), for output maps of at most 4x4 (where
-      lax.conv is pathological: ~100x slower at 2x2) and for inputs of at most 8 channels (RGB
-      first layers, where the patch matrix is small).
-    * "lax_padded" for stride 1 with zero padding of at most kernel - 1 per side: lax.conv's fast
-      padded path forward and backward (forward 2-4x faster than the im2col dot on large maps,
-      which matters for evaluation; forward + backward 1.4-1.9x faster than "lax_im2col" on the
-      VGG16 shapes below).
+      lax.conv is pathological: ~100x slower at 2x2, and "native" 1.2-1.5x slower than im2col)
+      and for inputs of at most 8 channels (RGB first layers, where the patch matrix is small).
+    * "native" (the extension's float32 conv) for stride 1 and float32 (with float32 or no
+      preferred_element_type), when the extension is built, the CPU has AVX-512F (`native`,
+      default `float_conv.available()`) and the computation has one device (`devices`, default
+      `jax.device_count()`): its FFI calls have no partitioning rule, so a data-parallel batch
+      sharding would be gathered onto every device.
+    * "lax_padded" otherwise for stride 1 with zero padding of at most kernel - 1 per side:
+      lax.conv's fast padded path forward and backward (forward 2-4x faster than the im2col dot
+      on large maps; forward + backward 1.4-1.9x faster than "lax_im2col" on the VGG16 shapes).
     * "lax_im2col" otherwise: lax.conv's forward with im2col's backward.
 
   Measured with experiments/bench_conv_formulations.py (batch 128, float32, 3x3 SAME, median of
-  3, ms; "f+b" = value_and_grad for input and kernel) on the quiet 2-core AMD EPYC Zen 5
-  (2026-11-29 05:50 UTC, load average about 1.5):
-     cin->cout   map  |  fwd lax  fwd i2c |  f+b lax  f+b i2c  f+b lax_im2col  f+b lax_padded | auto
-       3->64    32x32 |    17.6     17.4  |    27.4     15.7       18.3           36.2      | im2col
-      64->64    32x32 |    74.0    182.7  |   362.7    281.3      296.1          165.4      | padded
-      64->128   16x16 |    19.8     49.0  |   107.3     88.0       90.7           55.2      | padded
-     128->128   16x16 |    23.4     95.1  |   200.7    176.5      178.1           93.1      | padded
-     128->256    8x8  |    22.1     32.2  |   102.2     65.9       60.9           42.8      | padded
-     256->256    8x8  |    23.2     59.1  |   202.8    124.1      130.1           89.1      | padded
-     256->512    4x4  |    11.1     11.7  |    72.0     37.2       41.8           46.3      | im2col
-     512->512    4x4  |    27.3     40.0  |   199.7     92.3       95.0           92.2      | im2col
-     512->512    2x2  |   688.7      5.7  |  2010.4     19.3      724.8         1407.5      | im2col
-  Sums of f+b over the nine shapes: lax 3285, im2col 900, lax_im2col 1636, lax_padded 2028 (its
-  2x2 row), auto 610 ms. The padded convs win where the maps are large; at 2x2 every lax.conv
-  is pathological (XLA rewrites it into a reversed-window form), so small maps stay on im2col.
-  Rerun on huge pages (experiments/huge_pages.py; 2026-11-29 09:45 UTC), the sums were lax 2871,
-  im2col 633, lax_im2col 1456, lax_padded 2014, auto 588 ms; each choice was the fastest or
-  within 1% of it, except 3->64, where lax_im2col (16.0 ms) beat im2col (23.4 ms): a 7 ms
-  difference that went the other way in the table above, so the policy stays.
+  3, ms; "f+b" = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5 on huge pages
+  (experiments/huge_pages.py), 2026-11-29 12:13 UTC:
+     cin->cout   map  | fwd lax  fwd i2c  fwd pad  fwd nat | f+b lax  f+b i2c  f+b mix  f+b pad  f+b nat | auto
+       3->64    32x32 |    4.9      4.2      4.7      7.5  |    25.6     19.1     16.2     26.0     24.0  | im2col
+      64->64    32x32 |   65.9     75.1     47.5     24.4  |   248.7    168.0    154.6    150.2     79.3  | native
+      64->128   16x16 |   20.6     32.2     21.2     11.1  |    71.8    120.6     63.3     59.3     36.5  | native
+     128->128   16x16 |   25.5     45.5     24.3     21.3  |   151.0    127.9    209.3     93.9     67.0  | native
+     128->256    8x8  |   14.9     17.9     11.9     11.7  |    66.1     45.4     48.7     45.5     41.8  | native
+     256->256    8x8  |   24.8     35.7     24.5     24.1  |   139.4    104.1    103.3     92.3     72.8  | native
+     256->512    4x4  |   11.8     12.2     11.3     12.5  |    77.3     37.9     40.6     49.7     45.5  | im2col
+     512->512    4x4  |   28.0     34.2     27.6     25.3  |   156.3     75.8     83.8    107.6     98.0  | im2col
+     512->512    2x2  |  732.1      6.1    700.8      6.2  |  2215.0     20.9    729.8   1433.8     30.2  | im2col
+  ("mix" = lax_im2col.) Sums of f+b over the nine shapes: lax 3151, im2col 720, lax_im2col 1449,
+  lax_padded 2058, native 495; this policy about 450 ms, the previous one (without "native")
+  about 600. At 2x2 every lax.conv is pathological (XLA rewrites it into a reversed-window form).
   """
   if (backend or jax.default_backend()) != "cpu":
     return "lax"
+  if devices is None:
+    devices = jax.device_count()
   kh, kw, cin = kernel_shape[:3]
   ho, wo = output_hw(input_shape[1:3], (kh, kw), strides, pads)
   if kh * kw == 1 or ho * wo <= 16 or cin <= 8:
     return "im2col"
+  if native is None:
+    native = float_conv.available()
+  if native and tuple(strides) == (1, 1) and jnp.dtype(dtype) == jnp.float32 and devices == 1:
+    return "native"
   if (tuple(strides) == (1, 1) and pad_value == 0
       and all(0 <= lo <= k - 1 and 0 <= hi <= k - 1 for (lo, hi), k in zip(pads, (kh, kw)))):
     return "lax_padded"
@@ -256,6 +268,25 @@ def _conv_lax_padded_bwd(strides, pads, precision, preferred_element_type, resid
 
 _conv_lax_padded.defvjp(_conv_lax_padded_fwd, _conv_lax_padded_bwd)
 
+def _conv_native(x, kernel, strides, pads, pad_value, preferred_element_type):
+  """The extension's float32 conv (`float_conv.conv`), padding it cannot take done explicitly."""
+  if not float_conv.available():
+    raise ValueError("formulation='native' needs the C++ extension built (make install) and a CPU "
+                     "with AVX-512F; use formulation='auto'")
+  if x.dtype != jnp.float32:
+    raise TypeError(f"formulation='native' computes in float32, got x and kernel of dtype {x.dtype}")
+  if preferred_element_type is not None and jnp.dtype(preferred_element_type) != jnp.float32:
+    raise TypeError("formulation='native' accumulates and returns float32, got "
+                    f"preferred_element_type={jnp.dtype(preferred_element_type)}")
+  if tuple(strides) != (1, 1):
+    raise ValueError(f"formulation='native' supports strides 1 only, got strides={tuple(strides)}")
+  if pad_value != 0 or any(not 0 <= p <= k - 1 for pair, k in zip(pads, kernel.shape[:2])
+                           for p in pair):
+    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=jnp.asarray(pad_value, x.dtype))
+    pads = ((0, 0), (0, 0))
+  return float_conv.conv(x, kernel, pads)
+
+
 _IMPLEMENTATIONS = {"lax": _conv_lax, "im2col": _conv_im2col, "lax_im2col": _conv_lax_im2col}
 
 
@@ -273,7 +304,8 @@ def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float 
     formulation: "lax" (lax.conv_general_dilated), "im2col" (shifted views + one dot),
       "lax_im2col" (lax forward, im2col's gradient backward; reverse mode only, no jvp),
       "lax_padded" (lax forward and backward with the padding inside every conv; reverse mode
-      only) or "auto" (`choose_formulation`). All give the same result up to float summation order.
+      only), "native" (the C++ extension's float32 conv: CPU with AVX-512F, stride 1; reverse
+      mode only) or "auto" (`choose_formulation`). All give the same result up to float summation order.
     precision, preferred_element_type: passed to the conv / dot (e.g. bfloat16 operands with
       float32 accumulation).
 
@@ -306,7 +338,11 @@ def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float 
   dtype = jnp.result_type(x, kernel)
   x, kernel = x.astype(dtype), kernel.astype(dtype)
   if formulation == "auto":
-    formulation = choose_formulation(x.shape, kernel.shape, strides, pads, pad_value)
+    native_ok = preferred_element_type is None or jnp.dtype(preferred_element_type) == jnp.float32
+    formulation = choose_formulation(x.shape, kernel.shape, strides, pads, pad_value, dtype=dtype,
+                                     native=None if native_ok else False)
+  if formulation == "native":
+    return _conv_native(x, kernel, strides, pads, pad_value, preferred_element_type)
   if formulation == "lax_padded" and pad_value == 0:
     return _conv_lax_padded(x, kernel, strides, pads, precision, preferred_element_type)
   if any(lo or hi for lo, hi in pads):

@@ -1,0 +1,117 @@
+#include "cpu/float_conv_ffi.h"
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "cpu/float_conv.h"
+#include "cpu/parallel_for.h"
+#include "cpu/spin_pool.h"
+#include "ffi_common.h"
+
+namespace xnorjax {
+namespace {
+
+using F32 = ffi::Buffer<ffi::F32>;
+
+std::string Shape(ffi::Span<const int64_t> dims) {
+  std::string s = "f32[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+// The problem of x f32[N, H, W, C] with a KH x KW x C x O kernel; checks the shapes and the CPU.
+ffi::Error Problem(const char* target, ffi::Span<const int64_t> x, int64_t kh, int64_t kw,
+                   int64_t c, int64_t o, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
+                   FloatConvProblem* p) {
+  const std::string prefix = std::string(target) + ": ";
+  if (!FloatConvSupported()) return InvalidArgument(prefix + "this CPU lacks AVX-512F");
+  if (x.size() != 4) return InvalidArgument(prefix + "x must be f32[N, H, W, C], got " + Shape(x));
+  if (c != x[3]) {
+    return InvalidArgument(prefix + "x has " + std::to_string(x[3]) + " channels, the kernel " +
+                           std::to_string(c));
+  }
+  *p = FloatConvProblem{x[0], x[1], x[2], x[3], o, kh, kw, pt, pb, pl, pr};
+  if (std::string error = ValidateFloatConvProblem(p); !error.empty()) {
+    return InvalidArgument(prefix + error);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckDims(const char* target, const char* name, ffi::Span<const int64_t> got,
+                     std::initializer_list<int64_t> want) {
+  if (got.size() != want.size() || !std::equal(want.begin(), want.end(), got.begin())) {
+    std::vector<int64_t> w(want);
+    return InvalidArgument(std::string(target) + ": " + name + " must be " +
+                           Shape(ffi::Span<const int64_t>(w.data(), w.size())) + ", got " +
+                           Shape(got));
+  }
+  return ffi::Error::Success();
+}
+
+ParallelFor OnPool(ffi::ThreadPool& pool) {
+  return [&pool](int64_t n, int64_t use, const std::function<void(int64_t)>& body) {
+    if (!SpinPoolParallelFor(use, n, body)) ParallelForOnPool(&pool, use, n, body);
+  };
+}
+
+ffi::Error Conv(ffi::ThreadPool pool, F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, int64_t pt,
+                int64_t pb, int64_t pl, int64_t pr) {
+  constexpr const char* kTarget = "xnorjax_float_conv";
+  const auto kd = k.dimensions();
+  if (kd.size() != 4) return InvalidArgument(std::string(kTarget) + ": k must be f32[KH, KW, C, O]");
+  FloatConvProblem p;
+  if (auto e = Problem(kTarget, x.dimensions(), kd[0], kd[1], kd[2], kd[3], pt, pb, pl, pr, &p);
+      e.failure()) {
+    return e;
+  }
+  if (auto e = CheckDims(kTarget, "the result", y->dimensions(),
+                         {p.batch, p.out_h, p.out_w, p.out_channels});
+      e.failure()) {
+    return e;
+  }
+  RunFloatConv(p, x.typed_data(), k.typed_data(), y->typed_data(), pool.num_threads(),
+               OnPool(pool));
+  return ffi::Error::Success();
+}
+
+ffi::Error KernelGrad(ffi::ThreadPool pool, F32 x, F32 g, ffi::ResultBuffer<ffi::F32> dk,
+                      int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  constexpr const char* kTarget = "xnorjax_float_conv_kernel_grad";
+  const auto kd = dk->dimensions();
+  if (kd.size() != 4) {
+    return InvalidArgument(std::string(kTarget) + ": the result must be f32[KH, KW, C, O]");
+  }
+  FloatConvProblem p;
+  if (auto e = Problem(kTarget, x.dimensions(), kd[0], kd[1], kd[2], kd[3], pt, pb, pl, pr, &p);
+      e.failure()) {
+    return e;
+  }
+  if (auto e = CheckDims(kTarget, "g", g.dimensions(), {p.batch, p.out_h, p.out_w, p.out_channels});
+      e.failure()) {
+    return e;
+  }
+  RunFloatConvKernelGrad(p, x.typed_data(), g.typed_data(), dk->typed_data(), pool.num_threads(),
+                         OnPool(pool));
+  return ffi::Error::Success();
+}
+
+template <typename Binding>
+auto PadAttrsOf(Binding binding) {
+  return std::move(binding)
+      .template Attr<int64_t>("pad_top")
+      .template Attr<int64_t>("pad_bottom")
+      .template Attr<int64_t>("pad_left")
+      .template Attr<int64_t>("pad_right");
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FloatConvCpu, Conv,
+                              PadAttrsOf(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>()
+                                             .Arg<F32>().Ret<F32>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FloatConvKernelGradCpu, KernelGrad,
+                              PadAttrsOf(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>()
+                                             .Arg<F32>().Ret<F32>()));
+
+}  // namespace xnorjax

@@ -1,0 +1,12 @@
+// XLA FFI handlers of the float32 training convs on the CPU (cpu/float_conv.h); the operands,
+// attributes and results are documented in xnorjax/ops/float_conv.py.
+#pragma once
+
+#include "xla/ffi/api/ffi.h"
+
+namespace xnorjax {
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FloatConvCpu);            // "xnorjax_float_conv"
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FloatConvKernelGradCpu);  // "xnorjax_float_conv_kernel_grad"
+
+}  // namespace xnorjax

@@ -1,0 +1,126 @@
+"""conv2d's "native" formulation (the extension's float32 conv, xnorjax/ops/float_conv.py):
+forward against a float64 numpy loop, gradients against jax.grad of lax.conv, its policy and
+its errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.test_conv import numpy_conv2d
+from xnorjax.ops import conv as conv_lib
+from xnorjax.ops import conv2d
+from xnorjax.ops import float_conv
+
+pytestmark = pytest.mark.skipif(not float_conv.available(),
+                                reason="needs the C++ extension and a CPU with AVX-512F")
+
+# (x shape, kernel hw, out channels, padding, pad_value). Covers: channel tails of the 8-row
+# kernel-gradient blocks and of the 32-channel output blocks (3, 9, 20 in; 4, 17, 40 out), pixel
+# counts that are not multiples of the 12-pixel conv blocks or the 128-pixel gradient chunks,
+# batch 1, asymmetric padding, padding beyond kernel - 1 (padded explicitly), +-1 and 0.37
+# padding (padded explicitly), 1x1 and 2x3 kernels, and maps smaller than the kernel.
+CASES = [
+    ((2, 7, 6, 3), (3, 3), 4, "SAME", 0.0),
+    ((1, 9, 11, 9), (3, 3), 17, "SAME", 0.0),
+    ((3, 16, 16, 20), (3, 3), 40, "SAME", 0.0),
+    ((2, 7, 6, 5), (2, 3), 33, ((2, 0), (0, 1)), 0.0),
+    ((2, 6, 6, 8), (3, 3), 16, 3, 0.0),
+    ((2, 6, 5, 8), (3, 3), 16, "SAME", -1.0),
+    ((2, 6, 5, 8), (3, 3), 16, "SAME", 0.37),
+    ((2, 5, 4, 12), (1, 1), 24, "VALID", 0.0),
+    ((2, 2, 2, 16), (3, 3), 32, "SAME", 0.0),
+    ((2, 6, 5, 4), (3, 3), 8, "VALID", 0.0),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_native_forward_matches_numpy(rng, case):
+  x_shape, kernel_hw, out_channels, padding, pad_value = case
+  x = rng.standard_normal(x_shape).astype(np.float32)
+  kernel = rng.standard_normal(kernel_hw + (x_shape[3], out_channels)).astype(np.float32)
+  got = jax.jit(lambda a, b: conv2d(a, b, padding=padding, pad_value=pad_value,
+                                    formulation="native"))(x, kernel)
+  expected = numpy_conv2d(x, kernel, (1, 1), padding, pad_value)
+  assert got.shape == expected.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_native_gradients_match_lax_autodiff(rng, case):
+  """Input and kernel gradients against jax.grad of lax.conv (float32, other summation order)."""
+  x_shape, kernel_hw, out_channels, padding, pad_value = case
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal(kernel_hw + (x_shape[3], out_channels)), jnp.float32)
+  out_shape = conv2d(x, kernel, padding=padding, formulation="lax").shape
+  cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+  grads = {}
+  for formulation in ("lax", "native"):
+    loss = lambda a, b, f=formulation: jnp.sum(conv2d(
+        a, b, padding=padding, pad_value=pad_value, formulation=f) * cotangent)
+    grads[formulation] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  for got, ref in zip(grads["native"], grads["lax"]):
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5,
+                               atol=1e-5 * float(np.abs(ref).max()))
+
+
+def test_native_kernel_gradient_of_a_large_batch(rng):
+  """Many 128-pixel chunks and every block of a 64->64 layer (float32 sums of 4,096 terms)."""
+  x = rng.standard_normal((16, 16, 16, 64)).astype(np.float32)
+  g = rng.standard_normal((16, 16, 16, 64)).astype(np.float32)
+  pads = ((1, 1), (1, 1))
+  got = np.asarray(jax.jit(lambda a, b: float_conv.kernel_grad(a, b, (3, 3), pads))(x, g))
+  xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  want = np.stack([np.einsum("nhwc,nhwo->co", xp[:, i:i + 16, j:j + 16], g)
+                   for i in range(3) for j in range(3)]).reshape(3, 3, 64, 64)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_choose_formulation_takes_native_where_it_runs():
+  same = lambda n: conv_lib.normalize_padding("SAME", (n, n), (3, 3), (1, 1))
+  choose = lambda shape, **kw: conv_lib.choose_formulation(
+      shape, (3, 3, shape[3], 64), (1, 1), same(shape[1]), backend="cpu", **kw)
+  assert choose((16, 32, 32, 64), native=True, devices=1) == "native"
+  assert choose((16, 8, 8, 256), native=True, devices=1, pad_value=-1.0) == "native"
+  assert choose((16, 32, 32, 64), native=False, devices=1) == "lax_padded"
+  assert choose((16, 32, 32, 64), native=True, devices=4) == "lax_padded"  # no partitioning rule
+  assert choose((16, 32, 32, 64), native=True, devices=1, dtype=jnp.bfloat16) == "lax_padded"
+  assert choose((16, 4, 4, 512), native=True, devices=1) == "im2col"  # small maps: im2col faster
+  assert choose((16, 32, 32, 3), native=True, devices=1) == "im2col"  # RGB input
+  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (2, 2), same(32),
+                                     backend="cpu", native=True, devices=1) == "lax_im2col"
+
+
+def test_auto_runs_native_on_the_cpu(rng):
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, 3, 16, 32)), jnp.float32)
+  hlo = jax.jit(lambda a, b: conv2d(a, b)).lower(x, k).as_text()
+  assert "xnorjax_float_conv" in hlo
+  bf16 = lambda a, b: conv2d(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                             preferred_element_type=jnp.float32)
+  assert "xnorjax_float_conv" not in jax.jit(bf16).lower(x, k).as_text()
+
+
+def test_native_bad_input():
+  x, k = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 8))
+  with pytest.raises(ValueError, match="strides 1 only, got strides=.2, 2."):
+    conv2d(x, k, strides=2, formulation="native")
+  with pytest.raises(TypeError, match="computes in float32, got .* bfloat16"):
+    conv2d(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), formulation="native")
+  with pytest.raises(TypeError, match="preferred_element_type=bfloat16"):
+    conv2d(x, k, formulation="native", preferred_element_type=jnp.bfloat16)
+
+
+def test_ffi_targets_reject_inconsistent_shapes():
+  """The handlers check their operands: an error naming the operand, never a crash."""
+  x = jnp.ones((2, 6, 6, 4), jnp.float32)
+  pads = ((1, 1), (1, 1))
+  with pytest.raises(jax.errors.JaxRuntimeError, match="g must be f32.2, 6, 6, 8., got f32.2, 5, 6, 8."):
+    jax.jit(lambda a, b: float_conv.kernel_grad(a, b, (3, 3), pads))(x, jnp.ones((2, 5, 6, 8)))
+  with pytest.raises(jax.errors.JaxRuntimeError, match="x has 4 channels, the kernel 5"):
+    jax.jit(lambda a, b: float_conv.conv(a, b, pads))(x, jnp.ones((3, 3, 5, 8)))
+  with pytest.raises(ValueError, match="larger than the padded input"):
+    jax.jit(lambda a, b: float_conv.conv(a, b, ((0, 0), (0, 0))))(x, jnp.ones((7, 7, 4, 8)))
+  with pytest.raises(ValueError, match=r"pads must lie in \[0, kernel - 1\]"):
+    float_conv.conv(x, jnp.ones((3, 3, 4, 8)), ((3, 1), (1, 1)))
