@@ -1,8 +1,9 @@
 // Float32 convolutions for training on the CPU: NHWC input, HWIO kernel, stride 1, zero padding.
 // The forward conv also gives a conv's input gradient (the output gradient convolved with the
 // flipped kernel, its channel axes swapped); the kernel gradient is its own loop. On bin_vgg16's
-// layer shapes XLA's CPU convs reach about half of the float32 FMA rate, its kernel gradients
-// less; these AVX-512 microkernels reach 65-100% (experiments/bench_conv_formulations.py).
+// layer shapes XLA's CPU convs reach about half the rate of its best float32 matmul, its kernel
+// gradients less; these AVX-512 microkernels about all of it (180-230 GMAC/s on the 2-core Zen 5;
+// experiments/bench_conv_formulations.py).
 #pragma once
 
 #include <cstdint>

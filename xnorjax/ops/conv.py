@@ -8,8 +8,8 @@ the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
   "im2col"      shifted views + one dot, forward and (autodiff) backward.
   "lax_im2col"  lax.conv forward, im2col's gradient backward (a custom_vjp: reverse mode only).
   "native"      the C++ extension's float32 conv (xnorjax/ops/float_conv.py; CPU with AVX-512F,
-                stride 1): its forward conv, input-gradient conv and kernel gradient run at
-                65-100% of the float32 FMA rate. A custom_vjp: reverse mode only.
+                stride 1): forward conv, input-gradient conv and kernel gradient at about the
+                rate of XLA's best float32 matmul. A custom_vjp: reverse mode only.
   "lax_padded"  lax.conv forward and backward, every conv written with its zero padding inside the
                 conv: XLA's CPU conv is 2.5-4x faster with padding than on a pre-padded input
                 ("VALID"; jax.grad of a padded conv gives such a VALID conv for the kernel

@@ -1,8 +1,8 @@
 """The float32 conv of the C++ extension (CPU, AVX-512): conv2d's "native" formulation.
 
-XLA's CPU convs reach about half of the float32 FMA rate on the VGG16 shapes, and its kernel
-gradients (a matmul contracting over every pixel of the batch) less; the extension's microkernels
-(ffi/cpu/float_conv.cc) reach 65-100%. Two FFI targets, stride 1, zero padding given as
+XLA's CPU convs reach about half the rate of its best float32 matmul on the VGG16 shapes, and its
+kernel gradients (a matmul contracting over every pixel of the batch) less; the extension's
+microkernels (ffi/cpu/float_conv.cc) about all of it (180-230 GMAC/s on the 2-core Zen 5). Two FFI targets, stride 1, zero padding given as
 pads ((top, bottom), (left, right)):
 
   xnorjax_float_conv              x f32[N, H, W, C], k f32[KH, KW, C, O] -> y f32[N, Ho, Wo, O]
