@@ -77,6 +77,14 @@ def test_native_kernel_gradient_of_a_large_batch(rng):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
+def test_native_with_an_empty_batch():
+  x, k = jnp.zeros((0, 8, 8, 16)), jnp.ones((3, 3, 16, 32))
+  assert conv2d(x, k, formulation="native").shape == (0, 8, 8, 32)
+  grads = jax.grad(lambda a, b: conv2d(a, b, formulation="native").sum(), (0, 1))(x, k)
+  assert grads[0].shape == x.shape
+  np.testing.assert_array_equal(np.asarray(grads[1]), np.zeros(k.shape))
+
+
 def test_choose_formulation_takes_native_where_it_runs():
   same = lambda n: conv_lib.normalize_padding("SAME", (n, n), (3, 3), (1, 1))
   choose = lambda shape, **kw: conv_lib.choose_formulation(
@@ -88,6 +96,8 @@ def test_choose_formulation_takes_native_where_it_runs():
   assert choose((16, 32, 32, 64), native=True, devices=1, dtype=jnp.bfloat16) == "lax_padded"
   assert choose((16, 4, 4, 512), native=True, devices=1) == "im2col"  # small maps: im2col faster
   assert choose((16, 32, 32, 3), native=True, devices=1) == "im2col"  # RGB input
+  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 0), (1, 1), same(32),
+                                     backend="cpu", native=True, devices=1) == "lax_padded"
   assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (2, 2), same(32),
                                      backend="cpu", native=True, devices=1) == "lax_im2col"
 

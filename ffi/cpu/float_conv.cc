@@ -148,9 +148,10 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 std::string ValidateFloatConvProblem(FloatConvProblem* p) {
-  if (p->batch < 1 || p->height < 1 || p->width < 1 || p->channels < 1 || p->out_channels < 1 ||
+  if (p->batch < 0) return "batch must be >= 0";  // an empty batch: y empty, dk zero
+  if (p->height < 1 || p->width < 1 || p->channels < 1 || p->out_channels < 1 ||
       p->kernel_h < 1 || p->kernel_w < 1) {
-    return "batch, height, width, channels, out_channels and the kernel size must be >= 1";
+    return "height, width, channels, out_channels and the kernel size must be >= 1";
   }
   if (p->pad_top < 0 || p->pad_bottom < 0 || p->pad_left < 0 || p->pad_right < 0) {
     return "pads must be >= 0";

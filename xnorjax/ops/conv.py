@@ -135,7 +135,8 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     return "im2col"
   if native is None:
     native = float_conv.available()
-  if native and tuple(strides) == (1, 1) and jnp.dtype(dtype) == jnp.float32 and devices == 1:
+  if (native and tuple(strides) == (1, 1) and jnp.dtype(dtype) == jnp.float32 and devices == 1
+      and min(kernel_shape) > 0 and min(input_shape[1:]) > 0):
     return "native"
   if (tuple(strides) == (1, 1) and pad_value == 0
       and all(0 <= lo <= k - 1 and 0 <= hi <= k - 1 for (lo, hi), k in zip(pads, (kh, kw)))):
