@@ -89,7 +89,7 @@ def output_hw(input_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequen
 def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
                        strides: Sequence[int], pads: Pads, pad_value: float = 0.0,
                        backend: Optional[str] = None, dtype=jnp.float32,
-                       native: Optional[bool] = None, devices: Optional[int] = None) -> str:
+                       native: Optional[bool] = None) -> str:
   """The formulation "auto" uses for one conv shape (the one place to tune the policy).
 
   Off the CPU (`backend`, default `jax.default_backend()`), "lax": the measurements below are
@@ -99,10 +99,8 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
       lax.conv is pathological: ~100x slower at 2x2, and "native" 1.2-1.5x slower than im2col)
       and for inputs of at most 8 channels (RGB first layers, where the patch matrix is small).
     * "native" (the extension's float32 conv) for stride 1 and float32 (with float32 or no
-      preferred_element_type), when the extension is built, the CPU has AVX-512F (`native`,
-      default `float_conv.available()`) and the computation has one device (`devices`, default
-      `jax.device_count()`): its FFI calls have no partitioning rule, so a data-parallel batch
-      sharding would be gathered onto every device.
+      preferred_element_type), when the extension is built and the CPU has AVX-512F (`native`,
+      default `float_conv.available()`).
     * "lax_padded" otherwise for stride 1 with zero padding of at most kernel - 1 per side:
       lax.conv's fast padded path forward and backward (forward 2-4x faster than the im2col dot
       on large maps; forward + backward 1.4-1.9x faster than "lax_im2col" on the VGG16 shapes).
@@ -127,15 +125,13 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
   """
   if (backend or jax.default_backend()) != "cpu":
     return "lax"
-  if devices is None:
-    devices = jax.device_count()
   kh, kw, cin = kernel_shape[:3]
   ho, wo = output_hw(input_shape[1:3], (kh, kw), strides, pads)
   if kh * kw == 1 or ho * wo <= 16 or cin <= 8:
     return "im2col"
   if native is None:
     native = float_conv.available()
-  if (native and tuple(strides) == (1, 1) and jnp.dtype(dtype) == jnp.float32 and devices == 1
+  if (native and tuple(strides) == (1, 1) and jnp.dtype(dtype) == jnp.float32
       and min(kernel_shape) > 0 and min(input_shape[1:]) > 0):
     return "native"
   if (tuple(strides) == (1, 1) and pad_value == 0

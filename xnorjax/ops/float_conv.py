@@ -14,6 +14,11 @@ pads ((top, bottom), (left, right)):
 gradient is a conv of the output gradient with the flipped kernel (channel axes swapped, padding
 kernel - 1 - pad), the kernel gradient the second target.
 Pads must lie in [0, kernel - 1] (conv2d pads larger ones explicitly first).
+
+Under `vmap` the conv folds the mapped axis into its batch (one call); the kernel gradient runs
+one call per mapped element. In a computation sharded over several devices both calls partition
+along the batch (xnorjax/ops/partitioning.py): each device convolves its shard, and the kernel
+gradients of the shards are summed across devices (an all-reduce, as XLA's own conv gradient).
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from __future__ import annotations
 import functools
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
 from xnorjax import _native
+from xnorjax.ops import partitioning
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -34,6 +41,11 @@ def available() -> bool:
   if not _native.extension_available():
     return False
   return bool(_native.require_extension().xnor.cpu_features().get("avx512f", False))
+
+
+def _as_pads(pads) -> Pads:
+  """pads as a hashable ((top, bottom), (left, right)) of ints."""
+  return tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
 def _pad_attrs(pads: Pads) -> dict:
@@ -73,6 +85,59 @@ def _kernel_grad_call(x, g, kernel_hw, pads: Pads):
       x, g, **_pad_attrs(pads))
 
 
+# Shardy rules: only the batch factor n may stay sharded (xnorjax/ops/partitioning.py).
+_CONV_RULE = "n h w c, i j c o -> n y z o"
+_KERNEL_GRAD_RULE = "n h w c, n y z o -> i j c o"
+
+
+def _broadcast(a, batched: bool, axis_size: int):
+  return a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape)
+
+
+@functools.cache
+def _conv_op(pads: Pads):
+  """The conv call, partitioned along the batch, as a custom_vmap function of (x, k)."""
+  partitioned = partitioning.batch_partitioned(lambda x, k: _conv_call(x, k, pads), _CONV_RULE,
+                                               (True, False))
+
+  @jax.custom_batching.custom_vmap
+  def op(x, k):
+    return partitioned(x, k)
+
+  @op.def_vmap
+  def _rule(axis_size, in_batched, x, k):
+    x_batched, k_batched = in_batched
+    if not k_batched:  # fold the mapped axis into the batch: one call
+      if not x_batched:
+        y = op(x, k)
+        return jnp.broadcast_to(y, (axis_size,) + y.shape), True
+      y = op(x.reshape((-1,) + x.shape[2:]), k)
+      return y.reshape((axis_size, x.shape[1]) + y.shape[1:]), True
+    return lax.map(lambda a: op(*a), (_broadcast(x, x_batched, axis_size), k)), True
+
+  return op
+
+
+@functools.cache
+def _kernel_grad_op(kernel_hw: tuple[int, int], pads: Pads):
+  """The kernel-gradient call, partitioned along the batch (each device's sum all-reduced), as a
+  custom_vmap function of (x, g): mapped, it runs one call per element (per-example gradients)."""
+  partitioned = partitioning.batch_partitioned(
+      lambda x, g: _kernel_grad_call(x, g, kernel_hw, pads), _KERNEL_GRAD_RULE, (True, True),
+      sum_over_batch=True)
+
+  @jax.custom_batching.custom_vmap
+  def op(x, g):
+    return partitioned(x, g)
+
+  @op.def_vmap
+  def _rule(axis_size, in_batched, x, g):
+    args = tuple(_broadcast(a, b, axis_size) for a, b in zip((x, g), in_batched))
+    return lax.map(lambda a: op(*a), args), True
+
+  return op
+
+
 def _back_pads(kernel_hw, pads: Pads) -> Pads:
   """The padding of the input-gradient conv: kernel - 1 - pad on each side."""
   return tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_hw, pads))
@@ -86,11 +151,11 @@ def _flipped(k):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv(x, k, pads: Pads):
   """y = x conv k (stride 1, zero padding `pads`), float32, by the extension's kernel."""
-  return _conv_call(x, k, pads)
+  return partitioning.keep_batch_sharding(_conv_op(_as_pads(pads))(x, k), x)
 
 
 def _conv_fwd(x, k, pads):
-  return _conv_call(x, k, pads), (x, k)
+  return conv(x, k, pads), (x, k)
 
 
 def _conv_bwd(pads, residuals, g):
@@ -106,4 +171,4 @@ def kernel_grad(x, g, kernel_hw, pads: Pads):
 
   Not differentiable itself (neither is `conv` twice).
   """
-  return _kernel_grad_call(x, g, kernel_hw, pads)
+  return _kernel_grad_op(tuple(int(v) for v in kernel_hw), _as_pads(pads))(x, g)

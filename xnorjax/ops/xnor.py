@@ -46,12 +46,10 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec
 
 from xnorjax import _native
 from xnorjax.ops import conv as conv_lib
+from xnorjax.ops import partitioning
 from xnorjax.ops.packing import pack_bits
 from xnorjax.ops.packing import packed_words
 from xnorjax.ops.packing import unpack_bits
@@ -219,7 +217,7 @@ def _batchable(call, params, sharding_rule: str):
   def fn(x, w, scale, bias):
     return call(x, w, scale, bias, params)
 
-  partitioned = _partitioned(fn, sharding_rule)
+  partitioned = partitioning.batch_partitioned(fn, sharding_rule, (True, False, False, False))
 
   @jax.custom_batching.custom_vmap
   def op(x, w, scale, bias):
@@ -431,40 +429,3 @@ def fold_batch_norm(scale, bias, mean, var, gamma=None, beta=None, epsilon: floa
   if beta is not None:
     new_bias = new_bias + jnp.asarray(beta, jnp.float32)
   return scale * inv, new_bias
-
-
-# ----------------------------------------------------------------------------------------------
-# Sharding: partition along the batch axis of x (the first axis of x and of the result).
-
-
-def _batch_axes(sharding):
-  """The mesh axes that shard the first dimension (None: replicated)."""
-  if isinstance(sharding, NamedSharding) and len(sharding.spec) > 0:
-    return sharding.spec[0]
-  return None
-
-
-def _partitioned(fn, sharding_rule: str):
-  """`fn(x, w, scale, bias)` partitioned along x's first axis; everything else replicated."""
-  op = custom_partitioning(fn)
-
-  def specs(mesh, arg_shapes, result_shape):
-    batch = _batch_axes(arg_shapes[0].sharding)
-    x_spec = NamedSharding(mesh, PartitionSpec(batch, *([None] * (len(arg_shapes[0].shape) - 1))))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    out_spec = NamedSharding(mesh, PartitionSpec(batch, *([None] * (len(result_shape.shape) - 1))))
-    return x_spec, (x_spec, replicated, replicated, replicated), out_spec
-
-  def infer_sharding_from_operands(mesh, arg_shapes, result_shape):
-    return specs(mesh, arg_shapes, result_shape)[2]
-
-  def partition(mesh, arg_shapes, result_shape):
-    _, arg_specs, out_spec = specs(mesh, arg_shapes, result_shape)
-    return mesh, fn, out_spec, arg_specs
-
-  # Every factor but the batch one, in order of first appearance (Shardy wants them sorted).
-  factors = dict.fromkeys(sharding_rule.replace("->", " ").replace(",", " ").split())
-  factors.pop("n")
-  op.def_partition(partition=partition, infer_sharding_from_operands=infer_sharding_from_operands,
-                   sharding_rule=sharding_rule, need_replication_factors=tuple(factors))
-  return op
