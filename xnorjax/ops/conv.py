@@ -107,21 +107,23 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     * "lax_im2col" otherwise: lax.conv's forward with im2col's backward.
 
   Measured with experiments/bench_conv_formulations.py (batch 128, float32, 3x3 SAME, median of
-  3, ms; "f+b" = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5 on huge pages
+  3, ms; backward = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5 on huge pages
   (experiments/huge_pages.py), 2026-11-29 12:13 UTC:
-     cin->cout   map  | fwd lax  fwd i2c  fwd pad  fwd nat | f+b lax  f+b i2c  f+b mix  f+b pad  f+b nat | auto
-       3->64    32x32 |    4.9      4.2      4.7      7.5  |    25.6     19.1     16.2     26.0     24.0  | im2col
-      64->64    32x32 |   65.9     75.1     47.5     24.4  |   248.7    168.0    154.6    150.2     79.3  | native
-      64->128   16x16 |   20.6     32.2     21.2     11.1  |    71.8    120.6     63.3     59.3     36.5  | native
-     128->128   16x16 |   25.5     45.5     24.3     21.3  |   151.0    127.9    209.3     93.9     67.0  | native
-     128->256    8x8  |   14.9     17.9     11.9     11.7  |    66.1     45.4     48.7     45.5     41.8  | native
-     256->256    8x8  |   24.8     35.7     24.5     24.1  |   139.4    104.1    103.3     92.3     72.8  | native
-     256->512    4x4  |   11.8     12.2     11.3     12.5  |    77.3     37.9     40.6     49.7     45.5  | im2col
-     512->512    4x4  |   28.0     34.2     27.6     25.3  |   156.3     75.8     83.8    107.6     98.0  | im2col
-     512->512    2x2  |  732.1      6.1    700.8      6.2  |  2215.0     20.9    729.8   1433.8     30.2  | im2col
-  ("mix" = lax_im2col.) Sums of f+b over the nine shapes: lax 3151, im2col 720, lax_im2col 1449,
-  lax_padded 2058, native 495; this policy about 450 ms, the previous one (without "native")
-  about 600. At 2x2 every lax.conv is pathological (XLA rewrites it into a reversed-window form).
+                  |                  forward |                   forward + backward |
+   cin->cout map  |      lax  i2c   pad  nat |      lax    i2c    mix    pad    nat | auto
+       3->64 32x32|      4.9  4.2   4.7  7.5 |     25.6   19.1   16.2   26.0   24.0 | im2col
+      64->64 32x32|     65.9 75.1  47.5 24.4 |    248.7  168.0  154.6  150.2   79.3 | native
+     64->128 16x16|     20.6 32.2  21.2 11.1 |     71.8  120.6   63.3   59.3   36.5 | native
+    128->128 16x16|     25.5 45.5  24.3 21.3 |    151.0  127.9  209.3   93.9   67.0 | native
+    128->256 8x8  |     14.9 17.9  11.9 11.7 |     66.1   45.4   48.7   45.5   41.8 | native
+    256->256 8x8  |     24.8 35.7  24.5 24.1 |    139.4  104.1  103.3   92.3   72.8 | native
+    256->512 4x4  |     11.8 12.2  11.3 12.5 |     77.3   37.9   40.6   49.7   45.5 | im2col
+    512->512 4x4  |     28.0 34.2  27.6 25.3 |    156.3   75.8   83.8  107.6   98.0 | im2col
+    512->512 2x2  |    732.1  6.1 700.8  6.2 |   2215.0   20.9  729.8 1433.8   30.2 | im2col
+  ("mix" = lax_im2col.) Sums of forward + backward over the nine shapes: lax 3151, im2col 720,
+  lax_im2col 1449, lax_padded 2058, native 495; this policy 451 ms, the previous one (without
+  "native") 595. At 2x2 every lax.conv is pathological (XLA rewrites it into a reversed-window
+  form).
   """
   if (backend or jax.default_backend()) != "cpu":
     return "lax"

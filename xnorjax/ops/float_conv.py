@@ -2,18 +2,18 @@
 
 XLA's CPU convs reach about half the rate of its best float32 matmul on the VGG16 shapes, and its
 kernel gradients (a matmul contracting over every pixel of the batch) less; the extension's
-microkernels (ffi/cpu/float_conv.cc) about all of it (180-230 GMAC/s on the 2-core Zen 5). Two FFI targets, stride 1, zero padding given as
-pads ((top, bottom), (left, right)):
+microkernels (ffi/cpu/float_conv.cc) about all of it (180-230 GMAC/s on the 2-core Zen 5).
+Two FFI targets, stride 1, zero padding given as pads ((top, bottom), (left, right)):
 
   xnorjax_float_conv              x f32[N, H, W, C], k f32[KH, KW, C, O] -> y f32[N, Ho, Wo, O]
       y[n, h, w, o] = sum_{i, j, c} xpad[n, h + i, w + j, c] k[i, j, c, o]
   xnorjax_float_conv_kernel_grad  x f32[N, H, W, C], g f32[N, Ho, Wo, O] -> dk f32[KH, KW, C, O]
       dk[i, j, c, o] = sum_{n, h, w} xpad[n, h + i, w + j, c] g[n, h, w, o]
 
-`conv` is differentiable once, in reverse mode (a custom_vjp, like conv2d's "lax_padded"): the input
-gradient is a conv of the output gradient with the flipped kernel (channel axes swapped, padding
-kernel - 1 - pad), the kernel gradient the second target.
-Pads must lie in [0, kernel - 1] (conv2d pads larger ones explicitly first).
+`conv` is differentiable once, in reverse mode (a custom_vjp, like conv2d's "lax_padded"): the
+input gradient is a conv of the output gradient with the flipped kernel (channel axes swapped,
+padding kernel - 1 - pad), the kernel gradient the second target. Pads must lie in
+[0, kernel - 1] (conv2d pads larger ones explicitly first).
 
 Under `vmap` the conv folds the mapped axis into its batch (one call); the kernel gradient runs
 one call per mapped element. In a computation sharded over several devices both calls partition
@@ -74,14 +74,14 @@ def _conv_call(x, k, pads: Pads):
   n = x.shape[0]
   ho, wo = _check(x.shape, k.shape[:2], pads)
   out = jax.ShapeDtypeStruct((n, ho, wo, k.shape[3]), jnp.float32)
-  return jax.ffi.ffi_call("xnorjax_float_conv", out, vmap_method="sequential")(
+  return jax.ffi.ffi_call("xnorjax_float_conv", out)(
       x, k, **_pad_attrs(pads))
 
 
 def _kernel_grad_call(x, g, kernel_hw, pads: Pads):
   _check(x.shape, kernel_hw, pads)
   out = jax.ShapeDtypeStruct(tuple(kernel_hw) + (x.shape[3], g.shape[3]), jnp.float32)
-  return jax.ffi.ffi_call("xnorjax_float_conv_kernel_grad", out, vmap_method="sequential")(
+  return jax.ffi.ffi_call("xnorjax_float_conv_kernel_grad", out)(
       x, g, **_pad_attrs(pads))
 
 
