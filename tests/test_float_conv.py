@@ -117,7 +117,7 @@ def test_auto_runs_native_on_the_cpu(rng):
   assert "xnorjax_float_conv" not in jax.jit(bf16).lower(x, k).as_text()
 
 
-def test_native_bad_input():
+def test_native_bad_input(monkeypatch):
   x, k = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 8))
   with pytest.raises(ValueError, match="strides 1 only, got strides=.2, 2."):
     conv2d(x, k, strides=2, formulation="native")
@@ -125,6 +125,9 @@ def test_native_bad_input():
     conv2d(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), formulation="native")
   with pytest.raises(TypeError, match="preferred_element_type=bfloat16"):
     conv2d(x, k, formulation="native", preferred_element_type=jnp.bfloat16)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  with pytest.raises(ValueError, match="runs on the CPU backend, not 'gpu'"):
+    conv2d(x, k, formulation="native")
 
 
 def test_ffi_targets_reject_inconsistent_shapes():

@@ -272,6 +272,9 @@ def _conv_native(x, kernel, strides, pads, pad_value, preferred_element_type):
   if not float_conv.available():
     raise ValueError("formulation='native' needs the C++ extension built (make install) and a CPU "
                      "with AVX-512F; use formulation='auto'")
+  if jax.default_backend() != "cpu":
+    raise ValueError(f"formulation='native' runs on the CPU backend, not {jax.default_backend()!r}; "
+                     "use formulation='auto' (lax.conv, cuDNN on GPUs)")
   if x.dtype != jnp.float32:
     raise TypeError(f"formulation='native' computes in float32, got x and kernel of dtype {x.dtype}")
   if preferred_element_type is not None and jnp.dtype(preferred_element_type) != jnp.float32:
