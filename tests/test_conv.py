@@ -122,12 +122,13 @@ def test_lax_padded_kernel_gradient_over_batch_chunks(rng, monkeypatch):
 
 
 DATA_PARALLEL_SCRIPT = textwrap.dedent("""
-    import os
+    import os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from xnorjax.ops import conv as conv_lib
-    conv_lib._KERNEL_GRAD_CHUNK_BYTES = 1  # would split the batch into single examples
+    formulation = sys.argv[1]
+    conv_lib._KERNEL_GRAD_CHUNK_BYTES = 1  # lax_padded would split the batch into single examples
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((16, 8, 8, 8)).astype(np.float32)
     k_np = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
@@ -138,22 +139,30 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
       with jax.set_mesh(mesh):
         x = jax.device_put(x_np, NamedSharding(mesh, P("b")))
         k = jax.device_put(k_np, NamedSharding(mesh, P()))
-        grad = jax.jit(jax.grad(loss("lax_padded"), argnums=(0, 1)))
+        grad = jax.jit(jax.grad(loss(formulation), argnums=(0, 1)))
         hlo = grad.lower(x, k).compile().as_text()
+        assert formulation != "native" or "xnorjax_float_conv_kernel_grad" in hlo
         assert "all-gather" not in hlo and "all-reduce" in hlo, mesh.axis_types
-        for got, ref in zip(grad(x, k), want):  # float32 sums of 1,000 terms, other order
+        gx, gk = grad(x, k)
+        assert gx.sharding.spec[0] == "b", gx.sharding
+        for got, ref in zip((gx, gk), want):  # float32 sums of 1,000 terms, other order
           np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5,
                                      atol=1e-5 * float(np.abs(ref).max()))
     print("OK")
 """)
 
 
-def test_lax_padded_stays_data_parallel_over_four_devices():
-  """With the batch sharded over devices, the kernel gradient is all-reduced, never all-gathered
-  (the batch is not split into chunks there)."""
-  result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], capture_output=True,
-                          text=True, timeout=300, check=False)
+def run_data_parallel_script(formulation: str):
+  """Gradients of `formulation` with the batch sharded over 4 simulated CPU devices: equal to
+  lax's on one device, the kernel gradient all-reduced, nothing all-gathered."""
+  result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT, formulation],
+                          capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+
+
+def test_lax_padded_stays_data_parallel_over_four_devices():
+  """The batch is not split into chunks there (that would gather it)."""
+  run_data_parallel_script("lax_padded")
 
 
 def test_batch_chunks_policy():

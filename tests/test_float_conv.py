@@ -2,16 +2,13 @@
 forward against a float64 numpy loop, gradients against jax.grad of lax.conv, its policy and
 its errors."""
 
-import subprocess
-import sys
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.test_conv import numpy_conv2d
+from tests.test_conv import run_data_parallel_script
 from xnorjax.ops import conv as conv_lib
 from xnorjax.ops import conv2d
 from xnorjax.ops import float_conv
@@ -160,38 +157,6 @@ def test_native_under_vmap(rng):
   np.testing.assert_allclose(np.asarray(got[1]), -np.asarray(got[0]), rtol=1e-6)
 
 
-DATA_PARALLEL_SCRIPT = textwrap.dedent("""
-    import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    import jax, jax.numpy as jnp, numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from xnorjax.ops import conv as conv_lib
-    rng = np.random.default_rng(0)
-    x_np = rng.standard_normal((16, 8, 8, 8)).astype(np.float32)
-    k_np = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
-    loss = lambda f: lambda a, b: jnp.sum(conv_lib.conv2d(a, b, formulation=f) ** 2)
-    want = jax.grad(loss("lax"), argnums=(0, 1))(x_np, k_np)
-    # A mesh with automatic axes (as experiments.trainer makes) and one with explicit axes.
-    for mesh in (Mesh(np.array(jax.devices()), ("b",)), jax.make_mesh((4,), ("b",))):
-      with jax.set_mesh(mesh):
-        x = jax.device_put(x_np, NamedSharding(mesh, P("b")))
-        k = jax.device_put(k_np, NamedSharding(mesh, P()))
-        grad = jax.jit(jax.grad(loss("native"), argnums=(0, 1)))
-        hlo = grad.lower(x, k).compile().as_text()
-        assert "xnorjax_float_conv_kernel_grad" in hlo
-        assert "all-gather" not in hlo and "all-reduce" in hlo, mesh.axis_types
-        gx, gk = grad(x, k)
-        assert gx.sharding.spec[0] == "b", gx.sharding
-        for got, ref in zip((gx, gk), want):  # float32 sums of 1,000 terms, other order
-          np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5,
-                                     atol=1e-5 * float(np.abs(ref).max()))
-    print("OK")
-""")
-
-
 def test_native_stays_data_parallel_over_four_devices():
-  """With the batch sharded over devices, each device convolves its shard and the kernel
-  gradients are all-reduced; nothing is gathered."""
-  result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], capture_output=True,
-                          text=True, timeout=300, check=False)
-  assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+  """Each device convolves its shard of the batch and the kernel gradients are all-reduced."""
+  run_data_parallel_script("native")
