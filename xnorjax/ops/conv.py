@@ -95,12 +95,13 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
   Off the CPU (`backend`, default `jax.default_backend()`), "lax": the measurements below are
   about XLA's CPU convs; on GPUs lax.conv goes to cuDNN. On the CPU:
 
-    * "im2col" for 1x1 kernels (a reshape and one matmul), for output maps of at most 4x4 (where
-      lax.conv is pathological: ~100x slower at 2x2, and "native" 1.2-1.5x slower than im2col)
-      and for inputs of at most 8 channels (RGB first layers, where the patch matrix is small).
+    * "im2col" for 1x1 kernels (a reshape and one matmul), for output maps of at most 2x2 (where
+      lax.conv is pathological: ~100x slower) and for inputs of at most 8 channels (RGB first
+      layers, where the patch matrix is small).
     * "native" (the extension's float32 conv) for stride 1 and float32 (with float32 or no
       preferred_element_type), when the extension is built and the CPU has AVX-512F (`native`,
       default `float_conv.available()`).
+    * "im2col" for output maps of at most 4x4 without "native" (lax.conv is slow there too).
     * "lax_padded" otherwise for stride 1 with zero padding of at most kernel - 1 per side:
       lax.conv's fast padded path forward and backward (forward 2-4x faster than the im2col dot
       on large maps; forward + backward 1.4-1.9x faster than "lax_im2col" on the VGG16 shapes).
@@ -121,21 +122,28 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     512->512 4x4  |     28.0 34.2  27.6 25.3 |    156.3   75.8   83.8  107.6   98.0 | im2col
     512->512 2x2  |    732.1  6.1 700.8  6.2 |   2215.0   20.9  729.8 1433.8   30.2 | im2col
   ("mix" = lax_im2col.) Sums of forward + backward over the nine shapes: lax 3151, im2col 720,
-  lax_im2col 1449, lax_padded 2058, native 495; this policy 451 ms, the previous one (without
-  "native") 595. At 2x2 every lax.conv is pathological (XLA rewrites it into a reversed-window
-  form).
+  lax_im2col 1449, lax_padded 2058, native 495; im2col at 4x4 and below and native above it 451
+  ms, the policy before "native" 595. At 2x2 every lax.conv is pathological (XLA rewrites it into
+  a reversed-window form). Isolated convs at 4x4 and 2x2 swing by 30% between runs here, so the
+  small maps were decided on whole training steps (batch 128, median of 8 x 3 steps, the two
+  policies interleaved in one process, 12:50-12:54 UTC): native rather than im2col on the 4x4
+  layers gave vgg16 175 -> 185 and bin_vgg16 181 -> 184 images/s; on the 4x4 and 2x2 layers,
+  178 -> 184 and 181 -> 182 (no more than on 4x4 alone); on the RGB layer, 189 -> 184 and
+  196 -> 180 (within the spread). im2col stays on those two.
   """
   if (backend or jax.default_backend()) != "cpu":
     return "lax"
   kh, kw, cin = kernel_shape[:3]
   ho, wo = output_hw(input_shape[1:3], (kh, kw), strides, pads)
-  if kh * kw == 1 or ho * wo <= 16 or cin <= 8:
+  if kh * kw == 1 or ho * wo <= 4 or cin <= 8:
     return "im2col"
   if native is None:
     native = float_conv.available()
   if (native and tuple(strides) == (1, 1) and jnp.dtype(dtype) == jnp.float32
       and min(kernel_shape) > 0 and min(input_shape[1:]) > 0):
     return "native"
+  if ho * wo <= 16:
+    return "im2col"
   if (tuple(strides) == (1, 1) and pad_value == 0
       and all(0 <= lo <= k - 1 and 0 <= hi <= k - 1 for (lo, hi), k in zip(pads, (kh, kw)))):
     return "lax_padded"
