@@ -108,8 +108,8 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     * "lax_im2col" otherwise: lax.conv's forward with im2col's backward.
 
   Measured with experiments/bench_conv_formulations.py (batch 128, float32, 3x3 SAME, median of
-  3, ms; backward = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5 on huge pages
-  (experiments/huge_pages.py), 2026-11-29 12:13 UTC:
+  3, ms; backward = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5 on huge
+  pages (experiments/huge_pages.py), 2026-11-29 12:13 UTC:
                   |                  forward |                   forward + backward |
    cin->cout map  |      lax  i2c   pad  nat |      lax    i2c    mix    pad    nat | auto
        3->64 32x32|      4.9  4.2   4.7  7.5 |     25.6   19.1   16.2   26.0   24.0 | im2col
@@ -118,18 +118,18 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     128->128 16x16|     25.5 45.5  24.3 21.3 |    151.0  127.9  209.3   93.9   67.0 | native
     128->256 8x8  |     14.9 17.9  11.9 11.7 |     66.1   45.4   48.7   45.5   41.8 | native
     256->256 8x8  |     24.8 35.7  24.5 24.1 |    139.4  104.1  103.3   92.3   72.8 | native
-    256->512 4x4  |     11.8 12.2  11.3 12.5 |     77.3   37.9   40.6   49.7   45.5 | im2col
-    512->512 4x4  |     28.0 34.2  27.6 25.3 |    156.3   75.8   83.8  107.6   98.0 | im2col
+    256->512 4x4  |     11.8 12.2  11.3 12.5 |     77.3   37.9   40.6   49.7   45.5 | native*
+    512->512 4x4  |     28.0 34.2  27.6 25.3 |    156.3   75.8   83.8  107.6   98.0 | native*
     512->512 2x2  |    732.1  6.1 700.8  6.2 |   2215.0   20.9  729.8 1433.8   30.2 | im2col
-  ("mix" = lax_im2col.) Sums of forward + backward over the nine shapes: lax 3151, im2col 720,
-  lax_im2col 1449, lax_padded 2058, native 495; im2col at 4x4 and below and native above it 451
-  ms, the policy before "native" 595. At 2x2 every lax.conv is pathological (XLA rewrites it into
-  a reversed-window form). Isolated convs at 4x4 and 2x2 swing by 30% between runs here, so the
-  small maps were decided on whole training steps (batch 128, median of 8 x 3 steps, the two
-  policies interleaved in one process, 12:50-12:54 UTC): native rather than im2col on the 4x4
-  layers gave vgg16 175 -> 185 and bin_vgg16 181 -> 184 images/s; on the 4x4 and 2x2 layers,
-  178 -> 184 and 181 -> 182 (no more than on 4x4 alone); on the RGB layer, 189 -> 184 and
-  196 -> 180 (within the spread). im2col stays on those two.
+  ("mix" = lax_im2col; * decided on whole training steps, below.) Sums of forward + backward over
+  the nine shapes: lax 3151, im2col 720, lax_im2col 1449, lax_padded 2058, native 495; im2col at
+  4x4 and below and native above it 451 ms, the policy before "native" 595. At 2x2 every lax.conv
+  is pathological (XLA rewrites it into a reversed-window form). Isolated convs at 4x4 and 2x2
+  swing by 30% between runs here, so the small maps were decided on whole training steps (batch
+  128, median of 8 x 3 steps, the two policies interleaved in one process, 12:50-12:54 UTC):
+  native rather than im2col on the 4x4 layers gave vgg16 175 -> 185 and bin_vgg16 181 -> 184
+  images/s; on the 4x4 and 2x2 layers, 178 -> 184 and 181 -> 182 (no more than on 4x4 alone); on
+  the RGB layer, 189 -> 184 and 196 -> 180 (within the spread). im2col stays on those two.
   """
   if (backend or jax.default_backend()) != "cpu":
     return "lax"
@@ -274,6 +274,7 @@ def _conv_lax_padded_bwd(strides, pads, precision, preferred_element_type, resid
 
 
 _conv_lax_padded.defvjp(_conv_lax_padded_fwd, _conv_lax_padded_bwd)
+
 
 def _conv_native(x, kernel, strides, pads, pad_value, preferred_element_type):
   """The extension's float32 conv (`float_conv.conv`), padding it cannot take done explicitly."""
