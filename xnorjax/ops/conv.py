@@ -144,8 +144,7 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     return "native"
   if ho * wo <= 16:
     return "im2col"
-  if (tuple(strides) == (1, 1) and pad_value == 0
-      and all(0 <= lo <= k - 1 and 0 <= hi <= k - 1 for (lo, hi), k in zip(pads, (kh, kw)))):
+  if tuple(strides) == (1, 1) and pad_value == 0 and float_conv.pads_fit((kh, kw), pads):
     return "lax_padded"
   return "lax_im2col"
 
@@ -291,8 +290,7 @@ def _conv_native(x, kernel, strides, pads, pad_value, preferred_element_type):
                     f"preferred_element_type={jnp.dtype(preferred_element_type)}")
   if tuple(strides) != (1, 1):
     raise ValueError(f"formulation='native' supports strides 1 only, got strides={tuple(strides)}")
-  if pad_value != 0 or any(not 0 <= p <= k - 1 for pair, k in zip(pads, kernel.shape[:2])
-                           for p in pair):
+  if pad_value != 0 or not float_conv.pads_fit(kernel.shape[:2], pads):
     x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=jnp.asarray(pad_value, x.dtype))
     pads = ((0, 0), (0, 0))
   return float_conv.conv(x, kernel, pads)

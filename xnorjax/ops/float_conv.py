@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -58,9 +57,14 @@ def _out_hw(hw, kernel_hw, pads: Pads):
   return tuple(n + lo + hi - k + 1 for n, k, (lo, hi) in zip(hw, kernel_hw, pads))
 
 
+def pads_fit(kernel_hw, pads: Pads) -> bool:
+  """True when every pad lies in [0, kernel - 1] (so the input gradient's padding is >= 0)."""
+  return all(0 <= p <= k - 1 for pair, k in zip(pads, kernel_hw) for p in pair)
+
+
 def _check(x_shape, kernel_hw, pads: Pads) -> tuple[int, int]:
   """The output size; raises ValueError for pads outside [0, kernel - 1] or an empty output."""
-  if any(not 0 <= p <= k - 1 for pair, k in zip(pads, kernel_hw) for p in pair):
+  if not pads_fit(kernel_hw, pads):
     raise ValueError(f"pads must lie in [0, kernel - 1] per side, got {pads} for a "
                      f"{tuple(kernel_hw)} kernel")
   ho, wo = _out_hw(x_shape[1:3], kernel_hw, pads)
@@ -90,52 +94,18 @@ _CONV_RULE = "n h w c, i j c o -> n y z o"
 _KERNEL_GRAD_RULE = "n h w c, n y z o -> i j c o"
 
 
-def _broadcast(a, batched: bool, axis_size: int):
-  return a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape)
-
-
 @functools.cache
 def _conv_op(pads: Pads):
   """The conv call, partitioned along the batch, as a custom_vmap function of (x, k)."""
-  partitioned = partitioning.batch_partitioned(lambda x, k: _conv_call(x, k, pads), _CONV_RULE,
-                                               (True, False))
-
-  @jax.custom_batching.custom_vmap
-  def op(x, k):
-    return partitioned(x, k)
-
-  @op.def_vmap
-  def _rule(axis_size, in_batched, x, k):
-    x_batched, k_batched = in_batched
-    if not k_batched:  # fold the mapped axis into the batch: one call
-      if not x_batched:
-        y = op(x, k)
-        return jnp.broadcast_to(y, (axis_size,) + y.shape), True
-      y = op(x.reshape((-1,) + x.shape[2:]), k)
-      return y.reshape((axis_size, x.shape[1]) + y.shape[1:]), True
-    return lax.map(lambda a: op(*a), (_broadcast(x, x_batched, axis_size), k)), True
-
-  return op
+  return partitioning.batch_op(lambda x, k: _conv_call(x, k, pads), _CONV_RULE, (True, False))
 
 
 @functools.cache
 def _kernel_grad_op(kernel_hw: tuple[int, int], pads: Pads):
   """The kernel-gradient call, partitioned along the batch (each device's sum all-reduced), as a
   custom_vmap function of (x, g): mapped, it runs one call per element (per-example gradients)."""
-  partitioned = partitioning.batch_partitioned(
-      lambda x, g: _kernel_grad_call(x, g, kernel_hw, pads), _KERNEL_GRAD_RULE, (True, True),
-      sum_over_batch=True)
-
-  @jax.custom_batching.custom_vmap
-  def op(x, g):
-    return partitioned(x, g)
-
-  @op.def_vmap
-  def _rule(axis_size, in_batched, x, g):
-    args = tuple(_broadcast(a, b, axis_size) for a, b in zip((x, g), in_batched))
-    return lax.map(lambda a: op(*a), args), True
-
-  return op
+  return partitioning.batch_op(lambda x, g: _kernel_grad_call(x, g, kernel_hw, pads),
+                               _KERNEL_GRAD_RULE, (True, True), sum_over_batch=True)
 
 
 def _back_pads(kernel_hw, pads: Pads) -> Pads:

@@ -1,11 +1,12 @@
-"""Data-parallel partitioning of the extension's FFI calls (an FFI call has no rule of its own).
+"""Data-parallel partitioning and vmap of the extension's FFI calls (an FFI call has no rule of
+its own for either).
 
 `batch_partitioned(fn, ...)` wraps `fn` with `jax.experimental.custom_partitioning` and a Shardy
 sharding rule: in a computation sharded over several devices, each device runs `fn` on its shard
 of the batch (the first axis of the batched operands) with the other operands replicated; a
 sharding of any other axis is gathered first. A result either keeps the batch sharding, or, for a
 sum over the batch (a kernel gradient), is the `psum` of the per-device results over the batch's
-mesh axes, replicated.
+mesh axes, replicated. `batch_op` adds a vmap rule on top (see there).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import jax
+from jax import lax
+import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
@@ -72,4 +75,31 @@ def batch_partitioned(fn: Callable, sharding_rule: str, batched: Sequence[bool],
   factors.pop("n")
   op.def_partition(partition=partition, infer_sharding_from_operands=infer_sharding_from_operands,
                    sharding_rule=sharding_rule, need_replication_factors=tuple(factors))
+  return op
+
+
+def batch_op(fn: Callable, sharding_rule: str, batched: Sequence[bool], *,
+             sum_over_batch: bool = False):
+  """`batch_partitioned(fn, ...)` as a custom_vmap function. Under vmap: with only the first
+  operand mapped (and a result that keeps the batch), the mapped axis folds into the batch (one
+  call); with nothing mapped, one call, broadcast; otherwise one call per mapped element."""
+  partitioned = batch_partitioned(fn, sharding_rule, batched, sum_over_batch=sum_over_batch)
+
+  @jax.custom_batching.custom_vmap
+  def op(*args):
+    return partitioned(*args)
+
+  @op.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    if not any(in_batched):
+      y = op(*args)
+      return jnp.broadcast_to(y, (axis_size,) + y.shape), True
+    if in_batched[0] and not any(in_batched[1:]) and not sum_over_batch:
+      x = args[0]
+      y = op(x.reshape((-1,) + x.shape[2:]), *args[1:])
+      return y.reshape((axis_size, x.shape[1]) + y.shape[1:]), True
+    mapped = tuple(a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
+                   for a, b in zip(args, in_batched))
+    return lax.map(lambda a: op(*a), mapped), True
+
   return op

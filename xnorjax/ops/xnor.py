@@ -46,7 +46,6 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-
 from xnorjax import _native
 from xnorjax.ops import conv as conv_lib
 from xnorjax.ops import partitioning
@@ -212,31 +211,13 @@ def _dense_call(x, w, scale, bias, p: _DenseParams):
 
 @functools.cache
 def _batchable(call, params, sharding_rule: str):
-  """`call(x, w, scale, bias, params)` as a custom_vmap function of the four arrays."""
+  """`call(x, w, scale, bias, params)` as a custom_vmap function of the four arrays, partitioned
+  along x's batch (`partitioning.batch_op`)."""
 
   def fn(x, w, scale, bias):
     return call(x, w, scale, bias, params)
 
-  partitioned = partitioning.batch_partitioned(fn, sharding_rule, (True, False, False, False))
-
-  @jax.custom_batching.custom_vmap
-  def op(x, w, scale, bias):
-    return partitioned(x, w, scale, bias)
-
-  @op.def_vmap
-  def _rule(axis_size, in_batched, x, w, scale, bias):
-    x_batched, *rest_batched = in_batched
-    if not any(rest_batched):
-      if not x_batched:  # nothing batched: one call, broadcast
-        y = op(x, w, scale, bias)
-        return jnp.broadcast_to(y, (axis_size,) + y.shape), True
-      y = op(x.reshape((-1,) + x.shape[2:]), w, scale, bias)
-      return y.reshape((axis_size, x.shape[1]) + y.shape[1:]), True
-    args = [a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
-            for a, b in zip((x, w, scale, bias), in_batched)]
-    return lax.map(lambda a: op(*a), tuple(args)), True
-
-  return op
+  return partitioning.batch_op(fn, sharding_rule, (True, False, False, False))
 
 
 # ----------------------------------------------------------------------------------------------
