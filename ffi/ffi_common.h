@@ -14,6 +14,13 @@ namespace ffi = xla::ffi;
 // Number of 32-bit words needed to hold `bits` bits.
 constexpr int64_t WordsFor(int64_t bits) { return (bits + 31) / 32; }
 
+// "[d0, d1, ...]", for error messages.
+inline std::string Dims(ffi::Span<const int64_t> dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
 inline ffi::Error InvalidArgument(const std::string& message) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, message);
 }

@@ -1,12 +1,12 @@
 #include "cpu/float_conv_ffi.h"
 
+#include <algorithm>
 #include <cstdint>
-#include <functional>
 #include <string>
+#include <vector>
 
 #include "cpu/float_conv.h"
 #include "cpu/parallel_for.h"
-#include "cpu/spin_pool.h"
 #include "ffi_common.h"
 
 namespace xnorjax {
@@ -14,11 +14,7 @@ namespace {
 
 using F32 = ffi::Buffer<ffi::F32>;
 
-std::string Shape(ffi::Span<const int64_t> dims) {
-  std::string s = "f32[";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + "]";
-}
+std::string Shape(ffi::Span<const int64_t> dims) { return "f32" + Dims(dims); }
 
 // The problem of x f32[N, H, W, C] with a KH x KW x C x O kernel; checks the shapes and the CPU.
 ffi::Error Problem(const char* target, ffi::Span<const int64_t> x, int64_t kh, int64_t kw,
@@ -49,12 +45,6 @@ ffi::Error CheckDims(const char* target, const char* name, ffi::Span<const int64
   return ffi::Error::Success();
 }
 
-ParallelFor OnPool(ffi::ThreadPool& pool) {
-  return [&pool](int64_t n, int64_t use, const std::function<void(int64_t)>& body) {
-    if (!SpinPoolParallelFor(use, n, body)) ParallelForOnPool(&pool, use, n, body);
-  };
-}
-
 ffi::Error Conv(ffi::ThreadPool pool, F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, int64_t pt,
                 int64_t pb, int64_t pl, int64_t pr) {
   constexpr const char* kTarget = "xnorjax_float_conv";
@@ -71,7 +61,7 @@ ffi::Error Conv(ffi::ThreadPool pool, F32 x, F32 k, ffi::ResultBuffer<ffi::F32> 
     return e;
   }
   RunFloatConv(p, x.typed_data(), k.typed_data(), y->typed_data(), pool.num_threads(),
-               OnPool(pool));
+               ParallelForOf(pool));
   return ffi::Error::Success();
 }
 
@@ -92,7 +82,7 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, F32 x, F32 g, ffi::ResultBuffer<ffi:
     return e;
   }
   RunFloatConvKernelGrad(p, x.typed_data(), g.typed_data(), dk->typed_data(), pool.num_threads(),
-                         OnPool(pool));
+                         ParallelForOf(pool));
   return ffi::Error::Success();
 }
 

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/spin_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace xnorjax {
@@ -56,6 +57,14 @@ inline void ParallelForOnPool(xla::ffi::ThreadPool* pool, int64_t threads, int64
   work(*state);
   std::unique_lock<std::mutex> lock(state->mu);
   state->cv.wait(lock, [&]() { return state->done.load() == state->n; });
+}
+
+// The parallel loop of the FFI handlers: the spinning pool (spin_pool.h), or XLA's pool while the
+// spinning pool runs another caller's loop. Returns a callable (n, threads, body).
+inline auto ParallelForOf(xla::ffi::ThreadPool& pool) {
+  return [&pool](int64_t n, int64_t threads, const std::function<void(int64_t)>& body) {
+    if (!SpinPoolParallelFor(threads, n, body)) ParallelForOnPool(&pool, threads, n, body);
+  };
 }
 
 // The same over freshly started std::threads (for the test-only entry points).

@@ -5,7 +5,6 @@
 
 #include "conv_geometry.h"
 #include "cpu/parallel_for.h"
-#include "cpu/spin_pool.h"
 #include "cpu/xnor_kernels.h"
 #include "ffi_common.h"
 
@@ -14,12 +13,6 @@ namespace {
 
 using U32 = ffi::Buffer<ffi::U32>;
 using F32 = ffi::Buffer<ffi::F32>;
-
-std::string Dims(ffi::Span<const int64_t> dims) {
-  std::string s = "[";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + "]";
-}
 
 // Checks what is common to every target (impl, scale / bias shapes, output shape) and runs.
 template <XnorOutput kOutput, typename OutBuffer>
@@ -54,10 +47,7 @@ ffi::Error Run(const char* target, ffi::ThreadPool& pool, ConvProblem problem,
   const int64_t threads = pool.num_threads();
   RunXnorConv(problem, layout, ResolveImpl(impl), kOutput, x, w,
               scale ? scale->typed_data() : nullptr, bias ? bias->typed_data() : nullptr,
-              out->untyped_data(), threads,
-              [&pool](int64_t n, int64_t use, const std::function<void(int64_t)>& body) {
-                if (!SpinPoolParallelFor(use, n, body)) ParallelForOnPool(&pool, use, n, body);
-              });
+              out->untyped_data(), threads, ParallelForOf(pool));
   return ffi::Error::Success();
 }
 
