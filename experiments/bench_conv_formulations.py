@@ -21,7 +21,8 @@ from xnorjax.ops import float_conv
 
 # (in_channels, out_channels, map size), 3x3 SAME: the first float conv and the 12 distinct binary
 # conv shapes of VGG16 on 32x32 inputs (stage 3 and 4 repeat shapes).
-FORMULATIONS = ("lax", "im2col", "lax_im2col", "lax_padded", "native")
+FORMULATIONS = ("lax", "im2col", "lax_im2col", "lax_padded", "native", "winograd")
+EXTENSION_FORMULATIONS = ("native", "winograd")  # float32 only, need the extension
 VGG16_SHAPES = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8),
                 (256, 256, 8), (256, 512, 4), (512, 512, 4), (512, 512, 2)]
 
@@ -67,8 +68,9 @@ def main():
         f"3x3 SAME, median of {args.repeats}, ms")
   names = FORMULATIONS
   if dtype != jnp.float32 or not float_conv.available():
-    names = tuple(n for n in names if n != "native")  # float32 only, needs the extension
-  short = {"lax": "lax", "im2col": "i2c", "lax_im2col": "mix", "lax_padded": "pad", "native": "nat"}
+    names = tuple(n for n in names if n not in EXTENSION_FORMULATIONS)
+  short = {"lax": "lax", "im2col": "i2c", "lax_im2col": "mix", "lax_padded": "pad", "native": "nat",
+           "winograd": "win"}
   print(f"{'cin->cout':>10} {'map':>5} {'patches':>9} | "
         + " ".join(f"{'fwd ' + short[n]:>8}" for n in names) + " | "
         + " ".join(f"{'f+b ' + short[n]:>8}" for n in names) + " | auto")

@@ -12,8 +12,11 @@ its rate is below the step rate.
 
 A float roofline, in the same run: the best float32 matmul rate XLA reaches here (large,
 well-shaped products) bounds what the float products of a step (every layer's forward and
-gradients, except binary layers' packed forward) can reach, hence bounds images/s with all else
-free. Each row reports that bound and the fraction of it the target would take.
+gradients, except binary layers' packed forward) can reach when they are computed as direct sums
+(im2col, implicit GEMM), hence bounds images/s with all else free. Each row reports that bound and
+the fraction of it the target would take. Winograd F(4x4, 3x3) (conv2d's "winograd" formulation,
+used for 3x3 layers on the CPU) does up to 4x fewer multiplications than the direct sum, so a step
+can pass this bound; `float_gmac_per_second` counts direct-sum MACs per second (an effective rate).
 
 The baseline is measured in the same run: experiments/pytorch_baseline.py (a straightforward
 PyTorch implementation of the same two models) runs as a subprocess under `--pytorch_python` (by

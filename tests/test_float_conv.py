@@ -89,9 +89,10 @@ def test_native_with_an_empty_batch():
 
 
 def test_choose_formulation_takes_native_where_it_runs():
-  same = lambda n: conv_lib.normalize_padding("SAME", (n, n), (3, 3), (1, 1))
+  """Stride-1 float32 convs on the CPU, but 3x3 kernels (Winograd: tests/test_winograd.py)."""
+  same = lambda n: conv_lib.normalize_padding("SAME", (n, n), (5, 5), (1, 1))
   choose = lambda shape, **kw: conv_lib.choose_formulation(
-      shape, (3, 3, shape[3], 64), (1, 1), same(shape[1]), backend="cpu", **kw)
+      shape, (5, 5, shape[3], 64), (1, 1), same(shape[1]), backend="cpu", **kw)
   assert choose((16, 32, 32, 64), native=True) == "native"
   assert choose((16, 8, 8, 256), native=True, pad_value=-1.0) == "native"
   assert choose((16, 32, 32, 64), native=False) == "lax_padded"
@@ -100,15 +101,15 @@ def test_choose_formulation_takes_native_where_it_runs():
   assert choose((16, 4, 4, 512), native=False) == "im2col"
   assert choose((16, 2, 2, 512), native=True) == "im2col"  # 2x2 maps: no faster
   assert choose((16, 32, 32, 3), native=True) == "im2col"  # RGB input
-  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 0), (1, 1), same(32),
+  assert conv_lib.choose_formulation((16, 32, 32, 64), (5, 5, 64, 0), (1, 1), same(32),
                                      backend="cpu", native=True) == "lax_padded"
-  assert conv_lib.choose_formulation((16, 32, 32, 64), (3, 3, 64, 64), (2, 2), same(32),
+  assert conv_lib.choose_formulation((16, 32, 32, 64), (5, 5, 64, 64), (2, 2), same(32),
                                      backend="cpu", native=True) == "lax_im2col"
 
 
 def test_auto_runs_native_on_the_cpu(rng):
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
-  k = jnp.asarray(rng.standard_normal((3, 3, 16, 32)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((2, 3, 16, 32)), jnp.float32)
   hlo = jax.jit(lambda a, b: conv2d(a, b)).lower(x, k).as_text()
   assert "xnorjax_float_conv" in hlo
   bf16 = lambda a, b: conv2d(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),

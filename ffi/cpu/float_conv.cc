@@ -14,11 +14,11 @@
 namespace xnorjax {
 namespace {
 
-constexpr int kPixels = 12;       // conv: output pixels per block (12 x 2 accumulator registers)
+constexpr int kPixels = kFloatConvBlockPixels;  // conv: output pixels per block (12 x 2 registers)
 constexpr int kTilesPerTask = 16;  // conv: pixel blocks per parallel task
-constexpr int kInRows = 8;        // kernel gradient: input channels per block (8 x 2 registers)
+constexpr int kInRows = kFloatKernelGradRows;  // kernel gradient: input channels per block
 constexpr int kChunk = 128;       // kernel gradient: pixels per pass over a thread's blocks
-constexpr int64_t kOutBlock = 32;  // output channels per block (2 registers of 16)
+constexpr int64_t kOutBlock = kFloatConvBlockChannels;  // output channels per block (2 x 16)
 
 // Masks of the two 16-channel registers of the output block starting at channel o.
 inline void BlockMasks(int64_t o, int64_t out_channels, __mmask16* m0, __mmask16* m1) {
@@ -171,6 +171,17 @@ bool FloatConvSupported() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
 }
 
+void FloatConvBlock(const FloatConvProblem& p, const float* x, const float* k, const float* zeros,
+                    float* y, int64_t m0, int64_t o) {
+  (o + kOutBlock <= p.out_channels ? ConvBlock<true> : ConvBlock<false>)(p, x, k, zeros, y, m0, o);
+}
+
+void FloatKernelGradRows(const float* const* x_rows, const float* g, int64_t count, int64_t c_in,
+                         int64_t c_out, int64_t c0, int64_t o, float* dk) {
+  const int64_t r = std::min<int64_t>(kInRows, c_in - c0);
+  kKernelGradBlocks[o + kOutBlock <= c_out][r](x_rows, g, count, c_out, c0, o, dk);
+}
+
 void RunFloatConv(const FloatConvProblem& p, const float* x, const float* k, float* y,
                   int64_t threads, const ParallelFor& parallel_for) {
   const std::vector<float> zeros(p.channels, 0.0f);
@@ -180,9 +191,8 @@ void RunFloatConv(const FloatConvProblem& p, const float* x, const float* k, flo
   parallel_for(tasks * out_blocks, threads, [&](int64_t task) {
     const int64_t first = (task / out_blocks) * kTilesPerTask;
     const int64_t o = (task % out_blocks) * kOutBlock;
-    const bool full = o + kOutBlock <= p.out_channels;
     for (int64_t b = first; b < std::min(blocks, first + kTilesPerTask); ++b) {
-      (full ? ConvBlock<true> : ConvBlock<false>)(p, x, k, zeros.data(), y, b * kPixels, o);
+      FloatConvBlock(p, x, k, zeros.data(), y, b * kPixels, o);
     }
   });
 }
@@ -215,9 +225,8 @@ void RunFloatConvKernelGrad(const FloatConvProblem& p, const float* x, const flo
           }
           rows_tap = tap;
         }
-        const int64_t r = std::min<int64_t>(kInRows, c_in - c0);
-        kKernelGradBlocks[o + kOutBlock <= c_out][r](rows, g + m0 * c_out, count, c_out, c0, o,
-                                                     dk + tap * c_in * c_out);
+        FloatKernelGradRows(rows, g + m0 * c_out, count, c_in, c_out, c0, o,
+                            dk + tap * c_in * c_out);
       }
     }
   });

@@ -37,4 +37,17 @@ void RunFloatConv(const FloatConvProblem& p, const float* x, const float* k, flo
 void RunFloatConvKernelGrad(const FloatConvProblem& p, const float* x, const float* g, float* dk,
                             int64_t threads, const ParallelFor& parallel_for);
 
+// Building blocks for other convs written as matrix products (cpu/winograd.cc):
+// y for output pixels [m0, m0 + 12) (clamped to the problem's pixels) and output channels
+// [o, o + 32) (clamped), as in RunFloatConv; `zeros` holds p.channels zeros.
+void FloatConvBlock(const FloatConvProblem& p, const float* x, const float* k, const float* zeros,
+                    float* y, int64_t m0, int64_t o);
+constexpr int64_t kFloatConvBlockPixels = 12;
+constexpr int64_t kFloatConvBlockChannels = 32;
+// dk[c0 .. c0 + rows, o .. o + 32] (clamped to c_in, c_out; row stride c_out) += sum over
+// q < count of x_rows[q][c] * g[q * c_out + o'], in the order of q; rows <= 8.
+void FloatKernelGradRows(const float* const* x_rows, const float* g, int64_t count, int64_t c_in,
+                         int64_t c_out, int64_t c0, int64_t o, float* dk);
+constexpr int64_t kFloatKernelGradRows = 8;
+
 }  // namespace xnorjax

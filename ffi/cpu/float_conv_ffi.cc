@@ -7,6 +7,7 @@
 
 #include "cpu/float_conv.h"
 #include "cpu/parallel_for.h"
+#include "cpu/winograd.h"
 #include "ffi_common.h"
 
 namespace xnorjax {
@@ -86,6 +87,57 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, F32 x, F32 g, ffi::ResultBuffer<ffi:
   return ffi::Error::Success();
 }
 
+// The problem of x with a 3x3 kernel whose Winograd transform is f32[36, C, O] (dims `u`).
+ffi::Error WinogradProblem(const char* target, const char* u_name, ffi::Span<const int64_t> x,
+                           ffi::Span<const int64_t> u, int64_t pt, int64_t pb, int64_t pl,
+                           int64_t pr, FloatConvProblem* p) {
+  if (u.size() != 3 || u[0] != kWinogradPoints) {
+    return InvalidArgument(std::string(target) + ": " + u_name + " must be f32[36, C, O], got " +
+                           Shape(u));
+  }
+  if (auto e = Problem(target, x, 3, 3, u[1], u[2], pt, pb, pl, pr, p); e.failure()) return e;
+  if (std::string error = ValidateWinogradProblem(p); !error.empty()) {
+    return InvalidArgument(std::string(target) + ": " + error);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error WinogradConv(ffi::ThreadPool pool, F32 x, F32 u, ffi::ResultBuffer<ffi::F32> y,
+                        int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  constexpr const char* kTarget = "xnorjax_winograd_conv";
+  FloatConvProblem p;
+  if (auto e = WinogradProblem(kTarget, "u", x.dimensions(), u.dimensions(), pt, pb, pl, pr, &p);
+      e.failure()) {
+    return e;
+  }
+  if (auto e = CheckDims(kTarget, "the result", y->dimensions(),
+                         {p.batch, p.out_h, p.out_w, p.out_channels});
+      e.failure()) {
+    return e;
+  }
+  RunWinogradConv(p, x.typed_data(), u.typed_data(), y->typed_data(), pool.num_threads(),
+                  ParallelForOf(pool));
+  return ffi::Error::Success();
+}
+
+ffi::Error WinogradKernelGrad(ffi::ThreadPool pool, F32 x, F32 g, ffi::ResultBuffer<ffi::F32> du,
+                              int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  constexpr const char* kTarget = "xnorjax_winograd_kernel_grad";
+  FloatConvProblem p;
+  if (auto e = WinogradProblem(kTarget, "the result", x.dimensions(), du->dimensions(), pt, pb,
+                               pl, pr, &p);
+      e.failure()) {
+    return e;
+  }
+  if (auto e = CheckDims(kTarget, "g", g.dimensions(), {p.batch, p.out_h, p.out_w, p.out_channels});
+      e.failure()) {
+    return e;
+  }
+  RunWinogradKernelGrad(p, x.typed_data(), g.typed_data(), du->typed_data(), pool.num_threads(),
+                        ParallelForOf(pool));
+  return ffi::Error::Success();
+}
+
 template <typename Binding>
 auto PadAttrsOf(Binding binding) {
   return std::move(binding)
@@ -101,6 +153,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FloatConvCpu, Conv,
                               PadAttrsOf(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>()
                                              .Arg<F32>().Ret<F32>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FloatConvKernelGradCpu, KernelGrad,
+                              PadAttrsOf(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>()
+                                             .Arg<F32>().Ret<F32>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WinogradConvCpu, WinogradConv,
+                              PadAttrsOf(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>()
+                                             .Arg<F32>().Ret<F32>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WinogradKernelGradCpu, WinogradKernelGrad,
                               PadAttrsOf(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>()
                                              .Arg<F32>().Ret<F32>()));
 

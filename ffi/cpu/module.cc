@@ -39,10 +39,14 @@ NB_MODULE(_ffi, m) {
         xnorjax::EncapsulateFfiHandler(xnorjax::XnorDenseF32KnCpu);
     registrations["xnorjax_xnor_dense_packed_kn"] =
         xnorjax::EncapsulateFfiHandler(xnorjax::XnorDensePackedKnCpu);
-    // Float32 training convs (see cpu/float_conv.h).
+    // Float32 training convs (see cpu/float_conv.h, cpu/winograd.h).
     registrations["xnorjax_float_conv"] = xnorjax::EncapsulateFfiHandler(xnorjax::FloatConvCpu);
     registrations["xnorjax_float_conv_kernel_grad"] =
         xnorjax::EncapsulateFfiHandler(xnorjax::FloatConvKernelGradCpu);
+    registrations["xnorjax_winograd_conv"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::WinogradConvCpu);
+    registrations["xnorjax_winograd_kernel_grad"] =
+        xnorjax::EncapsulateFfiHandler(xnorjax::WinogradKernelGradCpu);
     return registrations;
   });
   xnorjax::BindGeometry(m);

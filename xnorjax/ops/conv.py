@@ -10,6 +10,10 @@ the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
   "native"      the C++ extension's float32 conv (xnorjax/ops/float_conv.py; CPU with AVX-512F,
                 stride 1): forward conv, input-gradient conv and kernel gradient at about the
                 rate of XLA's best float32 matmul. A custom_vjp: reverse mode only.
+  "winograd"    the C++ extension's Winograd F(4x4, 3x3) conv (xnorjax/ops/winograd.py; CPU with
+                AVX-512F, 3x3 kernels, stride 1): the same three products with 4x fewer
+                multiplications, on the same microkernels; rounds about 10x more than a direct
+                float32 sum (relative 1e-5). A custom_vjp: reverse mode only.
   "lax_padded"  lax.conv forward and backward, every conv written with its zero padding inside the
                 conv: XLA's CPU conv is 2.5-4x faster with padding than on a pre-padded input
                 ("VALID"; jax.grad of a padded conv gives such a VALID conv for the kernel
@@ -17,8 +21,9 @@ the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
                 flipped kernel; the kernel gradient is one matmul per tap over cache-sized chunks
                 of the batch. A custom_vjp: reverse mode only. Strides > 1 take lax.conv's own
                 gradient.
-All compute the same sum and differ only in summation order (results agree within float rounding;
-tests/test_conv.py). `choose_formulation` is the single policy that `formulation="auto"` applies;
+All compute the same sum and differ only in summation order or, for "winograd", in the order and
+form of the arithmetic (results agree within float rounding; tests/test_conv.py,
+tests/test_float_conv.py, tests/test_winograd.py). `choose_formulation` is the single policy that `formulation="auto"` applies;
 experiments/bench_conv_formulations.py measures it.
 
 Padding is explicit: the input is padded with `pad_value` (0, or +-1 for binarized inputs whose
@@ -36,8 +41,9 @@ from jax import lax
 import numpy as np
 
 from xnorjax.ops import float_conv
+from xnorjax.ops import winograd
 
-FORMULATIONS = ("auto", "lax", "im2col", "lax_im2col", "lax_padded", "native")
+FORMULATIONS = ("auto", "lax", "im2col", "lax_im2col", "lax_padded", "native", "winograd")
 _DN = ("NHWC", "HWIO", "NHWC")
 Padding = Union[str, int, Sequence[Sequence[int]]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -98,9 +104,9 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     * "im2col" for 1x1 kernels (a reshape and one matmul), for output maps of at most 2x2 (where
       lax.conv is pathological: ~100x slower) and for inputs of at most 8 channels (RGB first
       layers, where the patch matrix is small).
-    * "native" (the extension's float32 conv) for stride 1 and float32 (with float32 or no
-      preferred_element_type), when the extension is built and the CPU has AVX-512F (`native`,
-      default `float_conv.available()`).
+    * "winograd" for 3x3 kernels, else "native" (the extension's float32 convs), for stride 1 and
+      float32 (with float32 or no preferred_element_type), when the extension is built and the
+      CPU has AVX-512F (`native`, default `float_conv.available()`).
     * "im2col" for output maps of at most 4x4 without "native" (lax.conv is slow there too).
     * "lax_padded" otherwise for stride 1 with zero padding of at most kernel - 1 per side:
       lax.conv's fast padded path forward and backward (forward 2-4x faster than the im2col dot
@@ -141,7 +147,7 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     native = float_conv.available()
   if (native and tuple(strides) == (1, 1) and jnp.dtype(dtype) == jnp.float32
       and min(kernel_shape) > 0 and min(input_shape[1:]) > 0):
-    return "native"
+    return "winograd" if (kh, kw) == (3, 3) else "native"
   if ho * wo <= 16:
     return "im2col"
   if tuple(strides) == (1, 1) and pad_value == 0 and float_conv.pads_fit((kh, kw), pads):
@@ -275,25 +281,48 @@ def _conv_lax_padded_bwd(strides, pads, precision, preferred_element_type, resid
 _conv_lax_padded.defvjp(_conv_lax_padded_fwd, _conv_lax_padded_bwd)
 
 
-def _conv_native(x, kernel, strides, pads, pad_value, preferred_element_type):
-  """The extension's float32 conv (`float_conv.conv`), padding it cannot take done explicitly."""
+def _check_extension_conv(formulation: str, x, preferred_element_type, strides):
+  """Raises a clear error when the extension's float32 convs cannot run this conv."""
   if not float_conv.available():
-    raise ValueError("formulation='native' needs the C++ extension built (make install) and a CPU "
-                     "with AVX-512F; use formulation='auto'")
+    raise ValueError(f"formulation={formulation!r} needs the C++ extension built (make install) and "
+                     "a CPU with AVX-512F; use formulation='auto'")
   if jax.default_backend() != "cpu":
-    raise ValueError(f"formulation='native' runs on the CPU backend, not {jax.default_backend()!r}; "
-                     "use formulation='auto' (lax.conv, cuDNN on GPUs)")
+    raise ValueError(f"formulation={formulation!r} runs on the CPU backend, not "
+                     f"{jax.default_backend()!r}; use formulation='auto' (lax.conv, cuDNN on GPUs)")
   if x.dtype != jnp.float32:
-    raise TypeError(f"formulation='native' computes in float32, got x and kernel of dtype {x.dtype}")
+    raise TypeError(f"formulation={formulation!r} computes in float32, got x and kernel of dtype "
+                    f"{x.dtype}")
   if preferred_element_type is not None and jnp.dtype(preferred_element_type) != jnp.float32:
-    raise TypeError("formulation='native' accumulates and returns float32, got "
+    raise TypeError(f"formulation={formulation!r} accumulates and returns float32, got "
                     f"preferred_element_type={jnp.dtype(preferred_element_type)}")
   if tuple(strides) != (1, 1):
-    raise ValueError(f"formulation='native' supports strides 1 only, got strides={tuple(strides)}")
-  if pad_value != 0 or not float_conv.pads_fit(kernel.shape[:2], pads):
+    raise ValueError(f"formulation={formulation!r} supports strides 1 only, got "
+                     f"strides={tuple(strides)}")
+
+
+def _explicitly_padded(x, pads, pad_value, fits: bool):
+  """(x, pads) with the padding done explicitly unless it is zero and `fits` the kernel."""
+  if pad_value != 0 or not fits:
     x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=jnp.asarray(pad_value, x.dtype))
     pads = ((0, 0), (0, 0))
+  return x, pads
+
+
+def _conv_native(x, kernel, strides, pads, pad_value, preferred_element_type):
+  """The extension's float32 conv (`float_conv.conv`), padding it cannot take done explicitly."""
+  _check_extension_conv("native", x, preferred_element_type, strides)
+  x, pads = _explicitly_padded(x, pads, pad_value, float_conv.pads_fit(kernel.shape[:2], pads))
   return float_conv.conv(x, kernel, pads)
+
+
+def _conv_winograd(x, kernel, strides, pads, pad_value, preferred_element_type):
+  """The extension's Winograd F(4x4, 3x3) conv (`winograd.conv`), padding it cannot take done
+  explicitly."""
+  _check_extension_conv("winograd", x, preferred_element_type, strides)
+  if tuple(kernel.shape[:2]) != (3, 3):
+    raise ValueError(f"formulation='winograd' needs a 3x3 kernel, got {tuple(kernel.shape[:2])}")
+  x, pads = _explicitly_padded(x, pads, pad_value, winograd.fits(kernel.shape[:2], pads))
+  return winograd.conv(x, kernel, pads)
 
 
 _IMPLEMENTATIONS = {"lax": _conv_lax, "im2col": _conv_im2col, "lax_im2col": _conv_lax_im2col}
@@ -352,6 +381,8 @@ def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float 
                                      native=None if native_ok else False)
   if formulation == "native":
     return _conv_native(x, kernel, strides, pads, pad_value, preferred_element_type)
+  if formulation == "winograd":
+    return _conv_winograd(x, kernel, strides, pads, pad_value, preferred_element_type)
   if formulation == "lax_padded" and pad_value == 0:
     return _conv_lax_padded(x, kernel, strides, pads, precision, preferred_element_type)
   if any(lo or hi for lo, hi in pads):

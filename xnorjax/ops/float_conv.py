@@ -42,12 +42,12 @@ def available() -> bool:
   return bool(_native.require_extension().xnor.cpu_features().get("avx512f", False))
 
 
-def _as_pads(pads) -> Pads:
+def as_pads(pads) -> Pads:
   """pads as a hashable ((top, bottom), (left, right)) of ints."""
   return tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
-def _pad_attrs(pads: Pads) -> dict:
+def pad_attrs(pads: Pads) -> dict:
   (top, bottom), (left, right) = pads
   return dict(pad_top=np.int64(top), pad_bottom=np.int64(bottom), pad_left=np.int64(left),
               pad_right=np.int64(right))
@@ -62,7 +62,7 @@ def pads_fit(kernel_hw, pads: Pads) -> bool:
   return all(0 <= p <= k - 1 for pair, k in zip(pads, kernel_hw) for p in pair)
 
 
-def _check(x_shape, kernel_hw, pads: Pads) -> tuple[int, int]:
+def check_problem(x_shape, kernel_hw, pads: Pads) -> tuple[int, int]:
   """The output size; raises ValueError for pads outside [0, kernel - 1] or an empty output."""
   if not pads_fit(kernel_hw, pads):
     raise ValueError(f"pads must lie in [0, kernel - 1] per side, got {pads} for a "
@@ -75,18 +75,20 @@ def _check(x_shape, kernel_hw, pads: Pads) -> tuple[int, int]:
 
 
 def _conv_call(x, k, pads: Pads):
+  _native.require_extension()  # registers the targets (or says how to build them)
   n = x.shape[0]
-  ho, wo = _check(x.shape, k.shape[:2], pads)
+  ho, wo = check_problem(x.shape, k.shape[:2], pads)
   out = jax.ShapeDtypeStruct((n, ho, wo, k.shape[3]), jnp.float32)
   return jax.ffi.ffi_call("xnorjax_float_conv", out)(
-      x, k, **_pad_attrs(pads))
+      x, k, **pad_attrs(pads))
 
 
 def _kernel_grad_call(x, g, kernel_hw, pads: Pads):
-  _check(x.shape, kernel_hw, pads)
+  _native.require_extension()  # registers the targets (or says how to build them)
+  check_problem(x.shape, kernel_hw, pads)
   out = jax.ShapeDtypeStruct(tuple(kernel_hw) + (x.shape[3], g.shape[3]), jnp.float32)
   return jax.ffi.ffi_call("xnorjax_float_conv_kernel_grad", out)(
-      x, g, **_pad_attrs(pads))
+      x, g, **pad_attrs(pads))
 
 
 # Shardy rules: only the batch factor n may stay sharded (xnorjax/ops/partitioning.py).
@@ -108,12 +110,12 @@ def _kernel_grad_op(kernel_hw: tuple[int, int], pads: Pads):
                                _KERNEL_GRAD_RULE, (True, True), sum_over_batch=True)
 
 
-def _back_pads(kernel_hw, pads: Pads) -> Pads:
+def back_pads(kernel_hw, pads: Pads) -> Pads:
   """The padding of the input-gradient conv: kernel - 1 - pad on each side."""
   return tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_hw, pads))
 
 
-def _flipped(k):
+def flipped(k):
   """The kernel of the input-gradient conv: flipped in space, input and output channels swapped."""
   return jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
 
@@ -121,7 +123,7 @@ def _flipped(k):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv(x, k, pads: Pads):
   """y = x conv k (stride 1, zero padding `pads`), float32, by the extension's kernel."""
-  return partitioning.keep_batch_sharding(_conv_op(_as_pads(pads))(x, k), x)
+  return partitioning.keep_batch_sharding(_conv_op(as_pads(pads))(x, k), x)
 
 
 def _conv_fwd(x, k, pads):
@@ -130,7 +132,7 @@ def _conv_fwd(x, k, pads):
 
 def _conv_bwd(pads, residuals, g):
   x, k = residuals
-  return conv(g, _flipped(k), _back_pads(k.shape[:2], pads)), kernel_grad(x, g, k.shape[:2], pads)
+  return conv(g, flipped(k), back_pads(k.shape[:2], pads)), kernel_grad(x, g, k.shape[:2], pads)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
@@ -141,4 +143,4 @@ def kernel_grad(x, g, kernel_hw, pads: Pads):
 
   Not differentiable itself (neither is `conv` twice).
   """
-  return _kernel_grad_op(tuple(int(v) for v in kernel_hw), _as_pads(pads))(x, g)
+  return _kernel_grad_op(tuple(int(v) for v in kernel_hw), as_pads(pads))(x, g)
