@@ -1,6 +1,7 @@
 """conv2d's "native" formulation (the extension's float32 conv, xnorjax/ops/float_conv.py):
 forward against a float64 numpy loop, gradients against jax.grad of lax.conv, its policy and
-its errors."""
+its errors; the empty batch and the errors it shares with "winograd" (tests/test_winograd.py)
+for both."""
 
 import jax
 import jax.numpy as jnp
@@ -80,10 +81,11 @@ def test_native_kernel_gradient_of_a_large_batch(rng):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
-def test_native_with_an_empty_batch():
+@pytest.mark.parametrize("formulation", ["native", "winograd"])
+def test_extension_formulations_with_an_empty_batch(formulation):
   x, k = jnp.zeros((0, 8, 8, 16)), jnp.ones((3, 3, 16, 32))
-  assert conv2d(x, k, formulation="native").shape == (0, 8, 8, 32)
-  grads = jax.grad(lambda a, b: conv2d(a, b, formulation="native").sum(), (0, 1))(x, k)
+  assert conv2d(x, k, formulation=formulation).shape == (0, 8, 8, 32)
+  grads = jax.grad(lambda a, b: conv2d(a, b, formulation=formulation).sum(), (0, 1))(x, k)
   assert grads[0].shape == x.shape
   np.testing.assert_array_equal(np.asarray(grads[1]), np.zeros(k.shape))
 
@@ -117,17 +119,19 @@ def test_auto_runs_native_on_the_cpu(rng):
   assert "xnorjax_float_conv" not in jax.jit(bf16).lower(x, k).as_text()
 
 
-def test_native_bad_input(monkeypatch):
+@pytest.mark.parametrize("formulation", ["native", "winograd"])
+def test_extension_formulations_bad_input(monkeypatch, formulation):
   x, k = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 8))
-  with pytest.raises(ValueError, match="strides 1 only, got strides=.2, 2."):
-    conv2d(x, k, strides=2, formulation="native")
-  with pytest.raises(TypeError, match="computes in float32, got .* bfloat16"):
-    conv2d(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), formulation="native")
+  name = f"formulation='{formulation}'"
+  with pytest.raises(ValueError, match=f"{name} supports strides 1 only, got strides=.2, 2."):
+    conv2d(x, k, strides=2, formulation=formulation)
+  with pytest.raises(TypeError, match=f"{name} computes in float32, got .* bfloat16"):
+    conv2d(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), formulation=formulation)
   with pytest.raises(TypeError, match="preferred_element_type=bfloat16"):
-    conv2d(x, k, formulation="native", preferred_element_type=jnp.bfloat16)
+    conv2d(x, k, formulation=formulation, preferred_element_type=jnp.bfloat16)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   with pytest.raises(ValueError, match="runs on the CPU backend, not 'gpu'"):
-    conv2d(x, k, formulation="native")
+    conv2d(x, k, formulation=formulation)
 
 
 def test_ffi_targets_reject_inconsistent_shapes():

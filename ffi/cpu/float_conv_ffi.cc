@@ -46,24 +46,33 @@ ffi::Error CheckDims(const char* target, const char* name, ffi::Span<const int64
   return ffi::Error::Success();
 }
 
+using Runner = void (*)(const FloatConvProblem&, const float*, const float*, float*, int64_t,
+                        const ParallelFor&);
+
+// Runs `run(p, a, b, out)` once `problem` (the status of setting up p) succeeded and the operand
+// or result `name` has the conv's output shape f32[N, Ho, Wo, O].
+ffi::Error RunChecked(const char* target, const ffi::Error& problem, const FloatConvProblem& p,
+                      const char* name, ffi::Span<const int64_t> output_like, Runner run,
+                      const float* a, const float* b, float* out, ffi::ThreadPool& pool) {
+  if (problem.failure()) return problem;
+  if (auto e = CheckDims(target, name, output_like, {p.batch, p.out_h, p.out_w, p.out_channels});
+      e.failure()) {
+    return e;
+  }
+  run(p, a, b, out, pool.num_threads(), ParallelForOf(pool));
+  return ffi::Error::Success();
+}
+
 ffi::Error Conv(ffi::ThreadPool pool, F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, int64_t pt,
                 int64_t pb, int64_t pl, int64_t pr) {
   constexpr const char* kTarget = "xnorjax_float_conv";
   const auto kd = k.dimensions();
   if (kd.size() != 4) return InvalidArgument(std::string(kTarget) + ": k must be f32[KH, KW, C, O]");
   FloatConvProblem p;
-  if (auto e = Problem(kTarget, x.dimensions(), kd[0], kd[1], kd[2], kd[3], pt, pb, pl, pr, &p);
-      e.failure()) {
-    return e;
-  }
-  if (auto e = CheckDims(kTarget, "the result", y->dimensions(),
-                         {p.batch, p.out_h, p.out_w, p.out_channels});
-      e.failure()) {
-    return e;
-  }
-  RunFloatConv(p, x.typed_data(), k.typed_data(), y->typed_data(), pool.num_threads(),
-               ParallelForOf(pool));
-  return ffi::Error::Success();
+  const ffi::Error problem =
+      Problem(kTarget, x.dimensions(), kd[0], kd[1], kd[2], kd[3], pt, pb, pl, pr, &p);
+  return RunChecked(kTarget, problem, p, "the result", y->dimensions(), RunFloatConv,
+                    x.typed_data(), k.typed_data(), y->typed_data(), pool);
 }
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, F32 x, F32 g, ffi::ResultBuffer<ffi::F32> dk,
@@ -74,17 +83,10 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, F32 x, F32 g, ffi::ResultBuffer<ffi:
     return InvalidArgument(std::string(kTarget) + ": the result must be f32[KH, KW, C, O]");
   }
   FloatConvProblem p;
-  if (auto e = Problem(kTarget, x.dimensions(), kd[0], kd[1], kd[2], kd[3], pt, pb, pl, pr, &p);
-      e.failure()) {
-    return e;
-  }
-  if (auto e = CheckDims(kTarget, "g", g.dimensions(), {p.batch, p.out_h, p.out_w, p.out_channels});
-      e.failure()) {
-    return e;
-  }
-  RunFloatConvKernelGrad(p, x.typed_data(), g.typed_data(), dk->typed_data(), pool.num_threads(),
-                         ParallelForOf(pool));
-  return ffi::Error::Success();
+  const ffi::Error problem =
+      Problem(kTarget, x.dimensions(), kd[0], kd[1], kd[2], kd[3], pt, pb, pl, pr, &p);
+  return RunChecked(kTarget, problem, p, "g", g.dimensions(), RunFloatConvKernelGrad,
+                    x.typed_data(), g.typed_data(), dk->typed_data(), pool);
 }
 
 // The problem of x with a 3x3 kernel whose Winograd transform is f32[36, C, O] (dims `u`).
@@ -106,36 +108,20 @@ ffi::Error WinogradConv(ffi::ThreadPool pool, F32 x, F32 u, ffi::ResultBuffer<ff
                         int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   constexpr const char* kTarget = "xnorjax_winograd_conv";
   FloatConvProblem p;
-  if (auto e = WinogradProblem(kTarget, "u", x.dimensions(), u.dimensions(), pt, pb, pl, pr, &p);
-      e.failure()) {
-    return e;
-  }
-  if (auto e = CheckDims(kTarget, "the result", y->dimensions(),
-                         {p.batch, p.out_h, p.out_w, p.out_channels});
-      e.failure()) {
-    return e;
-  }
-  RunWinogradConv(p, x.typed_data(), u.typed_data(), y->typed_data(), pool.num_threads(),
-                  ParallelForOf(pool));
-  return ffi::Error::Success();
+  const ffi::Error problem =
+      WinogradProblem(kTarget, "u", x.dimensions(), u.dimensions(), pt, pb, pl, pr, &p);
+  return RunChecked(kTarget, problem, p, "the result", y->dimensions(), RunWinogradConv,
+                    x.typed_data(), u.typed_data(), y->typed_data(), pool);
 }
 
 ffi::Error WinogradKernelGrad(ffi::ThreadPool pool, F32 x, F32 g, ffi::ResultBuffer<ffi::F32> du,
                               int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   constexpr const char* kTarget = "xnorjax_winograd_kernel_grad";
   FloatConvProblem p;
-  if (auto e = WinogradProblem(kTarget, "the result", x.dimensions(), du->dimensions(), pt, pb,
-                               pl, pr, &p);
-      e.failure()) {
-    return e;
-  }
-  if (auto e = CheckDims(kTarget, "g", g.dimensions(), {p.batch, p.out_h, p.out_w, p.out_channels});
-      e.failure()) {
-    return e;
-  }
-  RunWinogradKernelGrad(p, x.typed_data(), g.typed_data(), du->typed_data(), pool.num_threads(),
-                        ParallelForOf(pool));
-  return ffi::Error::Success();
+  const ffi::Error problem = WinogradProblem(kTarget, "the result", x.dimensions(),
+                                             du->dimensions(), pt, pb, pl, pr, &p);
+  return RunChecked(kTarget, problem, p, "g", g.dimensions(), RunWinogradKernelGrad,
+                    x.typed_data(), g.typed_data(), du->typed_data(), pool);
 }
 
 template <typename Binding>

@@ -115,27 +115,27 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
 
   Measured with experiments/bench_conv_formulations.py (batch 128, float32, 3x3 SAME, median of
   3, ms; backward = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5 on huge
-  pages (experiments/huge_pages.py), 2026-11-29 12:13 UTC:
-                  |                  forward |                   forward + backward |
-   cin->cout map  |      lax  i2c   pad  nat |      lax    i2c    mix    pad    nat | auto
-       3->64 32x32|      4.9  4.2   4.7  7.5 |     25.6   19.1   16.2   26.0   24.0 | im2col
-      64->64 32x32|     65.9 75.1  47.5 24.4 |    248.7  168.0  154.6  150.2   79.3 | native
-     64->128 16x16|     20.6 32.2  21.2 11.1 |     71.8  120.6   63.3   59.3   36.5 | native
-    128->128 16x16|     25.5 45.5  24.3 21.3 |    151.0  127.9  209.3   93.9   67.0 | native
-    128->256 8x8  |     14.9 17.9  11.9 11.7 |     66.1   45.4   48.7   45.5   41.8 | native
-    256->256 8x8  |     24.8 35.7  24.5 24.1 |    139.4  104.1  103.3   92.3   72.8 | native
-    256->512 4x4  |     11.8 12.2  11.3 12.5 |     77.3   37.9   40.6   49.7   45.5 | native*
-    512->512 4x4  |     28.0 34.2  27.6 25.3 |    156.3   75.8   83.8  107.6   98.0 | native*
-    512->512 2x2  |    732.1  6.1 700.8  6.2 |   2215.0   20.9  729.8 1433.8   30.2 | im2col
-  ("mix" = lax_im2col; * decided on whole training steps, below.) Sums of forward + backward over
-  the nine shapes: lax 3151, im2col 720, lax_im2col 1449, lax_padded 2058, native 495; im2col at
-  4x4 and below and native above it 451 ms, the policy before "native" 595. At 2x2 every lax.conv
-  is pathological (XLA rewrites it into a reversed-window form). Isolated convs at 4x4 and 2x2
-  swing by 30% between runs here, so the small maps were decided on whole training steps (batch
-  128, median of 8 x 3 steps, the two policies interleaved in one process, 12:50-12:54 UTC):
-  native rather than im2col on the 4x4 layers gave vgg16 175 -> 185 and bin_vgg16 181 -> 184
-  images/s; on the 4x4 and 2x2 layers, 178 -> 184 and 181 -> 182 (no more than on 4x4 alone); on
-  the RGB layer, 189 -> 184 and 196 -> 180 (within the spread). im2col stays on those two.
+  pages (experiments/huge_pages.py), 2026-11-29 15:11 UTC:
+                  |                    forward |                         forward + backward |
+   cin->cout map  |    lax  i2c  pad  nat  win |    lax    i2c    mix    pad    nat    win | auto
+       3->64 32x32|    4.1  6.8  3.8  3.9  4.2 |   24.6   15.6   17.8   24.5   22.1   20.0 | im2col
+      64->64 32x32|   48.9 68.2 49.6 24.8 17.0 |  232.0  170.1  168.9  155.9   75.4   46.4 | winograd
+     64->128 16x16|   21.7 27.6 22.1 10.9  5.8 |   82.9   59.3   59.4   58.5   35.3   22.8 | winograd
+    128->128 16x16|   24.9 49.8 24.1 21.6 10.0 |  159.2  123.0  117.8   96.5   66.8   30.6 | winograd
+    128->256 8x8  |   11.4 16.8 11.3 10.8  4.2 |   59.7   45.4   47.0   43.6   32.5   16.4 | winograd
+    256->256 8x8  |   24.7 38.3 24.8 22.9  9.0 |  143.1   87.8   91.9   91.6   71.0   35.0 | winograd
+    256->512 4x4  |   11.5 13.7 11.3 10.3  6.2 |   70.4   38.3   43.9   48.2   35.4   26.6 | winograd
+    512->512 4x4  |   32.5 35.2 27.5 20.9 16.5 |  151.6   77.4   88.9  110.0   72.7   42.0 | winograd
+    512->512 2x2  |  738.1  6.0 745.6  5.8 16.1 | 2191.7   20.6  756.1 1497.8   25.7   41.3 | im2col
+  ("mix" = lax_im2col.) Sums of forward + backward over the nine shapes: lax 3115, im2col 637,
+  lax_im2col 1392, lax_padded 2127, native 437, winograd 281, the policy 256. At 2x2 every
+  lax.conv is pathological (XLA rewrites it into a reversed-window form), and Winograd computes a
+  whole 4x4 tile for each 2x2 map. Before Winograd, the small maps were decided on whole training
+  steps (isolated convs at 4x4 and 2x2 swing by 30% between runs here; batch 128, median of 8 x 3
+  steps, the two policies interleaved in one process, 12:50-12:54 UTC): the direct "native" conv
+  rather than im2col on the 4x4 layers gave vgg16 175 -> 185 and bin_vgg16 181 -> 184 images/s;
+  on the 4x4 and 2x2 layers, 178 -> 184 and 181 -> 182 (no more than on 4x4 alone); on the RGB
+  layer, 189 -> 184 and 196 -> 180 (within the spread). im2col stays on those two.
   """
   if (backend or jax.default_backend()) != "cpu":
     return "lax"
