@@ -18,6 +18,7 @@ from tests.test_conv import numpy_conv2d
 from tests.test_conv import run_data_parallel_script
 from xnorjax.ops import conv as conv_lib
 from xnorjax.ops import conv2d
+from xnorjax.ops import float_conv
 from xnorjax.ops import winograd
 
 pytestmark = pytest.mark.skipif(not winograd.available(),
@@ -160,17 +161,18 @@ def test_ffi_targets_reject_inconsistent_shapes():
   x = jnp.ones((2, 6, 6, 4), jnp.float32)
   pads = ((1, 1), (1, 1))
   call = lambda name, out, *args: jax.jit(lambda *a: jax.ffi.ffi_call(name, out)(
-      *a, **winograd.float_conv.pad_attrs(pads)))(*args)
+      *a, **float_conv.pad_attrs(pads)))(*args)
   y = jax.ShapeDtypeStruct((2, 6, 6, 8), jnp.float32)
-  with pytest.raises(jax.errors.JaxRuntimeError, match=r"u must be f32\[36, C, O\], got f32\[9, 4, 8\]"):
+  error = jax.errors.JaxRuntimeError
+  with pytest.raises(error, match=r"u must be f32\[36, C, O\], got f32\[9, 4, 8\]"):
     call("xnorjax_winograd_conv", y, x, jnp.ones((9, 4, 8)))
-  with pytest.raises(jax.errors.JaxRuntimeError, match="x has 4 channels, the kernel 5"):
+  with pytest.raises(error, match="x has 4 channels, the kernel 5"):
     call("xnorjax_winograd_conv", y, x, jnp.ones((36, 5, 8)))
-  with pytest.raises(jax.errors.JaxRuntimeError, match=r"the result must be f32\[2, 6, 6, 8\]"):
+  with pytest.raises(error, match=r"the result must be f32\[2, 6, 6, 8\]"):
     call("xnorjax_winograd_conv", jax.ShapeDtypeStruct((2, 5, 6, 8), jnp.float32), x,
          jnp.ones((36, 4, 8)))
   du = jax.ShapeDtypeStruct((36, 4, 8), jnp.float32)
-  with pytest.raises(jax.errors.JaxRuntimeError, match=r"g must be f32\[2, 6, 6, 8\], got f32\[2, 5, 6, 8\]"):
+  with pytest.raises(error, match=r"g must be f32\[2, 6, 6, 8\], got f32\[2, 5, 6, 8\]"):
     call("xnorjax_winograd_kernel_grad", du, x, jnp.ones((2, 5, 6, 8)))
   with pytest.raises(ValueError, match=r"pads must lie in \[0, kernel - 1\]"):
     winograd.conv(x, jnp.ones((3, 3, 4, 8)), ((3, 1), (1, 1)))

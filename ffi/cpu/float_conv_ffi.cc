@@ -67,7 +67,9 @@ ffi::Error Conv(ffi::ThreadPool pool, F32 x, F32 k, ffi::ResultBuffer<ffi::F32> 
                 int64_t pb, int64_t pl, int64_t pr) {
   constexpr const char* kTarget = "xnorjax_float_conv";
   const auto kd = k.dimensions();
-  if (kd.size() != 4) return InvalidArgument(std::string(kTarget) + ": k must be f32[KH, KW, C, O]");
+  if (kd.size() != 4) {
+    return InvalidArgument(std::string(kTarget) + ": k must be f32[KH, KW, C, O]");
+  }
   FloatConvProblem p;
   const ffi::Error problem =
       Problem(kTarget, x.dimensions(), kd[0], kd[1], kd[2], kd[3], pt, pb, pl, pr, &p);

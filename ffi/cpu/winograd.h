@@ -7,7 +7,9 @@
 // the same per-point product transposed: dU[ab] = sum over tiles of V[ab]^T (A dY A^T)[ab].
 // The transformed kernel U = G k G^T and dk = G^T dU G are small and left to the caller
 // (xnorjax/ops/winograd.py). F(4x4, 3x3)'s rounding error is about 10x that of the direct sum
-// (relative 1e-5 instead of 1e-6 in float32).
+// (relative 1e-5 instead of 1e-6 in float32). The transformed tiles live in per-thread scratch
+// buffers kept between calls (up to about 24 MiB for a thread that calls these, 1 MiB for a pool
+// thread).
 #pragma once
 
 #include <cstdint>

@@ -23,8 +23,8 @@ the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
                 gradient.
 All compute the same sum and differ only in summation order or, for "winograd", in the order and
 form of the arithmetic (results agree within float rounding; tests/test_conv.py,
-tests/test_float_conv.py, tests/test_winograd.py). `choose_formulation` is the single policy that `formulation="auto"` applies;
-experiments/bench_conv_formulations.py measures it.
+tests/test_float_conv.py, tests/test_winograd.py). `choose_formulation` is the single policy that
+`formulation="auto"` applies; experiments/bench_conv_formulations.py measures it.
 
 Padding is explicit: the input is padded with `pad_value` (0, or +-1 for binarized inputs whose
 packed form has no 0), then convolved VALID, so every formulation sees the same padded input.
@@ -116,17 +116,17 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
   Measured with experiments/bench_conv_formulations.py (batch 128, float32, 3x3 SAME, median of
   3, ms; backward = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5 on huge
   pages (experiments/huge_pages.py), 2026-11-29 15:11 UTC:
-                  |                    forward |                         forward + backward |
-   cin->cout map  |    lax  i2c  pad  nat  win |    lax    i2c    mix    pad    nat    win | auto
-       3->64 32x32|    4.1  6.8  3.8  3.9  4.2 |   24.6   15.6   17.8   24.5   22.1   20.0 | im2col
-      64->64 32x32|   48.9 68.2 49.6 24.8 17.0 |  232.0  170.1  168.9  155.9   75.4   46.4 | winograd
-     64->128 16x16|   21.7 27.6 22.1 10.9  5.8 |   82.9   59.3   59.4   58.5   35.3   22.8 | winograd
-    128->128 16x16|   24.9 49.8 24.1 21.6 10.0 |  159.2  123.0  117.8   96.5   66.8   30.6 | winograd
-    128->256 8x8  |   11.4 16.8 11.3 10.8  4.2 |   59.7   45.4   47.0   43.6   32.5   16.4 | winograd
-    256->256 8x8  |   24.7 38.3 24.8 22.9  9.0 |  143.1   87.8   91.9   91.6   71.0   35.0 | winograd
-    256->512 4x4  |   11.5 13.7 11.3 10.3  6.2 |   70.4   38.3   43.9   48.2   35.4   26.6 | winograd
-    512->512 4x4  |   32.5 35.2 27.5 20.9 16.5 |  151.6   77.4   88.9  110.0   72.7   42.0 | winograd
-    512->512 2x2  |  738.1  6.0 745.6  5.8 16.1 | 2191.7   20.6  756.1 1497.8   25.7   41.3 | im2col
+                 |                    forward |                         forward + backward |
+  cin->cout map  |    lax  i2c  pad  nat  win |    lax    i2c    mix    pad    nat    win | auto
+      3->64 32x32|    4.1  6.8  3.8  3.9  4.2 |   24.6   15.6   17.8   24.5   22.1   20.0 | im2col
+     64->64 32x32|   48.9 68.2 49.6 24.8 17.0 |  232.0  170.1  168.9  155.9   75.4   46.4 | winograd
+    64->128 16x16|   21.7 27.6 22.1 10.9  5.8 |   82.9   59.3   59.4   58.5   35.3   22.8 | winograd
+   128->128 16x16|   24.9 49.8 24.1 21.6 10.0 |  159.2  123.0  117.8   96.5   66.8   30.6 | winograd
+   128->256 8x8  |   11.4 16.8 11.3 10.8  4.2 |   59.7   45.4   47.0   43.6   32.5   16.4 | winograd
+   256->256 8x8  |   24.7 38.3 24.8 22.9  9.0 |  143.1   87.8   91.9   91.6   71.0   35.0 | winograd
+   256->512 4x4  |   11.5 13.7 11.3 10.3  6.2 |   70.4   38.3   43.9   48.2   35.4   26.6 | winograd
+   512->512 4x4  |   32.5 35.2 27.5 20.9 16.5 |  151.6   77.4   88.9  110.0   72.7   42.0 | winograd
+   512->512 2x2  |  738.1  6.0 745.6  5.8 16.1 | 2191.7   20.6  756.1 1497.8   25.7   41.3 | im2col
   ("mix" = lax_im2col.) Sums of forward + backward over the nine shapes: lax 3115, im2col 637,
   lax_im2col 1392, lax_padded 2127, native 437, winograd 281, the policy 256. At 2x2 every
   lax.conv is pathological (XLA rewrites it into a reversed-window form), and Winograd computes a

@@ -110,7 +110,7 @@ def _kernel_grad_op(pads: Pads):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv(x, k, pads: Pads):
-  """y = x conv k (3x3, stride 1, zero padding `pads` in [0, 2]), float32, by Winograd F(4x4, 3x3)."""
+  """y = x conv k (3x3, stride 1, zero padding `pads` in [0, 2]), float32, by F(4x4, 3x3)."""
   pads = float_conv.as_pads(pads)
   return partitioning.keep_batch_sharding(_conv_op(pads)(x, transform_kernel(k)), x)
 
