@@ -14,8 +14,9 @@ Two FFI targets, zero padding of at most 2 per side ((top, bottom), (left, right
 `conv` is differentiable once, in reverse mode (a custom_vjp): the input gradient is the Winograd
 conv of the output gradient with the flipped kernel (channel axes swapped, padding 2 - pad), the
 kernel gradient G^T du G. The sums are the direct conv's, rounded differently: F(4x4, 3x3)
-rounds about 10x more (relative errors around 1e-5 in float32, against 1e-6 for the direct sum),
-well below what training notices (the transforms use the points 0, +-1, +-2 of Lavin & Gray).
+rounds about 10x more (relative errors around 1e-5 in float32, against 1e-6 for the direct sum;
+the transforms use the points 0, +-1, +-2 of Lavin & Gray). Training does not notice: a 16-epoch
+bin_vgg16 run on real CIFAR-10 stayed within 2 points of the direct conv's curve (README).
 vmap and data-parallel sharding as for the direct conv (xnorjax/ops/float_conv.py).
 """
 
