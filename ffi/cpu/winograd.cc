@@ -101,6 +101,21 @@ XNORJAX_TARGET_AVX512F inline void OutputGradTransform(const __m512 g[kM], __m51
   out[5] = g[3];
 }
 
+// out[a][b] = (T X T^T)[a, b] for the 1-D transform T (`transform`, kIn -> kOut values) of the
+// kIn x kIn tile X given by columns: in[j][i] = X[i, j]. The input transform is T = B^T, the
+// output transform A^T, the output gradient's A.
+template <int kIn, int kOut, typename Transform>
+XNORJAX_TARGET_AVX512F inline void Transform2D(const __m512 in[kIn][kIn], __m512 out[kOut][kOut],
+                                               const Transform& transform) {
+  __m512 half[kIn][kOut];  // half[j][a] = (T X)[a, j]
+  for (int j = 0; j < kIn; ++j) transform(in[j], half[j]);
+  for (int a = 0; a < kOut; ++a) {
+    __m512 row[kIn];
+    for (int j = 0; j < kIn; ++j) row[j] = half[j][a];
+    transform(row, out[a]);
+  }
+}
+
 // Tile t of the problem: image n, output rows [4 ty, 4 ty + 4), columns [4 tx, 4 tx + 4).
 struct Tile {
   int64_t n, ty, tx;
@@ -145,7 +160,7 @@ XNORJAX_TARGET_AVX512F void TransformInputTile(const FloatConvProblem& p, const 
                                                int64_t slot, const Panels& panels) {
   const __mmask16 mask = TailMask(p.channels - c);
   const int64_t top = tile.ty * kM - p.pad_top, left = tile.tx * kM - p.pad_left;
-  __m512 d[kA][kA];
+  __m512 d[kA][kA];  // d[j][i]: the input at row i, column j of the tile
   for (int64_t i = 0; i < kA; ++i) {
     for (int64_t j = 0; j < kA; ++j) {
       const int64_t ih = top + i, iw = left + j;
@@ -155,14 +170,11 @@ XNORJAX_TARGET_AVX512F void TransformInputTile(const FloatConvProblem& p, const 
                        : _mm512_setzero_ps();
     }
   }
-  __m512 t[kA][kA];  // t[j][a] = (B^T d)[a, j]
-  for (int64_t j = 0; j < kA; ++j) InputTransform(d[j], t[j]);
+  __m512 v_tile[kA][kA];  // (B^T d B)[a, b]
+  Transform2D<kA, kA>(d, v_tile, InputTransform);
   for (int64_t a = 0; a < kA; ++a) {
-    __m512 column[kA], out[kA];
-    for (int64_t j = 0; j < kA; ++j) column[j] = t[j][a];
-    InputTransform(column, out);  // (B^T d B)[a, b]
     for (int64_t b = 0; b < kA; ++b) {
-      _mm512_mask_storeu_ps(v + panels.Offset(a * kA + b, slot) + c, mask, out[b]);
+      _mm512_mask_storeu_ps(v + panels.Offset(a * kA + b, slot) + c, mask, v_tile[a][b]);
     }
   }
 }
@@ -172,24 +184,20 @@ XNORJAX_TARGET_AVX512F void TransformOutputTile(const FloatConvProblem& p, const
                                                 int64_t slot, const Panels& panels,
                                                 const Tile& tile, int64_t o, float* y) {
   const __mmask16 mask = TailMask(p.out_channels - o);
-  __m512 s[kA][kM];  // s[b][r] = (A^T M)[r, b]
-  for (int64_t b = 0; b < kA; ++b) {
-    __m512 column[kA];
-    for (int64_t a = 0; a < kA; ++a) {
-      column[a] = _mm512_maskz_loadu_ps(mask, m + panels.Offset(a * kA + b, slot) + o);
+  __m512 m_tile[kA][kA];  // m_tile[b][a] = M[a, b]
+  for (int64_t a = 0; a < kA; ++a) {
+    for (int64_t b = 0; b < kA; ++b) {
+      m_tile[b][a] = _mm512_maskz_loadu_ps(mask, m + panels.Offset(a * kA + b, slot) + o);
     }
-    OutputTransform(column, s[b]);
   }
-  for (int64_t r = 0; r < kM; ++r) {
+  __m512 y_tile[kM][kM];  // (A^T M A)[r, u]
+  Transform2D<kA, kM>(m_tile, y_tile, OutputTransform);
+  for (int64_t r = 0; r < kM && tile.ty * kM + r < p.out_h; ++r) {
     const int64_t oh = tile.ty * kM + r;
-    if (oh >= p.out_h) break;
-    __m512 row[kA], out[kM];
-    for (int64_t b = 0; b < kA; ++b) row[b] = s[b][r];
-    OutputTransform(row, out);  // (A^T M A)[r, u]
     for (int64_t u = 0; u < kM && tile.tx * kM + u < p.out_w; ++u) {
       _mm512_mask_storeu_ps(
           y + ((tile.n * p.out_h + oh) * p.out_w + tile.tx * kM + u) * p.out_channels + o, mask,
-          out[u]);
+          y_tile[r][u]);
     }
   }
 }
@@ -200,25 +208,21 @@ XNORJAX_TARGET_AVX512F void TransformOutputGradTile(const FloatConvProblem& p, c
                                                     const Tile& tile, int64_t o, float* dm,
                                                     int64_t slot, const Panels& panels) {
   const __mmask16 mask = TailMask(p.out_channels - o);
-  __m512 t[kM][kA];  // t[u][a] = (A dY)[a, u]
+  __m512 g_tile[kM][kM];  // g_tile[u][r] = dY[r, u]
   for (int64_t u = 0; u < kM; ++u) {
-    __m512 column[kM];
     const int64_t ow = tile.tx * kM + u;
     for (int64_t r = 0; r < kM; ++r) {
       const int64_t oh = tile.ty * kM + r;
-      column[r] = oh < p.out_h && ow < p.out_w
-                      ? _mm512_maskz_loadu_ps(
-                            mask, g + ((tile.n * p.out_h + oh) * p.out_w + ow) * p.out_channels + o)
-                      : _mm512_setzero_ps();
+      const float* from = g + ((tile.n * p.out_h + oh) * p.out_w + ow) * p.out_channels + o;
+      g_tile[u][r] = oh < p.out_h && ow < p.out_w ? _mm512_maskz_loadu_ps(mask, from)
+                                                  : _mm512_setzero_ps();
     }
-    OutputGradTransform(column, t[u]);
   }
+  __m512 dm_tile[kA][kA];  // (A dY A^T)[a, b]
+  Transform2D<kM, kA>(g_tile, dm_tile, OutputGradTransform);
   for (int64_t a = 0; a < kA; ++a) {
-    __m512 row[kM], out[kA];
-    for (int64_t u = 0; u < kM; ++u) row[u] = t[u][a];
-    OutputGradTransform(row, out);
     for (int64_t b = 0; b < kA; ++b) {
-      _mm512_mask_storeu_ps(dm + panels.Offset(a * kA + b, slot) + o, mask, out[b]);
+      _mm512_mask_storeu_ps(dm + panels.Offset(a * kA + b, slot) + o, mask, dm_tile[a][b]);
     }
   }
 }
