@@ -154,6 +154,8 @@ def test_winograd_needs_a_3x3_kernel():
   """(The errors it shares with "native" are tested in tests/test_float_conv.py.)"""
   with pytest.raises(ValueError, match=r"needs a 3x3 kernel, got \(5, 5\)"):
     conv2d(jnp.ones((1, 6, 6, 4)), jnp.ones((5, 5, 4, 8)), formulation="winograd")
+  with pytest.raises(ValueError, match=r"needs a 3x3 kernel, got \(5, 5\)"):  # not a reshape error
+    winograd.conv(jnp.ones((1, 6, 6, 9)), jnp.ones((5, 5, 9, 8)), ((1, 1), (1, 1)))
 
 
 def test_ffi_targets_reject_inconsistent_shapes():

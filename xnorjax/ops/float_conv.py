@@ -74,21 +74,23 @@ def check_problem(x_shape, kernel_hw, pads: Pads) -> tuple[int, int]:
   return ho, wo
 
 
-def _conv_call(x, k, pads: Pads):
+def padded_ffi_call(target: str, result_shape, a, b, pads: Pads):
+  """The extension's FFI target `target` on (a, b) with the pads as attributes, returning
+  f32[result_shape] (the calls of this module and of xnorjax/ops/winograd.py)."""
   _native.require_extension()  # registers the targets (or says how to build them)
-  n = x.shape[0]
+  out = jax.ShapeDtypeStruct(tuple(result_shape), jnp.float32)
+  return jax.ffi.ffi_call(target, out)(a, b, **pad_attrs(pads))
+
+
+def _conv_call(x, k, pads: Pads):
   ho, wo = check_problem(x.shape, k.shape[:2], pads)
-  out = jax.ShapeDtypeStruct((n, ho, wo, k.shape[3]), jnp.float32)
-  return jax.ffi.ffi_call("xnorjax_float_conv", out)(
-      x, k, **pad_attrs(pads))
+  return padded_ffi_call("xnorjax_float_conv", (x.shape[0], ho, wo, k.shape[3]), x, k, pads)
 
 
 def _kernel_grad_call(x, g, kernel_hw, pads: Pads):
-  _native.require_extension()  # registers the targets (or says how to build them)
   check_problem(x.shape, kernel_hw, pads)
-  out = jax.ShapeDtypeStruct(tuple(kernel_hw) + (x.shape[3], g.shape[3]), jnp.float32)
-  return jax.ffi.ffi_call("xnorjax_float_conv_kernel_grad", out)(
-      x, g, **pad_attrs(pads))
+  return padded_ffi_call("xnorjax_float_conv_kernel_grad",
+                         tuple(kernel_hw) + (x.shape[3], g.shape[3]), x, g, pads)
 
 
 # Shardy rules: only the batch factor n may stay sharded (xnorjax/ops/partitioning.py).

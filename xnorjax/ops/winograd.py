@@ -29,7 +29,6 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from xnorjax import _native
 from xnorjax.ops import float_conv
 from xnorjax.ops import partitioning
 
@@ -73,24 +72,16 @@ def kernel_grad_from_transformed(du):
   return dk.reshape((3, 3) + du.shape[1:])
 
 
-def _check(x_shape, kernel_hw, pads: Pads) -> tuple[int, int]:
-  if tuple(kernel_hw) != (3, 3):
-    raise ValueError(f"Winograd F(4x4, 3x3) needs a 3x3 kernel, got {tuple(kernel_hw)}")
-  return float_conv.check_problem(x_shape, kernel_hw, pads)
-
-
 def _conv_call(x, u, pads: Pads):
-  _native.require_extension()  # registers the targets (or says how to build them)
-  ho, wo = _check(x.shape, (3, 3), pads)
-  out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, u.shape[2]), jnp.float32)
-  return jax.ffi.ffi_call("xnorjax_winograd_conv", out)(x, u, **float_conv.pad_attrs(pads))
+  ho, wo = float_conv.check_problem(x.shape, (3, 3), pads)
+  return float_conv.padded_ffi_call("xnorjax_winograd_conv", (x.shape[0], ho, wo, u.shape[2]), x,
+                                    u, pads)
 
 
 def _kernel_grad_call(x, g, pads: Pads):
-  _native.require_extension()  # registers the targets (or says how to build them)
-  _check(x.shape, (3, 3), pads)
-  out = jax.ShapeDtypeStruct((36, x.shape[3], g.shape[3]), jnp.float32)
-  return jax.ffi.ffi_call("xnorjax_winograd_kernel_grad", out)(x, g, **float_conv.pad_attrs(pads))
+  float_conv.check_problem(x.shape, (3, 3), pads)
+  return float_conv.padded_ffi_call("xnorjax_winograd_kernel_grad",
+                                    (36, x.shape[3], g.shape[3]), x, g, pads)
 
 
 # Shardy rules: only the batch factor n may stay sharded (xnorjax/ops/partitioning.py).
@@ -112,6 +103,8 @@ def _kernel_grad_op(pads: Pads):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv(x, k, pads: Pads):
   """y = x conv k (3x3, stride 1, zero padding `pads` in [0, 2]), float32, by F(4x4, 3x3)."""
+  if tuple(k.shape[:2]) != (3, 3):
+    raise ValueError(f"Winograd F(4x4, 3x3) needs a 3x3 kernel, got {tuple(k.shape[:2])}")
   pads = float_conv.as_pads(pads)
   return partitioning.keep_batch_sharding(_conv_op(pads)(x, transform_kernel(k)), x)
 
