@@ -43,6 +43,17 @@ def numpy_conv2d(x, kernel, strides, padding, pad_value):
   return out
 
 
+def formulation_grads(x, kernel, cotangent, formulations, **conv_kwargs):
+  """{formulation: jax.grad of sum(conv2d(x, kernel, formulation=f, **conv_kwargs) * cotangent)
+  with respect to (x, kernel)}, each jitted."""
+  grads = {}
+  for formulation in formulations:
+    loss = lambda a, b, f=formulation: jnp.sum(
+        conv2d(a, b, formulation=f, **conv_kwargs) * cotangent)
+    grads[formulation] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  return grads
+
+
 PADDINGS = ["SAME", "VALID", 1, ((2, 0), (0, 1))]
 FORMULATIONS = ["lax", "im2col", "lax_im2col", "lax_padded", "auto"]
 
@@ -70,11 +81,8 @@ def test_conv2d_formulations_have_equal_gradients(rng, padding, strides):
   kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
   out_shape = conv2d(x, kernel, strides=strides, padding=padding, formulation="lax").shape
   cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
-  grads = {}
-  for formulation in FORMULATIONS:
-    loss = lambda a, b, f=formulation: jnp.sum(
-        conv2d(a, b, strides=strides, padding=padding, pad_value=pad_value, formulation=f) * cotangent)
-    grads[formulation] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  grads = formulation_grads(x, kernel, cotangent, FORMULATIONS, strides=strides, padding=padding,
+                            pad_value=pad_value)
   for formulation in FORMULATIONS[1:]:
     for got, ref in zip(grads[formulation], grads["lax"]):
       np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
@@ -95,11 +103,8 @@ def test_lax_padded_gradients_match_lax_autodiff(rng, case):
   kernel = jnp.asarray(rng.standard_normal(kernel_hw + (x_shape[3], 6)), jnp.float32)
   out_shape = conv2d(x, kernel, strides=strides, padding=padding, formulation="lax").shape
   cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
-  grads = {}
-  for formulation in ("lax", "lax_padded"):
-    loss = lambda a, b, f=formulation: jnp.sum(conv2d(
-        a, b, strides=strides, padding=padding, pad_value=pad_value, formulation=f) * cotangent)
-    grads[formulation] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  grads = formulation_grads(x, kernel, cotangent, ("lax", "lax_padded"), strides=strides,
+                            padding=padding, pad_value=pad_value)
   for got, ref in zip(grads["lax_padded"], grads["lax"]):
     assert got.shape == ref.shape and got.dtype == ref.dtype
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-4)
@@ -113,10 +118,7 @@ def test_lax_padded_kernel_gradient_over_batch_chunks(rng, monkeypatch):
   example_bytes = 4 * (9 * 8 * 5 + 9 * 8 * 6)
   monkeypatch.setattr(conv_lib, "_KERNEL_GRAD_CHUNK_BYTES", 3 * example_bytes)
   assert conv_lib._batch_chunks(12, example_bytes) == 4
-  grads = {}
-  for formulation in ("lax", "lax_padded"):
-    loss = lambda a, b, f=formulation: jnp.sum(conv2d(a, b, padding="SAME", formulation=f) * cotangent)
-    grads[formulation] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  grads = formulation_grads(x, kernel, cotangent, ("lax", "lax_padded"), padding="SAME")
   for got, ref in zip(grads["lax_padded"], grads["lax"]):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-4)
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.test_conv import formulation_grads
 from tests.test_conv import numpy_conv2d
 from tests.test_conv import run_data_parallel_script
 from xnorjax.ops import conv as conv_lib
@@ -58,11 +59,8 @@ def test_native_gradients_match_lax_autodiff(rng, case):
   kernel = jnp.asarray(rng.standard_normal(kernel_hw + (x_shape[3], out_channels)), jnp.float32)
   out_shape = conv2d(x, kernel, padding=padding, formulation="lax").shape
   cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
-  grads = {}
-  for formulation in ("lax", "native"):
-    loss = lambda a, b, f=formulation: jnp.sum(conv2d(
-        a, b, padding=padding, pad_value=pad_value, formulation=f) * cotangent)
-    grads[formulation] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  grads = formulation_grads(x, kernel, cotangent, ("lax", "native"), padding=padding,
+                            pad_value=pad_value)
   for got, ref in zip(grads["native"], grads["lax"]):
     assert got.shape == ref.shape and got.dtype == ref.dtype
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5,

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.test_conv import formulation_grads
 from tests.test_conv import numpy_conv2d
 from tests.test_conv import run_data_parallel_script
 from xnorjax.ops import conv as conv_lib
@@ -77,11 +78,8 @@ def test_winograd_gradients_match_lax_autodiff(rng, case):
   x, kernel = map(jnp.asarray, _operands(rng, x_shape, out_channels))
   out_shape = conv2d(x, kernel, padding=padding, formulation="lax").shape
   cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
-  grads = {}
-  for formulation in ("lax", "winograd"):
-    loss = lambda a, b, f=formulation: jnp.sum(conv2d(
-        a, b, padding=padding, pad_value=pad_value, formulation=f) * cotangent)
-    grads[formulation] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  grads = formulation_grads(x, kernel, cotangent, ("lax", "winograd"), padding=padding,
+                            pad_value=pad_value)
   for got, ref in zip(grads["winograd"], grads["lax"]):
     assert got.dtype == ref.dtype
     assert_close(got, ref)
