@@ -319,8 +319,6 @@ def _conv_winograd(x, kernel, strides, pads, pad_value, preferred_element_type):
   """The extension's Winograd F(4x4, 3x3) conv (`winograd.conv`), padding it cannot take done
   explicitly."""
   _check_extension_conv("winograd", x, preferred_element_type, strides)
-  if tuple(kernel.shape[:2]) != (3, 3):
-    raise ValueError(f"formulation='winograd' needs a 3x3 kernel, got {tuple(kernel.shape[:2])}")
   x, pads = _explicitly_padded(x, pads, pad_value, winograd.fits(kernel.shape[:2], pads))
   return winograd.conv(x, kernel, pads)
 
