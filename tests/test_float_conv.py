@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import xnorjax
 from tests.test_conv import formulation_grads
 from tests.test_conv import numpy_conv2d
 from tests.test_conv import run_data_parallel_script
@@ -144,6 +145,58 @@ def test_ffi_targets_reject_inconsistent_shapes():
     jax.jit(lambda a, b: float_conv.conv(a, b, ((0, 0), (0, 0))))(x, jnp.ones((7, 7, 4, 8)))
   with pytest.raises(ValueError, match=r"pads must lie in \[0, kernel - 1\]"):
     float_conv.conv(x, jnp.ones((3, 3, 4, 8)), ((3, 1), (1, 1)))
+
+
+# (op, operand b's shape, the output's shape) of the extension's float32 engines on
+# x f32[12, 13, 11, 20] with a 3x3 kernel, 40 output channels and pads of 1: 1,716 output pixels
+# (14 of the direct kernel gradient's 128-pixel chunks) and 144 Winograd tiles (2 of its
+# 128-tile chunks); 20 and 40 channels leave tails in the 8 x 32 kernel-gradient blocks.
+THREAD_CASES = [
+    ("conv", (3, 3, 20, 40), (12, 13, 11, 40)),
+    ("kernel_grad", (12, 13, 11, 40), (3, 3, 20, 40)),
+    ("winograd_conv", (36, 20, 40), (12, 13, 11, 40)),
+    ("winograd_kernel_grad", (12, 13, 11, 40), (36, 20, 40)),
+]
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=lambda case: case[0])
+def test_results_do_not_depend_on_the_thread_count(rng, case):
+  """Every output element has one summation order: the engines give the same bits on 1, 2, 3
+  or 7 threads (test-only entry point, std::threads) and inside XLA (its pool: one thread per
+  core), so a run reproduces on machines with other core counts."""
+  op, b_shape, out_shape = case
+  x = rng.standard_normal((12, 13, 11, 20)).astype(np.float32)
+  b = rng.standard_normal(b_shape).astype(np.float32)
+  engine = xnorjax.require_extension().float_conv
+  results = []
+  for threads in (1, 2, 3, 7):
+    out = np.full(out_shape, np.nan, np.float32)  # poisoned: every element must be written
+    engine.run_into(op, x, b, out, 3, 3, 40, 1, 1, 1, 1, threads)
+    results.append(out)
+  target = {"conv": "xnorjax_float_conv", "kernel_grad": "xnorjax_float_conv_kernel_grad",
+            "winograd_conv": "xnorjax_winograd_conv",
+            "winograd_kernel_grad": "xnorjax_winograd_kernel_grad"}[op]
+  pads = ((1, 1), (1, 1))
+  results.append(np.asarray(jax.jit(
+      lambda a, c: float_conv.padded_ffi_call(target, out_shape, a, c, pads))(x, b)))
+  assert np.isfinite(results[0]).all()
+  for got in results[1:]:
+    np.testing.assert_array_equal(got, results[0])
+
+
+def test_thread_entry_point_bad_input():
+  engine = xnorjax.require_extension().float_conv
+  x = np.ones((1, 6, 6, 4), np.float32)
+  out = np.empty((1, 6, 6, 8), np.float32)
+  with pytest.raises(ValueError, match="op must be conv, kernel_grad, .*, got fft"):
+    engine.run_into("fft", x, np.ones((3, 3, 4, 8), np.float32), out, 3, 3, 8, 1, 1, 1, 1, 1)
+  with pytest.raises(ValueError, match=r"k must be f32\[3, 3, 4, 8\], got f32\[3, 3, 5, 8\]"):
+    engine.run_into("conv", x, np.ones((3, 3, 5, 8), np.float32), out, 3, 3, 8, 1, 1, 1, 1, 1)
+  with pytest.raises(ValueError, match="num_threads must be at least 1"):
+    engine.run_into("conv", x, np.ones((3, 3, 4, 8), np.float32), out, 3, 3, 8, 1, 1, 1, 1, 0)
+  with pytest.raises(ValueError, match="needs a 3x3 kernel, got 5x5"):
+    engine.run_into("winograd_conv", x, np.ones((36, 4, 8), np.float32), out, 5, 5, 8, 1, 1, 1,
+                    1, 1)
 
 
 def test_native_under_vmap(rng):

@@ -2,6 +2,7 @@
 // with XLA (jax.ffi.register_ffi_target) at import.
 #include <nanobind/nanobind.h>
 
+#include "cpu/float_conv_bindings.h"
 #include "cpu/float_conv_ffi.h"
 #include "cpu/geometry_bindings.h"
 #include "cpu/pack_bits.h"
@@ -49,6 +50,7 @@ NB_MODULE(_ffi, m) {
         xnorjax::EncapsulateFfiHandler(xnorjax::WinogradKernelGradCpu);
     return registrations;
   });
+  xnorjax::BindFloatConv(m);
   xnorjax::BindGeometry(m);
   xnorjax::BindXnor(m);
 }
