@@ -20,6 +20,13 @@ LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether `workdir` holds a finished resumable checkpoint (orbax names them by step)."""
+  latest = os.path.join(workdir, LATEST_DIR)
+  return os.path.isdir(latest) and any(
+      name.isdigit() and os.path.isdir(os.path.join(latest, name)) for name in os.listdir(latest))
+
+
 def _abstract(state):
   """ShapeDtypeStructs (with the shardings of `state`) to restore into."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -48,6 +48,9 @@ _MODEL = flags.DEFINE_string(
     "model", DEFAULT_MODEL, "Model preset (experiments/configs/<model>.py); ignored with --config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl, "
                                "TensorBoard events and checkpoints.", required=True)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a work directory's checkpoints even though the "
+    "configuration differs from its config.json in a field that changes what is trained.")
 try:  # Overrides of the default config are checked here, at definition.
   _CONFIG = config_flags.DEFINE_config_file(
       "config", preset_path(_model_from_argv(sys.argv)),
@@ -80,7 +83,8 @@ def main(argv):
     raise app.UsageError(f"--model={_MODEL.value} contradicts the config file's model "
                          f"{config.model.name!r}; give one of them")
   try:
-    results = trainer.train_and_evaluate(config, _WORKDIR.value)
+    results = trainer.train_and_evaluate(config, _WORKDIR.value,
+                                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except USER_ERRORS as e:
     logging.debug("Traceback:", exc_info=True)
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)

@@ -48,6 +48,22 @@ class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite."""
 
 
+class ConfigChangedError(ValueError):
+  """A work directory with checkpoints was resumed with a configuration that trains differently."""
+
+
+# Fields that may differ between an interrupted run and its resumption: where the data and caches
+# are, how often to log, evaluate and checkpoint, evaluation batch size, devices and processes
+# (data parallelism matches one device within float rounding). Every other field changes what is
+# trained (schedule, model, data split and augmentation, seed, ...).
+RESUMABLE_CHANGES = frozenset({
+    "data.path", "data.cache_dir", "data.tfds_data_dir", "data.tfds_download", "data.prefetch",
+    "eval_batch_size", "eval_every_steps", "eval_test_during_training", "log_every_steps",
+    "checkpoint_every_steps", "keep_checkpoints", "num_devices", "distributed",
+    "coordinator_address", "num_processes", "process_id", "tensorboard",
+})
+
+
 # ------------------------------------------------------------------------------------------------
 # Model, state and the pure steps.
 # ------------------------------------------------------------------------------------------------
@@ -248,15 +264,48 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int):
     raise ValueError(f"config.log_every_steps must be >= 1, got {config.log_every_steps}")
 
 
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """The fields outside RESUMABLE_CHANGES on which `config` differs from the `saved` config.json
+  of a run, as 'field: old -> new' (sorted)."""
+  old = _flat(saved)
+  new = _flat(json.loads(config.to_json_best_effort()))
+  return [f"{key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')}"
+          for key in sorted(set(old) | set(new))
+          if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key)]
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool):
+  """Raises ConfigChangedError if `workdir` holds checkpoints of a run whose config.json differs
+  from `config` in a field that changes what is trained (resuming would silently mix two runs);
+  with `allow_config_change` logs the changes instead."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not (checkpointing.has_checkpoints(workdir) and os.path.isfile(path)):
+    return
+  with open(path, encoding="utf-8") as f:
+    changes = config_changes(json.load(f), config)
+  if not changes:
+    return
+  if allow_config_change:
+    logging.warning("Resuming %s with a changed configuration (allowed): %s", workdir,
+                    "; ".join(changes))
+    return
+  raise ConfigChangedError(
+      f"workdir {workdir} holds checkpoints of a run with another configuration ("
+      f"{'; '.join(changes)}). Resume with the same configuration, choose another --workdir, or "
+      "pass --allow_config_change to resume anyway (the result then matches no single run).")
+
+
 # ------------------------------------------------------------------------------------------------
 # train_and_evaluate.
 # ------------------------------------------------------------------------------------------------
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict:
   """Trains config.model on config.data, checkpointing into `workdir`; returns the results.
 
-  Resumes from the newest checkpoint in `workdir` if there is one. Writes config.json,
-  metrics.jsonl (and TensorBoard events), checkpoints and results.json into `workdir`.
+  Resumes from the newest checkpoint in `workdir` if there is one, provided `config` trains as
+  the run's config.json did (else ConfigChangedError, unless `allow_config_change`). Writes
+  config.json, metrics.jsonl (and TensorBoard events), checkpoints and results.json into `workdir`.
   """
   distributed = distributed_arguments(config)  # Checked whether or not config.distributed.
   if config.distributed and not jax.distributed.is_initialized():
@@ -265,6 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config, mesh.size)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  check_resumable(config, workdir, allow_config_change)
   chief = jax.process_index() == 0
   if chief:
     with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:

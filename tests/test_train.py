@@ -195,10 +195,31 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(baseline, tmp_path):
   config.optim.learning_rate = 1e30
   with pytest.raises(trainer.NonFiniteLossError, match=r"at step (2[5-9]|3\d|4\d).*last good "
                      r"checkpoint is step 24"):
-    trainer.train_and_evaluate(config, workdir)
+    trainer.train_and_evaluate(config, workdir, allow_config_change=True)
   ckpts = checkpointing.Checkpoints(workdir)
   assert ckpts.latest_step() == 24
   ckpts.close()
+
+
+def test_resuming_with_a_changed_configuration_needs_permission(baseline, tmp_path):
+  """A schedule or learning rate that differs from the checkpoints' config.json would mix two
+  runs silently: it stops with the changed fields named, before any step; operational fields
+  (logging, evaluation and checkpoint frequency, data location) may change."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(baseline[0], workdir)
+  changed = tiny_config(num_epochs=3, **{"optim.learning_rate": 0.02})
+  with pytest.raises(trainer.ConfigChangedError,
+                     match=r"num_epochs: 2 -> 3; optim.learning_rate: 0.01 -> 0.02\). Resume with "
+                     r"the same configuration.*--allow_config_change"):
+    trainer.train_and_evaluate(changed, workdir)
+  with open(os.path.join(workdir, trainer.CONFIG_FILE)) as f:
+    assert json.load(f)["num_epochs"] == 2  # untouched
+  operational = tiny_config(log_every_steps=6, eval_batch_size=32, keep_checkpoints=3)
+  assert trainer.train_and_evaluate(operational, workdir)["last_step"] == 24  # nothing left to do
+  results = trainer.train_and_evaluate(changed, workdir, allow_config_change=True)
+  assert results["last_step"] == 36
+  with open(os.path.join(workdir, trainer.CONFIG_FILE)) as f:
+    assert json.load(f)["num_epochs"] == 3
 
 
 # ---- Data parallelism --------------------------------------------------------------------------
