@@ -17,6 +17,7 @@ Sources (config.data.source):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import queue
 import threading
@@ -55,6 +56,17 @@ class Data:
   mean: np.ndarray
   std: np.ndarray
   source: str
+
+
+def fingerprint(*splits: Optional[Split]) -> str:
+  """A short hash of the images and labels of `splits` (in order; None skipped): a resumed run
+  checks that it trains on the data its checkpoints were trained on."""
+  h = hashlib.sha256()
+  for split in splits:
+    if split is not None:
+      h.update(np.ascontiguousarray(split.images).data)
+      h.update(np.ascontiguousarray(split.labels, np.int64).data)
+  return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -295,6 +295,22 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str, allow_confi
       "pass --allow_config_change to resume anyway (the result then matches no single run).")
 
 
+def check_same_data(saved: Optional[str], current: str, source: str, allow_config_change: bool):
+  """Raises ConfigChangedError if the checkpoints were trained on other training and validation
+  images than `source` gives now (fingerprints `saved` and `current`; a checkpoint without one
+  passes), e.g. data.source='auto' resolving to TFDS's CIFAR-10 where it found a JPEG copy
+  before; with `allow_config_change` logs it instead."""
+  if saved is None or saved == current:
+    return
+  message = (f"the training data ({source}, fingerprint {current}) differ from those the "
+             f"checkpoints were trained on (fingerprint {saved})")
+  if allow_config_change:
+    logging.warning("Resuming on other data (allowed): %s", message)
+    return
+  raise ConfigChangedError(f"{message}. Point config.data at the same data, choose another "
+                           "--workdir, or pass --allow_config_change to resume anyway.")
+
+
 # ------------------------------------------------------------------------------------------------
 # train_and_evaluate.
 # ------------------------------------------------------------------------------------------------
@@ -362,7 +378,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   restored, record = ckpts.restore_latest(state)
   start_step = 0
   best = {"val_accuracy": -1.0, "step": None}
+  data_fingerprint = input_pipeline.fingerprint(data.train, data.validation)
   if restored is not None:
+    check_same_data(record.get("data_fingerprint"), data_fingerprint, data.source,
+                    allow_config_change)
     state, start_step = restored, ckpts.latest_step()
     best = {"val_accuracy": record.get("best_val_accuracy", -1.0), "step": record.get("best_step")}
     logging.info("Resumed from %s at step %d (epoch %.2f)", ckpts.latest_dir, start_step,
@@ -372,7 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
 
   def record_for(step):
-    return {"step": step, "epoch": step / steps_per_epoch,
+    return {"step": step, "epoch": step / steps_per_epoch, "data_fingerprint": data_fingerprint,
             "best_val_accuracy": best["val_accuracy"], "best_step": best["step"]}
 
   def run_evaluation(step):

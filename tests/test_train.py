@@ -4,6 +4,7 @@ A run of bin_small_cnn (two XNOR blocks) on synthetic data takes seconds; the ba
 by the tests that only inspect its outputs.
 """
 
+import dataclasses
 import functools
 import glob
 import json
@@ -220,6 +221,27 @@ def test_resuming_with_a_changed_configuration_needs_permission(baseline, tmp_pa
   assert results["last_step"] == 36
   with open(os.path.join(workdir, trainer.CONFIG_FILE)) as f:
     assert json.load(f)["num_epochs"] == 3
+
+
+def test_resuming_on_other_data_needs_permission(baseline, tmp_path, monkeypatch):
+  """Same configuration, other images (as when data.source='auto' resolves to another copy):
+  the checkpoints' data fingerprint does not match, and the run stops before any step."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(baseline[0], workdir)
+  real_load = input_pipeline.load_data
+
+  def one_pixel_changed(cfg, *, seed):
+    data = real_load(cfg, seed=seed)
+    images = data.train.images.copy()
+    images[0, 0, 0, 0] ^= 1
+    return dataclasses.replace(data, train=input_pipeline.Split(images, data.train.labels))
+
+  monkeypatch.setattr(input_pipeline, "load_data", one_pixel_changed)
+  with pytest.raises(trainer.ConfigChangedError, match=r"the training data \(synthetic, "
+                     r"fingerprint [0-9a-f]{16}\) differ from those the checkpoints were trained on"):
+    trainer.train_and_evaluate(tiny_config(), workdir)
+  results = trainer.train_and_evaluate(tiny_config(), workdir, allow_config_change=True)
+  assert results["last_step"] == 24  # the finished run, resumed on the changed data
 
 
 # ---- Data parallelism --------------------------------------------------------------------------
