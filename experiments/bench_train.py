@@ -26,7 +26,6 @@ training issue quotes for PyTorch 2.13 on the project's 2-core Xeons (vgg16 97, 
 images/s), labelled as such: numbers from another machine, not a same-machine ratio.
 """
 
-import functools
 import importlib.util
 import json
 import os
@@ -43,17 +42,14 @@ import numpy as np
 
 from experiments import huge_pages
 from experiments import input_pipeline
-from experiments import optim
-from experiments import trainer
-from experiments.configs import bin_vgg16 as bin_vgg16_config
-from experiments.configs import vgg16 as vgg16_config
+from experiments import synthetic_steps
 from xnorjax.summary import compute_summary
 
 # What the training issue quotes for PyTorch 2.13 on the project's 2-core Xeons (not this machine).
 ISSUE_PYTORCH_IMAGES_PER_SECOND = {"vgg16": 97.0, "bin_vgg16": 55.0}
 PYTORCH_BASELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytorch_baseline.py")
 TARGET_FACTOR = 1.5
-CONFIGS = {"vgg16": vgg16_config, "bin_vgg16": bin_vgg16_config}
+CONFIGS = synthetic_steps.CONFIGS
 # Large, well-shaped float32 products (M, K, N); the fastest is the float roofline's ceiling.
 CEILING_MATMULS = ((2048, 4608, 512), (8192, 2304, 256), (4096, 4096, 1024))
 
@@ -67,21 +63,6 @@ _OUTPUT = flags.DEFINE_string("output", "", "Also append the JSON results to thi
 _PYTORCH_PYTHON = flags.DEFINE_string(
     "pytorch_python", "auto", "Python interpreter with torch that runs the PyTorch baseline in "
     "this run: 'auto' (this interpreter if it has torch), a path, or 'none' (skip).")
-
-
-def _override(config, items):
-  for item in items:
-    key, value = item.split("=", 1)
-    try:
-      value = json.loads(value)
-    except json.JSONDecodeError:
-      pass
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 def _median_rate(fn, images_per_call, repeats):
@@ -141,51 +122,32 @@ def roofline(row: dict, macs_per_image: int, ceiling_gmacs: float) -> dict:
 
 def bench_model(name: str, batch_size: int, steps: int, repeats: int, overrides) -> dict:
   """Train-step and forward images/s of the preset `name` on one synthetic device batch."""
-  config = _override(CONFIGS[name].get_config(), overrides)
-  model = trainer.create_model(config, 0)
-  macs_per_image = float_training_macs(model)
-  parts = trainer.split_model(model)
-  labels = optim.param_labels(parts.params, parts.binary_mask)
-  schedule = optim.learning_rate_schedule(config.optim, 390, 390 * config.num_epochs)
-  tx = optim.create_optimizer(config.optim, labels, schedule)
-  mesh = trainer.make_mesh(config.num_devices)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  state = jax.device_put({"params": parts.params, "rest": parts.rest,
-                          "opt_state": tx.init(parts.params)}, replicated)
-  rng = np.random.default_rng(0)
-  images = jax.device_put(rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8), sharded)
-  labels_ = jax.device_put(rng.integers(0, 10, batch_size).astype(np.int32), sharded)
-  mask = jax.device_put(np.ones(batch_size, bool), sharded)
-  mean, std = jnp.full(3, 0.5), jnp.full(3, 0.25)
-  step_fn = jax.jit(functools.partial(trainer.train_step, graphdef=parts.train_graphdef, tx=tx,
-                                      mean=mean, std=std, label_smoothing=0.0),
-                    donate_argnums=0, out_shardings=(replicated, replicated))
-  eval_fn = jax.jit(functools.partial(trainer.eval_step, graphdef=parts.eval_graphdef, mean=mean,
-                                      std=std))
+  s = synthetic_steps.build_steps(name, batch_size, overrides)
+  macs_per_image = float_training_macs(s.model)
+  state = s.state
   t = time.perf_counter()
-  state, metrics = step_fn(state, images, labels_)
+  state, metrics = s.step_fn(state, s.images, s.labels)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t
-  state, metrics = step_fn(state, images, labels_)  # Warm-up.
+  state, metrics = s.step_fn(state, s.images, s.labels)  # Warm-up.
   jax.block_until_ready(metrics)
 
   def train_steps():
     nonlocal state
     for _ in range(steps):
-      state, m = step_fn(state, images, labels_)
+      state, m = s.step_fn(state, s.images, s.labels)
     jax.block_until_ready(m)
 
   def forward_steps():
     for _ in range(steps):
-      out = eval_fn(state["params"], state["rest"], images, labels_, mask)
+      out = s.eval_fn(state["params"], state["rest"], s.images, s.labels, s.mask)
     jax.block_until_ready(out)
 
   train_rate, train_cpu_rate = _median_rate(train_steps, steps * batch_size, repeats)
   forward_steps()  # Compile and warm up.
   forward_rate, forward_cpu_rate = _median_rate(forward_steps, steps * batch_size, repeats)
-  return {"model": name, "batch_size": batch_size, "devices": mesh.size,
-          "dtype": config.model.options.get("dtype", "float32"),
+  return {"model": name, "batch_size": batch_size, "devices": s.mesh.size,
+          "dtype": s.config.model.options.get("dtype", "float32"),
           "train_images_per_second": round(train_rate, 2),
           "forward_images_per_second": round(forward_rate, 2),
           "train_images_per_cpu_second": round(train_cpu_rate, 2),

@@ -218,6 +218,31 @@ def test_choose_formulation_policy():
     assert conv_lib.choose_formulation(shape, kernel, (1, 1), same(shape[1]), backend="gpu") == "lax"
 
 
+def test_policy_override_applies_within_its_block_only():
+  x, k = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 8))
+  hlo = lambda: jax.jit(lambda a, b: conv2d(a, b)).lower(x, k).as_text()  # a fresh trace
+  default = conv_lib.choose_formulation(x.shape, k.shape, (1, 1), ((1, 1), (1, 1)))
+  seen = []
+
+  def rule(input_shape, kernel_shape, strides, pads):
+    seen.append((tuple(input_shape), tuple(kernel_shape), tuple(strides), pads))
+    return "lax" if kernel_shape[2] == 16 else None
+
+  other = ((2, 8, 8, 4), (3, 3, 4, 8), (1, 1), ((1, 1), (1, 1)))  # the rule answers None
+  other_default = conv_lib.choose_formulation(*other)
+  assert "convolution(" not in hlo()
+  with conv_lib.policy_override(rule):
+    assert conv_lib.choose_formulation(x.shape, k.shape, (1, 1), ((1, 1), (1, 1))) == "lax"
+    assert "convolution(" in hlo()
+    assert conv_lib.choose_formulation(*other) == other_default
+  assert seen[0] == ((2, 8, 8, 16), (3, 3, 16, 8), (1, 1), ((1, 1), (1, 1)))
+  assert conv_lib.choose_formulation(x.shape, k.shape, (1, 1), ((1, 1), (1, 1))) == default
+  assert default != "lax"
+  with conv_lib.policy_override(lambda *args: "fft"):
+    with pytest.raises(ValueError, match="a policy_override rule returned 'fft', not one of"):
+      conv2d(x, k)
+
+
 def test_conv2d_bad_input():
   x, k = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3))
   with pytest.raises(ValueError, match="x must be a rank-4 NHWC"):

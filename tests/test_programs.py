@@ -11,7 +11,7 @@ import sys
 import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench_train"]
+ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench_train", "bench_conv_policy"]
 ARGPARSE_PROGRAMS = ["bench_kernels", "bench_deploy", "bench_conv_formulations"]
 
 
@@ -24,3 +24,10 @@ def test_program_prints_its_usage(program):
     assert done.returncode in (0, 1) and "Try --helpfull" in done.stdout, done.stdout[-2000:]
   else:
     assert done.returncode == 0 and done.stdout.startswith("usage:"), done.stdout[-2000:]
+
+
+def test_bench_conv_policy_rejects_a_bad_variant():
+  done = subprocess.run([sys.executable, "-m", "experiments.bench_conv_policy", "--variants=rgb:fft"],
+                        cwd=_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode != 0 and "Traceback" not in done.stderr
+  assert "--variants: 'rgb:fft' is not class:formulation" in done.stderr, done.stderr[-2000:]

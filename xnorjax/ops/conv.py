@@ -32,8 +32,9 @@ packed form has no 0), then convolved VALID, so every formulation sees the same 
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,24 @@ def output_hw(input_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequen
   return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(input_hw, kernel_hw, strides, pads))
 
 
+PolicyRule = Callable[..., Optional[str]]
+_policy_rules: list[PolicyRule] = []
+
+
+@contextlib.contextmanager
+def policy_override(rule: PolicyRule):
+  """Within the block, `choose_formulation` first asks rule(input_shape, kernel_shape, strides,
+  pads) and takes its answer unless it is None, e.g. to time a variant of the policy on whole
+  training steps (experiments/bench_conv_policy.py). Applies where "auto" convs are traced:
+  trace (jit and lower, or first call) inside the block a function that was not traced before
+  (jax reuses a function's earlier traces)."""
+  _policy_rules.append(rule)
+  try:
+    yield
+  finally:
+    _policy_rules.remove(rule)
+
+
 def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
                        strides: Sequence[int], pads: Pads, pad_value: float = 0.0,
                        backend: Optional[str] = None, dtype=jnp.float32,
@@ -101,13 +120,14 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
   Off the CPU (`backend`, default `jax.default_backend()`), "lax": the measurements below are
   about XLA's CPU convs; on GPUs lax.conv goes to cuDNN. On the CPU:
 
-    * "im2col" for 1x1 kernels (a reshape and one matmul), for output maps of at most 2x2 (where
-      lax.conv is pathological: ~100x slower) and for inputs of at most 8 channels (RGB first
-      layers, where the patch matrix is small).
-    * "winograd" for 3x3 kernels, else "native" (the extension's float32 convs), for stride 1 and
-      float32 (with float32 or no preferred_element_type), when the extension is built and the
-      CPU has AVX-512F (`native`, default `float_conv.available()`).
-    * "im2col" for output maps of at most 4x4 without "native" (lax.conv is slow there too).
+    * "im2col" for 1x1 kernels (a reshape and one matmul) and for output maps of at most 2x2
+      (where lax.conv is pathological: ~100x slower).
+    * "winograd" for 3x3 kernels on more than 8 input channels, else "native" (the extension's
+      float32 convs), for stride 1 and float32 (with float32 or no preferred_element_type), when
+      the extension is built and the CPU has AVX-512F (`native`, default
+      `float_conv.available()`). RGB first layers take "native": decided on whole steps, below.
+    * "im2col" for output maps of at most 4x4 and for inputs of at most 8 channels (RGB first
+      layers, where the patch matrix is small) without "native" (lax.conv is slow there too).
     * "lax_padded" otherwise for stride 1 with zero padding of at most kernel - 1 per side:
       lax.conv's fast padded path forward and backward (forward 2-4x faster than the im2col dot
       on large maps; forward + backward 1.4-1.9x faster than "lax_im2col" on the VGG16 shapes).
@@ -135,20 +155,34 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
   steps, the two policies interleaved in one process, 12:50-12:54 UTC): the direct "native" conv
   rather than im2col on the 4x4 layers gave vgg16 175 -> 185 and bin_vgg16 181 -> 184 images/s;
   on the 4x4 and 2x2 layers, 178 -> 184 and 181 -> 182 (no more than on 4x4 alone); on the RGB
-  layer, 189 -> 184 and 196 -> 180 (within the spread). im2col stays on those two.
+  layer, 189 -> 184 and 196 -> 180 (within the spread). With Winograd on the other layers, whole
+  steps (experiments/bench_conv_policy.py, 2026-11-29 17:34-17:40 UTC, three runs of 8-16 turns)
+  put the RGB layer on "native" at 0.974, 0.986, 0.945 of the step time with im2col there for
+  vgg16 and 0.967, 0.949, 0.961 for bin_vgg16 (im2col's kernel gradient takes the output gradient
+  transposed, and XLA writes BatchNorm's backward straight into that transposed layout, slowly);
+  "winograd" there: 0.959, 1.020 and 1.233, 0.943 (spread); "native" on the 2x2 maps 1.062 and
+  0.997. A first layer needs no input gradient, which the table's forward + backward includes:
+  forward and kernel gradient alone (batch 128, 17:42 UTC) took 3.8 + 13.3 ms on im2col and
+  3.7 + 3.3 on native for 3->64 3x3, and 30.8 + 87.6 against 24.1 + 20.3 for NIN's 5x5 3->192.
   """
+  for rule in reversed(_policy_rules):
+    if (chosen := rule(input_shape, kernel_shape, strides, pads)) is not None:
+      if chosen not in FORMULATIONS[1:]:
+        raise ValueError(f"a policy_override rule returned {chosen!r}, not one of "
+                         f"{FORMULATIONS[1:]}")
+      return chosen
   if (backend or jax.default_backend()) != "cpu":
     return "lax"
   kh, kw, cin = kernel_shape[:3]
   ho, wo = output_hw(input_shape[1:3], (kh, kw), strides, pads)
-  if kh * kw == 1 or ho * wo <= 4 or cin <= 8:
+  if kh * kw == 1 or ho * wo <= 4:
     return "im2col"
   if native is None:
     native = float_conv.available()
   if (native and tuple(strides) == (1, 1) and jnp.dtype(dtype) == jnp.float32
       and min(kernel_shape) > 0 and min(input_shape[1:]) > 0):
-    return "winograd" if (kh, kw) == (3, 3) else "native"
-  if ho * wo <= 16:
+    return "winograd" if (kh, kw) == (3, 3) and cin > 8 else "native"
+  if ho * wo <= 16 or cin <= 8:
     return "im2col"
   if tuple(strides) == (1, 1) and pad_value == 0 and float_conv.pads_fit((kh, kw), pads):
     return "lax_padded"

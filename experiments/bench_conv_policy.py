@@ -1,0 +1,97 @@
+"""Whole training steps under variants of the conv policy, interleaved in one process.
+
+  python -m experiments.bench_conv_policy --variants=rgb:winograd,rgb:native
+  python -m experiments.bench_conv_policy --models=vgg16 --variants=map2:native --rounds=12
+
+Isolated convs do not always rank as they do inside a step: XLA fuses a layer's neighbours into
+its operands (for instance BatchNorm's backward into the transposed output gradient that im2col's
+kernel-gradient dot takes), so `choose_formulation`'s choices for small layers are checked here.
+A variant `class:formulation` forces one formulation on one class of convs, the rest as the policy
+says: `rgb` (at most 8 input channels), `map2` (output maps of at most 2x2, but RGB), `map4`
+(at most 4x4, but RGB). Each model's train step (`trainer.train_step`, the preset's optimiser,
+batch 128 of synthetic images) is compiled once per variant; then the variants take turns, in
+alternating order, `--steps` steps per turn; printed: the median ms per step of each and its
+ratio to the policy's ("auto").
+"""
+
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+
+from experiments import synthetic_steps
+from experiments import huge_pages
+from xnorjax.ops import conv as conv_lib
+
+CLASSES = {
+    "rgb": lambda cin, map_size: cin <= 8,
+    "map2": lambda cin, map_size: cin > 8 and map_size <= 4,
+    "map4": lambda cin, map_size: cin > 8 and map_size <= 16,
+}
+
+_MODELS = flags.DEFINE_list("models", ["vgg16", "bin_vgg16"], "Models (presets) to time.")
+_VARIANTS = flags.DEFINE_list("variants", ["rgb:winograd"],
+                              "class:formulation pairs, class one of " + ", ".join(CLASSES))
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Steps per turn.")
+_ROUNDS = flags.DEFINE_integer("rounds", 8, "Turns per variant (the median is reported).")
+
+
+def parse_variant(text: str):
+  """('class:formulation') -> a policy_override rule forcing the formulation on that class."""
+  layer_class, _, formulation = text.partition(":")
+  if layer_class not in CLASSES or formulation not in conv_lib.FORMULATIONS[1:]:
+    raise app.UsageError(f"--variants: {text!r} is not class:formulation with class one of "
+                         f"{', '.join(CLASSES)} and formulation one of "
+                         f"{', '.join(conv_lib.FORMULATIONS[1:])}")
+  member = CLASSES[layer_class]
+
+  def rule(input_shape, kernel_shape, strides, pads):
+    ho, wo = conv_lib.output_hw(input_shape[1:3], kernel_shape[:2], strides, pads)
+    return formulation if member(kernel_shape[2], ho * wo) else None
+  return rule
+
+
+def compiled_step(model: str, batch_size: int, rule=None):
+  """A callable running n train steps of `model` compiled under the policy with `rule`."""
+  s = synthetic_steps.build_steps(model, batch_size)
+  if rule is None:
+    compiled = s.step_fn.lower(s.state, s.images, s.labels).compile()
+  else:
+    with conv_lib.policy_override(rule):
+      compiled = s.step_fn.lower(s.state, s.images, s.labels).compile()
+  state = [s.state]
+
+  def run(n: int):
+    for _ in range(n):
+      state[0], metrics = compiled(state[0], s.images, s.labels)
+    jax.block_until_ready(metrics)
+  run(2)  # warm-up
+  return run
+
+
+def main(argv):
+  del argv
+  rules = {"auto": None, **{v: parse_variant(v) for v in _VARIANTS.value}}
+  print(f"jax {jax.__version__}, batch {_BATCH.value}, {_ROUNDS.value} turns of {_STEPS.value} "
+        "steps per variant, alternating order; ms per step (median)")
+  for model in _MODELS.value:
+    runs = {name: compiled_step(model, _BATCH.value, rule) for name, rule in rules.items()}
+    times = {name: [] for name in runs}
+    for turn in range(_ROUNDS.value):
+      for name in (list(runs) if turn % 2 == 0 else list(runs)[::-1]):
+        start = time.perf_counter()
+        runs[name](_STEPS.value)
+        times[name].append((time.perf_counter() - start) / _STEPS.value)
+    base = statistics.median(times["auto"])
+    for name, t in times.items():
+      ms = statistics.median(t)
+      print(f"{model:10s} {name:16s} {1e3 * ms:7.1f} ms  {_BATCH.value / ms:6.1f} img/s  "
+            f"{ms / base:5.3f} of auto", flush=True)
+
+
+if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
+  app.run(main)
