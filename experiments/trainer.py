@@ -282,7 +282,12 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str, allow_confi
   if not (checkpointing.has_checkpoints(workdir) and os.path.isfile(path)):
     return
   with open(path, encoding="utf-8") as f:
-    changes = config_changes(json.load(f), config)
+    try:
+      saved = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} (the configuration of the checkpoints in {workdir}) is not valid "
+                       f"JSON: {e}; restore it, or choose another --workdir") from e
+  changes = config_changes(saved, config)
   if not changes:
     return
   if allow_config_change:

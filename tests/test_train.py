@@ -221,6 +221,11 @@ def test_resuming_with_a_changed_configuration_needs_permission(baseline, tmp_pa
   assert results["last_step"] == 36
   with open(os.path.join(workdir, trainer.CONFIG_FILE)) as f:
     assert json.load(f)["num_epochs"] == 3
+  with open(os.path.join(workdir, trainer.CONFIG_FILE), "w") as f:
+    f.write("{not json")
+  with pytest.raises(ValueError, match=r"config.json \(the configuration of the checkpoints in "
+                     r".*\) is not valid JSON"):
+    trainer.train_and_evaluate(changed, workdir)
 
 
 def test_resuming_on_other_data_needs_permission(baseline, tmp_path, monkeypatch):
