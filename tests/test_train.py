@@ -269,7 +269,8 @@ def test_four_simulated_devices_match_one_device(tmp_path):
         c.data.prefetch = 1
         r = trainer.train_and_evaluate(c, {str(tmp_path)!r} + f"/run{{n}}")
         out[n] = float_leaves(r["state"])
-      diffs = [float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)) for a, b in zip(out[1], out[4])]
+      diffs = [float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1.0))
+               for a, b in zip(out[1], out[4])]
       print("RELDIFF", json.dumps(max(diffs)))
   """)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
@@ -277,7 +278,11 @@ def test_four_simulated_devices_match_one_device(tmp_path):
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rel = json.loads(proc.stdout.split("RELDIFF")[-1])
-  # 12 SGD steps; only the summation order of the cross-device batch reductions differs.
+  # 12 SGD steps; only the summation order of the batch reductions differs (per device, then
+  # across devices). Measured relative to max(|leaf|, 1): rounding differences are absolute-sized,
+  # and a BatchNorm offset near 0 (max 0.03 here) would turn 8e-6 into 3e-4 (a near-tied max-pool
+  # that the rounding flips moves the first layer's parameters by up to 4e-5). Feeding every
+  # device the same quarter of each batch gave 0.11.
   assert rel < 1e-4
 
 
