@@ -53,11 +53,13 @@ class ConfigChangedError(ValueError):
 
 
 # Fields that may differ between an interrupted run and its resumption: where the data and caches
-# are, how often to log, evaluate and checkpoint, evaluation batch size, devices and processes
-# (data parallelism matches one device within float rounding). Every other field changes what is
-# trained (schedule, model, data split and augmentation, seed, ...).
+# are and which source reads them (the images themselves are checked by their fingerprint,
+# `check_same_data`), how often to log, evaluate and checkpoint, evaluation batch size, devices and
+# processes (data parallelism matches one device within float rounding). Every other field
+# changes what is trained (schedule, model, data split and augmentation, seed, ...).
 RESUMABLE_CHANGES = frozenset({
-    "data.path", "data.cache_dir", "data.tfds_data_dir", "data.tfds_download", "data.prefetch",
+    "data.source", "data.path", "data.cache_dir", "data.tfds_name", "data.tfds_data_dir",
+    "data.tfds_download", "data.prefetch",
     "eval_batch_size", "eval_every_steps", "eval_test_during_training", "log_every_steps",
     "checkpoint_every_steps", "keep_checkpoints", "num_devices", "distributed",
     "coordinator_address", "num_processes", "process_id", "tensorboard",

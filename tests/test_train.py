@@ -215,7 +215,8 @@ def test_resuming_with_a_changed_configuration_needs_permission(baseline, tmp_pa
     trainer.train_and_evaluate(changed, workdir)
   with open(os.path.join(workdir, trainer.CONFIG_FILE)) as f:
     assert json.load(f)["num_epochs"] == 2  # untouched
-  operational = tiny_config(log_every_steps=6, eval_batch_size=32, keep_checkpoints=3)
+  operational = tiny_config(log_every_steps=6, eval_batch_size=32, keep_checkpoints=3,
+                            **{"data.cache_dir": str(tmp_path / "cache")})
   assert trainer.train_and_evaluate(operational, workdir)["last_step"] == 24  # nothing left to do
   results = trainer.train_and_evaluate(changed, workdir, allow_config_change=True)
   assert results["last_step"] == 36
