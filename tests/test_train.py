@@ -281,9 +281,9 @@ def test_four_simulated_devices_match_one_device(tmp_path):
   rel = json.loads(proc.stdout.split("RELDIFF")[-1])
   # 12 SGD steps; only the summation order of the batch reductions differs (per device, then
   # across devices). Measured relative to max(|leaf|, 1): rounding differences are absolute-sized,
-  # and a BatchNorm offset near 0 (max 0.03 here) would turn 8e-6 into 3e-4 (a near-tied max-pool
-  # that the rounding flips moves the first layer's parameters by up to 4e-5). Feeding every
-  # device the same quarter of each batch gave 0.11.
+  # and a BatchNorm offset near 0 (max 0.03 here) would turn 8e-6 into 3e-4 (in a 6-step run the
+  # difference jumped from 3e-7 to 4e-5, as when rounding flips a near-tied max-pool). Feeding
+  # every device the same quarter of each batch gave 0.11.
   assert rel < 1e-4
 
 
