@@ -73,7 +73,14 @@ def compiled_step(model: str, batch_size: int, rule=None):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  for model in _MODELS.value:
+    if model not in synthetic_steps.CONFIGS:
+      raise app.UsageError(f"--models: {model!r} is not one of "
+                           f"{', '.join(synthetic_steps.CONFIGS)}")
+  if _STEPS.value < 1 or _ROUNDS.value < 1 or _BATCH.value < 1:
+    raise app.UsageError("--steps, --rounds and --batch_size must be positive")
   rules = {"auto": None, **{v: parse_variant(v) for v in _VARIANTS.value}}
   print(f"jax {jax.__version__}, batch {_BATCH.value}, {_ROUNDS.value} turns of {_STEPS.value} "
         "steps per variant, alternating order; ms per step (median)")

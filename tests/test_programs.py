@@ -26,8 +26,13 @@ def test_program_prints_its_usage(program):
     assert done.returncode == 0 and done.stdout.startswith("usage:"), done.stdout[-2000:]
 
 
-def test_bench_conv_policy_rejects_a_bad_variant():
-  done = subprocess.run([sys.executable, "-m", "experiments.bench_conv_policy", "--variants=rgb:fft"],
+@pytest.mark.parametrize("args, message", [
+    (["--variants=rgb:fft"], "--variants: 'rgb:fft' is not class:formulation"),
+    (["--models=resnet50"], "--models: 'resnet50' is not one of vgg16, bin_vgg16"),
+    (["--rounds=0"], "--steps, --rounds and --batch_size must be positive"),
+])
+def test_bench_conv_policy_rejects_bad_flags(args, message):
+  done = subprocess.run([sys.executable, "-m", "experiments.bench_conv_policy", *args],
                         cwd=_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode != 0 and "Traceback" not in done.stderr
-  assert "--variants: 'rgb:fft' is not class:formulation" in done.stderr, done.stderr[-2000:]
+  assert message in done.stderr, done.stderr[-2000:]
