@@ -3,6 +3,7 @@
 
 import dataclasses
 import functools
+import importlib
 import json
 from typing import Any, Sequence
 
@@ -13,7 +14,9 @@ import numpy as np
 from experiments import optim
 from experiments import trainer
 from experiments.configs import bin_vgg16 as bin_vgg16_config
+from experiments.configs import default as default_config
 from experiments.configs import vgg16 as vgg16_config
+from xnorjax import models
 
 CONFIGS = {"vgg16": vgg16_config, "bin_vgg16": bin_vgg16_config}
 
@@ -48,10 +51,23 @@ class Steps:
   mask: jax.Array
 
 
+def preset_config(name: str):
+  """The configuration of model `name`: its preset (experiments/configs/<name>.py), else the
+  defaults with that model (as `python -m experiments.train --model=<name>`)."""
+  if name in CONFIGS:
+    return CONFIGS[name].get_config()
+  try:
+    return importlib.import_module(f"experiments.configs.{name}").get_config()
+  except ModuleNotFoundError:
+    models.get_model_fn(name)  # an unknown model: ValueError naming the known ones
+    return default_config.get_config(name)
+
+
 def build_steps(name: str, batch_size: int, overrides=()) -> Steps:
   """The train step (`trainer.train_step` with the preset's optimiser) and forward step of the
-  preset `name`, jitted as in training, with a state and a synthetic batch on the devices."""
-  config = override_config(CONFIGS[name].get_config(), overrides)
+  model `name` (`preset_config`), jitted as in training, with a state and a synthetic batch on
+  the devices."""
+  config = override_config(preset_config(name), overrides)
   model = trainer.create_model(config, 0)
   parts = trainer.split_model(model)
   labels = optim.param_labels(parts.params, parts.binary_mask)

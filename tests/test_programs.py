@@ -11,7 +11,8 @@ import sys
 import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench_train", "bench_conv_policy"]
+ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench_train", "bench_conv_policy",
+                 "profile_step"]
 ARGPARSE_PROGRAMS = ["bench_kernels", "bench_deploy", "bench_conv_formulations"]
 
 
@@ -36,3 +37,10 @@ def test_bench_conv_policy_rejects_bad_flags(args, message):
                         cwd=_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode != 0 and "Traceback" not in done.stderr
   assert message in done.stderr, done.stderr[-2000:]
+
+
+def test_profile_step_rejects_an_unknown_model():
+  done = subprocess.run([sys.executable, "-m", "experiments.profile_step", "--model=resnet50"],
+                        cwd=_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode != 0 and "Traceback" not in done.stderr
+  assert "unknown model 'resnet50'; known models: vgg16" in done.stderr, done.stderr[-2000:]

@@ -1,0 +1,124 @@
+"""Where a training step's time goes: per-op times of one model's jitted train step on the CPU.
+
+  python -m experiments.profile_step --model=vgg16
+  python -m experiments.profile_step --model=bin_small_cnn --batch_size=32 --top=10
+
+Traces `--steps` train steps (experiments/synthetic_steps.py, after compilation and warm-up) with
+`jax.profiler` and reads the per-op durations from its Perfetto trace. Prints, per step, the
+time of each kind of op (an FFI call counts as its target, e.g. xnorjax_winograd_conv; an XLA op
+as its name without the number, e.g. copy_bitcast_fusion), then the `--top` single ops with the
+shapes they produce (from the compiled HLO). The profiler slows steps (by 10-30% here), so read
+shares, not absolute times, and decide with whole-step timings (experiments/bench_conv_policy.py,
+experiments/bench_train.py). The profile of a vgg16 step is how the RGB layer's slow kernel
+gradient was found (README, seventh session).
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+
+from experiments import huge_pages
+from experiments import synthetic_steps
+
+_MODEL = flags.DEFINE_string("model", "vgg16", "Model (its preset, else the defaults).")
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Traced steps.")
+_TOP = flags.DEFINE_integer("top", 25, "Single ops to list.")
+_OVERRIDES = flags.DEFINE_list("config_overrides", [], "key=value config overrides.")
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ")
+_FFI_TARGET = re.compile(r"custom_call_target=\"(\w+)\"")
+
+
+def hlo_ops(hlo_text: str) -> tuple[dict[str, str], dict[str, str]]:
+  """({instruction: result shape}, {instruction: FFI target}) of a compiled module's text."""
+  shapes, targets = {}, {}
+  for line in hlo_text.splitlines():
+    match = _INSTRUCTION.match(line)
+    if match:
+      shapes[match.group(1)] = match.group(2)
+      target = _FFI_TARGET.search(line)
+      if target:
+        targets[match.group(1)] = target.group(1)
+  return shapes, targets
+
+
+def op_times(trace_events, steps: int, ops) -> dict[str, float]:
+  """Milliseconds per step of each instruction of `ops` (names) in complete ("X") trace events;
+  the runtime's own events (thread pools, buffers, Python frames) are left out."""
+  totals = collections.Counter()
+  for event in trace_events:
+    if event.get("ph") == "X" and event.get("name") in ops:
+      totals[event["name"]] += event["dur"] / 1e3 / steps
+  return dict(totals)
+
+
+def kind_of(op: str, targets: dict[str, str]) -> str:
+  """An op's kind: its FFI target, else its name without the trailing number."""
+  return targets.get(op) or re.sub(r"\.\d+$", "", op)
+
+
+def profile(model: str, batch_size: int, steps: int, overrides=()) -> tuple[dict, dict, dict, float]:
+  """(ms per step per op, shapes, FFI targets, wall ms per step under the profiler)."""
+  s = synthetic_steps.build_steps(model, batch_size, overrides)
+  compiled = s.step_fn.lower(s.state, s.images, s.labels).compile()
+  shapes, targets = hlo_ops(compiled.as_text())
+  state = s.state
+  for _ in range(2):  # warm-up
+    state, metrics = compiled(state, s.images, s.labels)
+  jax.block_until_ready(metrics)
+  with tempfile.TemporaryDirectory() as directory:
+    start = time.perf_counter()
+    with jax.profiler.trace(directory, create_perfetto_trace=True):
+      for _ in range(steps):
+        state, metrics = compiled(state, s.images, s.labels)
+      jax.block_until_ready(metrics)
+    wall_ms = (time.perf_counter() - start) / steps * 1e3
+    paths = glob.glob(os.path.join(directory, "**", "perfetto_trace.json.gz"), recursive=True)
+    if not paths:
+      raise RuntimeError(f"jax.profiler wrote no perfetto_trace.json.gz under {directory}")
+    with gzip.open(paths[0], "rt") as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  return op_times(events, steps, shapes), shapes, targets, wall_ms
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _STEPS.value < 1 or _BATCH.value < 1 or _TOP.value < 0:
+    raise app.UsageError("--steps and --batch_size must be positive, --top not negative")
+  try:
+    times, shapes, targets, wall_ms = profile(_MODEL.value, _BATCH.value, _STEPS.value,
+                                              _OVERRIDES.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  kinds = collections.Counter()
+  for op, ms in times.items():
+    kinds[kind_of(op, targets)] += ms
+  total = sum(times.values())
+  print(f"{_MODEL.value}, batch {_BATCH.value}, {_STEPS.value} traced steps: {wall_ms:.1f} ms "
+        f"per step under the profiler, {total:.1f} ms of ops (ops of several threads may overlap)")
+  print("\nper kind of op, ms per step:")
+  for kind, ms in kinds.most_common():
+    if ms >= 0.05:
+      print(f"  {ms:8.2f}  {100 * ms / total:5.1f}%  {kind}")
+  print(f"\nthe {_TOP.value} longest ops, ms per step:")
+  for op, ms in sorted(times.items(), key=lambda item: -item[1])[:_TOP.value]:
+    print(f"  {ms:8.2f}  {op:34s} {kind_of(op, targets):34s} {shapes.get(op, '?')}")
+
+
+if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
+  app.run(main)
