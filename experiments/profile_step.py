@@ -31,12 +31,6 @@ import jax
 from experiments import huge_pages
 from experiments import synthetic_steps
 
-_MODEL = flags.DEFINE_string("model", "vgg16", "Model (its preset, else the defaults).")
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Traced steps.")
-_TOP = flags.DEFINE_integer("top", 25, "Single ops to list.")
-_OVERRIDES = flags.DEFINE_list("config_overrides", [], "key=value config overrides.")
-
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ")
 _FFI_TARGET = re.compile(r"custom_call_target=\"(\w+)\"")
 
@@ -94,31 +88,43 @@ def profile(model: str, batch_size: int, steps: int, overrides=()) -> tuple[dict
   return op_times(events, steps, shapes), shapes, targets, wall_ms
 
 
+def define_flags():
+  """The command line's flags (defined only when run as a program: the tests import this module
+  alongside others that define flags of the same names)."""
+  flags.DEFINE_string("model", "vgg16", "Model (its preset, else the defaults).")
+  flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+  flags.DEFINE_integer("steps", 5, "Traced steps.")
+  flags.DEFINE_integer("top", 25, "Single ops to list.")
+  flags.DEFINE_list("config_overrides", [], "key=value config overrides.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _STEPS.value < 1 or _BATCH.value < 1 or _TOP.value < 0:
+  args = flags.FLAGS
+  if args.steps < 1 or args.batch_size < 1 or args.top < 0:
     raise app.UsageError("--steps and --batch_size must be positive, --top not negative")
   try:
-    times, shapes, targets, wall_ms = profile(_MODEL.value, _BATCH.value, _STEPS.value,
-                                              _OVERRIDES.value)
+    times, shapes, targets, wall_ms = profile(args.model, args.batch_size, args.steps,
+                                              args.config_overrides)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   kinds = collections.Counter()
   for op, ms in times.items():
     kinds[kind_of(op, targets)] += ms
   total = sum(times.values())
-  print(f"{_MODEL.value}, batch {_BATCH.value}, {_STEPS.value} traced steps: {wall_ms:.1f} ms "
+  print(f"{args.model}, batch {args.batch_size}, {args.steps} traced steps: {wall_ms:.1f} ms "
         f"per step under the profiler, {total:.1f} ms of ops (ops of several threads may overlap)")
   print("\nper kind of op, ms per step:")
   for kind, ms in kinds.most_common():
     if ms >= 0.05:
       print(f"  {ms:8.2f}  {100 * ms / total:5.1f}%  {kind}")
-  print(f"\nthe {_TOP.value} longest ops, ms per step:")
-  for op, ms in sorted(times.items(), key=lambda item: -item[1])[:_TOP.value]:
+  print(f"\nthe {args.top} longest ops, ms per step:")
+  for op, ms in sorted(times.items(), key=lambda item: -item[1])[:args.top]:
     print(f"  {ms:8.2f}  {op:34s} {kind_of(op, targets):34s} {shapes.get(op, '?')}")
 
 
 if __name__ == "__main__":
   huge_pages.reexec_with_huge_pages()
+  define_flags()
   app.run(main)
