@@ -11,6 +11,7 @@
 #include "cpu/float_conv.h"
 #include "cpu/parallel_for.h"
 #include "cpu/winograd.h"
+#include "ffi_common.h"
 
 namespace nb = nanobind;
 
@@ -21,9 +22,7 @@ using Array = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
 using Out = nb::ndarray<float, nb::c_contig, nb::device::cpu>;
 
 std::string ShapeOf(const std::vector<int64_t>& dims) {
-  std::string s = "f32[";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + "]";
+  return "f32" + Dims(ffi::Span<const int64_t>(dims.data(), dims.size()));
 }
 
 template <typename A>
@@ -36,6 +35,22 @@ void CheckShape(const char* name, const A& a, const std::vector<int64_t>& want) 
   }
 }
 
+using Runner = void (*)(const FloatConvProblem&, const float*, const float*, float*, int64_t,
+                        const ParallelFor&);
+
+// The engines run_into offers: the direct and Winograd convs and kernel gradients.
+struct Engine {
+  const char* op;
+  Runner run;
+  bool winograd, grad;
+};
+constexpr Engine kEngines[] = {
+    {"conv", RunFloatConv, false, false},
+    {"kernel_grad", RunFloatConvKernelGrad, false, true},
+    {"winograd_conv", RunWinogradConv, true, false},
+    {"winograd_kernel_grad", RunWinogradKernelGrad, true, true},
+};
+
 // Runs `op` ("conv", "kernel_grad", "winograd_conv" or "winograd_kernel_grad") on x
 // f32[N, H, W, C] and b (the kernel f32[KH, KW, C, O], the output gradient f32[N, Ho, Wo, O], or
 // the transformed kernel f32[36, C, O]) into `out`, with the same validation and engine as the
@@ -44,12 +59,15 @@ void CheckShape(const char* name, const A& a, const std::vector<int64_t>& want) 
 void RunInto(const std::string& op, Array x, Array b, Out out, int64_t kernel_h,
              int64_t kernel_w, int64_t out_channels, int64_t pad_top, int64_t pad_bottom,
              int64_t pad_left, int64_t pad_right, int64_t num_threads) {
-  const bool winograd = op == "winograd_conv" || op == "winograd_kernel_grad";
-  const bool grad = op == "kernel_grad" || op == "winograd_kernel_grad";
-  if (!winograd && !grad && op != "conv") {
+  const Engine* engine = nullptr;
+  for (const Engine& e : kEngines) {
+    if (op == e.op) engine = &e;
+  }
+  if (engine == nullptr) {
     throw std::invalid_argument(
         "op must be conv, kernel_grad, winograd_conv or winograd_kernel_grad, got " + op);
   }
+  const bool winograd = engine->winograd, grad = engine->grad;
   if (!FloatConvSupported()) throw std::invalid_argument("this CPU lacks AVX-512F");
   if (num_threads < 1) throw std::invalid_argument("num_threads must be at least 1");
   if (x.ndim() != 4) throw std::invalid_argument("x must be f32[N, H, W, C]");
@@ -65,12 +83,8 @@ void RunInto(const std::string& op, Array x, Array b, Out out, int64_t kernel_h,
   const std::vector<int64_t> output_shape{p.batch, p.out_h, p.out_w, p.out_channels};
   CheckShape(grad ? "g" : (winograd ? "u" : "k"), b, grad ? output_shape : kernel_shape);
   CheckShape("out", out, grad ? kernel_shape : output_shape);
-  const auto run = op == "conv"          ? RunFloatConv
-                   : op == "kernel_grad" ? RunFloatConvKernelGrad
-                   : op == "winograd_conv" ? RunWinogradConv
-                                           : RunWinogradKernelGrad;
   nb::gil_scoped_release release;
-  run(p, x.data(), b.data(), out.data(), num_threads,
+  engine->run(p, x.data(), b.data(), out.data(), num_threads,
       [](int64_t n, int64_t threads, const std::function<void(int64_t)>& body) {
         ParallelForOnThreads(threads, n, body);
       });
