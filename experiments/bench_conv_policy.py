@@ -14,6 +14,7 @@ alternating order, `--steps` steps per turn; printed: the median ms per step of 
 ratio to the policy's ("auto").
 """
 
+import contextlib
 import statistics
 import time
 
@@ -21,8 +22,8 @@ from absl import app
 from absl import flags
 import jax
 
-from experiments import synthetic_steps
 from experiments import huge_pages
+from experiments import synthetic_steps
 from xnorjax.ops import conv as conv_lib
 
 CLASSES = {
@@ -57,11 +58,8 @@ def parse_variant(text: str):
 def compiled_step(model: str, batch_size: int, rule=None):
   """A callable running n train steps of `model` compiled under the policy with `rule`."""
   s = synthetic_steps.build_steps(model, batch_size)
-  if rule is None:
+  with conv_lib.policy_override(rule) if rule else contextlib.nullcontext():
     compiled = s.step_fn.lower(s.state, s.images, s.labels).compile()
-  else:
-    with conv_lib.policy_override(rule):
-      compiled = s.step_fn.lower(s.state, s.images, s.labels).compile()
   state = [s.state]
 
   def run(n: int):

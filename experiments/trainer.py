@@ -290,16 +290,10 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str, allow_confi
       raise ValueError(f"{path} (the configuration of the checkpoints in {workdir}) is not valid "
                        f"JSON: {e}; restore it, or choose another --workdir") from e
   changes = config_changes(saved, config)
-  if not changes:
-    return
-  if allow_config_change:
-    logging.warning("Resuming %s with a changed configuration (allowed): %s", workdir,
-                    "; ".join(changes))
-    return
-  raise ConfigChangedError(
-      f"workdir {workdir} holds checkpoints of a run with another configuration ("
-      f"{'; '.join(changes)}). Resume with the same configuration, choose another --workdir, or "
-      "pass --allow_config_change to resume anyway (the result then matches no single run).")
+  if changes:
+    _refuse_or_warn(f"workdir {workdir} holds checkpoints of a run with another configuration ("
+                    f"{'; '.join(changes)})", "Resume with the same configuration",
+                    allow_config_change)
 
 
 def check_same_data(saved: Optional[str], current: str, source: str, allow_config_change: bool):
@@ -309,13 +303,19 @@ def check_same_data(saved: Optional[str], current: str, source: str, allow_confi
   before; with `allow_config_change` logs it instead."""
   if saved is None or saved == current:
     return
-  message = (f"the training data ({source}, fingerprint {current}) differ from those the "
-             f"checkpoints were trained on (fingerprint {saved})")
+  _refuse_or_warn(f"the training data ({source}, fingerprint {current}) differ from those the "
+                  f"checkpoints were trained on (fingerprint {saved})",
+                  "Point config.data at the same data", allow_config_change)
+
+
+def _refuse_or_warn(problem: str, remedy: str, allow_config_change: bool):
+  """ConfigChangedError for resuming despite `problem`, or with `allow_config_change` a warning."""
   if allow_config_change:
-    logging.warning("Resuming on other data (allowed): %s", message)
+    logging.warning("Resuming anyway (--allow_config_change): %s", problem)
     return
-  raise ConfigChangedError(f"{message}. Point config.data at the same data, choose another "
-                           "--workdir, or pass --allow_config_change to resume anyway.")
+  raise ConfigChangedError(f"{problem}. {remedy}, choose another --workdir, or pass "
+                           "--allow_config_change to resume anyway (the result then matches no "
+                           "single run).")
 
 
 # ------------------------------------------------------------------------------------------------
