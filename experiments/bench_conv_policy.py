@@ -14,7 +14,6 @@ alternating order, `--steps` steps per turn; printed: the median ms per step of 
 ratio to the policy's ("auto").
 """
 
-import contextlib
 import statistics
 import time
 
@@ -31,14 +30,6 @@ CLASSES = {
     "map2": lambda cin, map_size: cin > 8 and map_size <= 4,
     "map4": lambda cin, map_size: cin > 8 and map_size <= 16,
 }
-
-_MODELS = flags.DEFINE_list("models", ["vgg16", "bin_vgg16"], "Models (presets) to time.")
-_VARIANTS = flags.DEFINE_list("variants", ["rgb:winograd"],
-                              "class:formulation pairs, class one of " + ", ".join(CLASSES))
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-_STEPS = flags.DEFINE_integer("steps", 3, "Steps per turn.")
-_ROUNDS = flags.DEFINE_integer("rounds", 8, "Turns per variant (the median is reported).")
-
 
 def parse_variant(text: str):
   """('class:formulation') -> a policy_override rule forcing the formulation on that class."""
@@ -58,45 +49,56 @@ def parse_variant(text: str):
 def compiled_step(model: str, batch_size: int, rule=None):
   """A callable running n train steps of `model` compiled under the policy with `rule`."""
   s = synthetic_steps.build_steps(model, batch_size)
-  with conv_lib.policy_override(rule) if rule else contextlib.nullcontext():
-    compiled = s.step_fn.lower(s.state, s.images, s.labels).compile()
-  state = [s.state]
+  compiled, state = synthetic_steps.compile_train_step(s, rule)
+  state = [state]
 
   def run(n: int):
     for _ in range(n):
       state[0], metrics = compiled(state[0], s.images, s.labels)
     jax.block_until_ready(metrics)
-  run(2)  # warm-up
   return run
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program, so that importing this module
+  next to experiments.bench_train, whose flags have the same names, does not clash)."""
+  flags.DEFINE_list("models", ["vgg16", "bin_vgg16"], "Models (presets) to time.")
+  flags.DEFINE_list("variants", ["rgb:winograd"],
+                    "class:formulation pairs, class one of " + ", ".join(CLASSES))
+  flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+  flags.DEFINE_integer("steps", 3, "Steps per turn.")
+  flags.DEFINE_integer("rounds", 8, "Turns per variant (the median is reported).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for model in _MODELS.value:
+  args = flags.FLAGS
+  for model in args.models:
     if model not in synthetic_steps.CONFIGS:
       raise app.UsageError(f"--models: {model!r} is not one of "
                            f"{', '.join(synthetic_steps.CONFIGS)}")
-  if _STEPS.value < 1 or _ROUNDS.value < 1 or _BATCH.value < 1:
+  if args.steps < 1 or args.rounds < 1 or args.batch_size < 1:
     raise app.UsageError("--steps, --rounds and --batch_size must be positive")
-  rules = {"auto": None, **{v: parse_variant(v) for v in _VARIANTS.value}}
-  print(f"jax {jax.__version__}, batch {_BATCH.value}, {_ROUNDS.value} turns of {_STEPS.value} "
+  rules = {"auto": None, **{v: parse_variant(v) for v in args.variants}}
+  print(f"jax {jax.__version__}, batch {args.batch_size}, {args.rounds} turns of {args.steps} "
         "steps per variant, alternating order; ms per step (median)")
-  for model in _MODELS.value:
-    runs = {name: compiled_step(model, _BATCH.value, rule) for name, rule in rules.items()}
+  for model in args.models:
+    runs = {name: compiled_step(model, args.batch_size, rule) for name, rule in rules.items()}
     times = {name: [] for name in runs}
-    for turn in range(_ROUNDS.value):
+    for turn in range(args.rounds):
       for name in (list(runs) if turn % 2 == 0 else list(runs)[::-1]):
         start = time.perf_counter()
-        runs[name](_STEPS.value)
-        times[name].append((time.perf_counter() - start) / _STEPS.value)
+        runs[name](args.steps)
+        times[name].append((time.perf_counter() - start) / args.steps)
     base = statistics.median(times["auto"])
     for name, t in times.items():
       ms = statistics.median(t)
-      print(f"{model:10s} {name:16s} {1e3 * ms:7.1f} ms  {_BATCH.value / ms:6.1f} img/s  "
+      print(f"{model:10s} {name:16s} {1e3 * ms:7.1f} ms  {args.batch_size / ms:6.1f} img/s  "
             f"{ms / base:5.3f} of auto", flush=True)
 
 
 if __name__ == "__main__":
   huge_pages.reexec_with_huge_pages()
+  define_flags()
   app.run(main)

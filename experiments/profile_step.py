@@ -66,12 +66,8 @@ def kind_of(op: str, targets: dict[str, str]) -> str:
 def profile(model: str, batch_size: int, steps: int, overrides=()) -> tuple[dict, dict, dict, float]:
   """(ms per step per op, shapes, FFI targets, wall ms per step under the profiler)."""
   s = synthetic_steps.build_steps(model, batch_size, overrides)
-  compiled = s.step_fn.lower(s.state, s.images, s.labels).compile()
+  compiled, state = synthetic_steps.compile_train_step(s)
   shapes, targets = hlo_ops(compiled.as_text())
-  state = s.state
-  for _ in range(2):  # warm-up
-    state, metrics = compiled(state, s.images, s.labels)
-  jax.block_until_ready(metrics)
   with tempfile.TemporaryDirectory() as directory:
     start = time.perf_counter()
     with jax.profiler.trace(directory, create_perfetto_trace=True):

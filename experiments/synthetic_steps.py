@@ -1,6 +1,7 @@
 """A preset's jitted train and forward steps on one synthetic batch, for the benchmarks
-(experiments/bench_train.py, experiments/bench_conv_policy.py)."""
+(experiments/bench_train.py, experiments/bench_conv_policy.py, experiments/profile_step.py)."""
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -17,6 +18,7 @@ from experiments.configs import bin_vgg16 as bin_vgg16_config
 from experiments.configs import default as default_config
 from experiments.configs import vgg16 as vgg16_config
 from xnorjax import models
+from xnorjax.ops import conv as conv_lib
 
 CONFIGS = {"vgg16": vgg16_config, "bin_vgg16": bin_vgg16_config}
 
@@ -89,3 +91,14 @@ def build_steps(name: str, batch_size: int, overrides=()) -> Steps:
   eval_fn = jax.jit(functools.partial(trainer.eval_step, graphdef=parts.eval_graphdef, mean=mean,
                                       std=std))
   return Steps(config, model, mesh, step_fn, eval_fn, state, images, labels_, mask)
+
+
+def compile_train_step(s: Steps, rule=None, warmup: int = 2):
+  """(`s.step_fn` compiled for `s`'s batch, with `rule` as a `conv.policy_override` if given;
+  the state after `warmup` steps of it, so that timing starts warm)."""
+  with conv_lib.policy_override(rule) if rule else contextlib.nullcontext():
+    compiled = s.step_fn.lower(s.state, s.images, s.labels).compile()
+  state = s.state
+  for _ in range(warmup):
+    state, _ = compiled(state, s.images, s.labels)
+  return compiled, jax.block_until_ready(state)

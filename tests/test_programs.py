@@ -39,6 +39,19 @@ def test_bench_conv_policy_rejects_bad_flags(args, message):
   assert message in done.stderr, done.stderr[-2000:]
 
 
+def test_the_experiments_modules_import_together():
+  """Flags a module defines at import time must not clash with another's (tests and notebooks
+  import several); programs whose flags share names define them only when run (`define_flags`).
+  pytorch_baseline is left out: it runs in a separate PyTorch environment."""
+  names = sorted(n[:-3] for n in os.listdir(os.path.join(_ROOT, "experiments"))
+                 if n.endswith(".py") and n not in ("__init__.py", "pytorch_baseline.py"))
+  assert {"train", "bench_train", "bench_conv_policy", "profile_step"} <= set(names)
+  code = "".join(f"import experiments.{n}\n" for n in names) + "print('imported')"
+  done = subprocess.run([sys.executable, "-c", code], cwd=_ROOT, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr[-2000:]
+
+
 def test_profile_step_rejects_an_unknown_model():
   done = subprocess.run([sys.executable, "-m", "experiments.profile_step", "--model=resnet50"],
                         cwd=_ROOT, capture_output=True, text=True, timeout=300, check=False)
