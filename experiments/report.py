@@ -71,6 +71,18 @@ class Run:
         return r[key]
     return None
 
+  def progress(self) -> str:
+    """"finished" once training logged its final test metrics (it does so only on completing
+    every step), else how far the run got of what its configuration plans: a report on a run
+    under way, or interrupted, must not read as final."""
+    if self.last("final_test_accuracy") is not None:
+      return "finished"
+    step, epoch = self.records[-1]["step"], self.last("epoch")
+    if self.config.num_train_steps > 0:
+      return f"unfinished: step {step} of {self.config.num_train_steps}"
+    at_epoch = "" if epoch is None else f", epoch {epoch:.2f}"
+    return f"unfinished: step {step}{at_epoch} of {self.config.num_epochs:g} epochs"
+
 
 # ------------------------------------------------------------------------------------------------
 # Collecting.
@@ -166,6 +178,7 @@ def final_metrics(runs: Sequence[Run], split: str) -> tuple[list[str], list[list
     rows.append([label, *values])
 
   add("model", [r.config.model.name for r in runs])
+  add("training", [r.progress() for r in runs])
   add("checkpoint evaluated", [f"{r.evaluation.checkpoint}, step {r.evaluation.step}" for r in runs])
   add(f"{split} accuracy", [fmt(r.evaluation.metrics["accuracy"]) for r in runs])
   add(f"{split} loss", [fmt(r.evaluation.loss) for r in runs])
@@ -175,9 +188,9 @@ def final_metrics(runs: Sequence[Run], split: str) -> tuple[list[str], list[list
   add("best validation accuracy (logged)",
       [fmt(r.curve("val_accuracy")[1].max()) if len(r.curve("val_accuracy")[1]) else "-"
        for r in runs])
-  add("test accuracy at the end of training (logged)",
-      [fmt(r.last("final_test_accuracy") if r.last("final_test_accuracy") is not None
-           else r.last("test_accuracy")) for r in runs])
+  add("test accuracy of the selected checkpoint (logged at the end)",
+      [fmt(r.last("final_test_accuracy")) for r in runs])
+  add("last test accuracy logged during training", [fmt(r.last("test_accuracy")) for r in runs])
   add("last step / epoch", [f"{r.records[-1]['step']} / {fmt(r.last('epoch'), '.2f')}" for r in runs])
   add("last train loss", [fmt(r.last("train_loss")) for r in runs])
   add("last train accuracy", [fmt(r.last("train_accuracy")) for r in runs])

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -111,6 +112,9 @@ def test_report_numbers_are_the_runs_numbers(built, runs):
     assert s["params"] == sum(np.size(x) for x in jax.tree.leaves(params))
     assert (s["binary_params"] > 0) == run["name"].startswith("bin_")
     assert f"{s['params']:,}" in page and f"{s['params']:,}" in markdown
+    # The tiny runs completed: the table says so, with the selected checkpoint's logged accuracy.
+    assert "| training | finished | finished |" in markdown
+    assert f"{results['test_accuracy']:.4f}" in markdown
   # Configurations: the differing field, and each run's full config.
   assert "model.name" in page and page.count("config.json of") == len(tiny_runs.MODELS)
 
@@ -125,6 +129,20 @@ def test_curves_take_the_last_record_of_a_repeated_step():
   assert x.tolist() == [0.5, 1.0, 1.5] and y.tolist() == [3.0, 2.5, 1.0]
   assert run.curve("val_accuracy")[1].tolist() == [0.5] and run.curve("test_loss")[0].size == 0
   assert run.last("train_loss") == 1.0 and run.last("missing") is None
+
+
+def test_progress_says_whether_the_run_finished():
+  """A report on a run under way (or interrupted) says how far it got, not that it ended."""
+  config = ml_collections.ConfigDict({"num_epochs": 200, "num_train_steps": -1})
+  records = [{"step": 351, "epoch": 1.0, "train_loss": 2.0},
+             {"step": 351, "epoch": 1.0, "val_accuracy": 0.4, "test_accuracy": 0.41},
+             {"step": 400, "epoch": 1.1396, "train_loss": 1.9}]
+  run = report.Run("r", "/r", config, records)
+  assert run.progress() == "unfinished: step 400, epoch 1.14 of 200 epochs"
+  config.num_train_steps = 1000
+  assert run.progress() == "unfinished: step 400 of 1000"
+  run.records.append({"step": 1000, "final_test_accuracy": 0.5, "final_test_loss": 1.5})
+  assert run.progress() == "finished"
 
 
 def test_run_names_are_short_and_unique():
