@@ -21,7 +21,7 @@ from xnorjax.ops import float_conv
 
 # (in_channels, out_channels, map size), 3x3 SAME: the first float conv and the 12 distinct binary
 # conv shapes of VGG16 on 32x32 inputs (stage 3 and 4 repeat shapes).
-FORMULATIONS = ("lax", "im2col", "lax_im2col", "lax_padded", "native", "winograd")
+FORMULATIONS = ("lax", "im2col", "lax_im2col", "lax_padded", "native", "winograd", "unrolled")
 EXTENSION_FORMULATIONS = ("native", "winograd")  # float32 only, need the extension
 VGG16_SHAPES = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8),
                 (256, 256, 8), (256, 512, 4), (512, 512, 4), (512, 512, 2)]
@@ -44,6 +44,10 @@ def bench_shape(cin, cout, size, batch, dtype, repeats, names, kernel_size=3):
   ct = jnp.asarray(rng.standard_normal((batch, size, size, cout)), dtype)
   row = {}
   for formulation in names:
+    if formulation == "unrolled" and size ** 4 > conv_lib.UNROLLED_MAX_BLOCKS:
+      row[formulation] = (float("nan"), float("nan"))  # tiny maps only ("-" in the table)
+      continue
+
     def forward(x, k, formulation=formulation):
       return conv_lib.conv2d(x, k, strides=1, padding="SAME", formulation=formulation)
 
@@ -55,6 +59,10 @@ def bench_shape(cin, cout, size, batch, dtype, repeats, names, kernel_size=3):
   pads = conv_lib.normalize_padding("SAME", (size, size), (kernel_size, kernel_size), (1, 1))
   row["auto"] = conv_lib.choose_formulation(x.shape, k.shape, (1, 1), pads, dtype=dtype)
   return row
+
+
+def _cell(ms: float) -> str:
+  return f"{'-':>8}" if np.isnan(ms) else f"{ms:8.2f}"
 
 
 def main():
@@ -70,7 +78,7 @@ def main():
   if dtype != jnp.float32 or not float_conv.available():
     names = tuple(n for n in names if n not in EXTENSION_FORMULATIONS)
   short = {"lax": "lax", "im2col": "i2c", "lax_im2col": "mix", "lax_padded": "pad", "native": "nat",
-           "winograd": "win"}
+           "winograd": "win", "unrolled": "unr"}
   print(f"{'cin->cout':>10} {'map':>5} {'patches':>9} | "
         + " ".join(f"{'fwd ' + short[n]:>8}" for n in names) + " | "
         + " ".join(f"{'f+b ' + short[n]:>8}" for n in names) + " | auto")
@@ -82,10 +90,11 @@ def main():
     totals["auto"] += row[row["auto"]][1]
     patch_mib = args.batch * size * size * 9 * cin * dtype.itemsize / 2**20
     print(f"{cin:>4}->{cout:<5} {size:>2}x{size:<2} {patch_mib:6.1f}MiB | "
-          + " ".join(f"{row[n][0]:8.2f}" for n in names) + " | "
-          + " ".join(f"{row[n][1]:8.2f}" for n in names) + f" | {row['auto']}", flush=True)
+          + " ".join(_cell(row[n][0]) for n in names) + " | "
+          + " ".join(_cell(row[n][1]) for n in names) + f" | {row['auto']}", flush=True)
   print("sum of forward+backward over the shapes: "
-        + ", ".join(f"{n} {totals[n]:.1f} ms" for n in names + ("auto",)))
+        + ", ".join(f"{n} {totals[n]:.1f} ms" for n in names + ("auto",)
+                    if not np.isnan(totals[n])) + " (formulations measured on every shape)")
 
 
 if __name__ == "__main__":

@@ -129,10 +129,10 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from xnorjax.ops import conv as conv_lib
-    formulation = sys.argv[1]
+    formulation, size = sys.argv[1], int(sys.argv[2])
     conv_lib._KERNEL_GRAD_CHUNK_BYTES = 1  # lax_padded would split the batch into single examples
     rng = np.random.default_rng(0)
-    x_np = rng.standard_normal((16, 8, 8, 8)).astype(np.float32)
+    x_np = rng.standard_normal((16, size, size, 8)).astype(np.float32)
     k_np = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
     loss = lambda f: lambda a, b: jnp.sum(conv_lib.conv2d(a, b, formulation=f) ** 2)
     want = jax.grad(loss("lax"), argnums=(0, 1))(x_np, k_np)
@@ -158,10 +158,10 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_data_parallel_script(formulation: str):
-  """Gradients of `formulation` with the batch sharded over 4 simulated CPU devices: equal to
-  lax's on one device, the kernel gradient all-reduced, nothing all-gathered."""
-  result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT, formulation],
+def run_data_parallel_script(formulation: str, size: int = 8):
+  """Gradients of `formulation` with the batch of (size x size) maps sharded over 4 simulated CPU
+  devices: equal to lax's on one device, the kernel gradient all-reduced, nothing all-gathered."""
+  result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT, formulation, str(size)],
                           capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
 
@@ -169,6 +169,59 @@ def run_data_parallel_script(formulation: str):
 def test_lax_padded_stays_data_parallel_over_four_devices():
   """The batch is not split into chunks there (that would gather it)."""
   run_data_parallel_script("lax_padded")
+
+
+# (input shape, kernel (h, w), strides, padding, pad_value): maps small enough for "unrolled".
+UNROLLED_CASES = [
+    ((2, 2, 2, 5), (3, 3), 1, "SAME", 0.0),       # VGG16's last stage, every pair joined by a tap
+    ((2, 2, 2, 5), (3, 3), 1, "SAME", -1.0),      # +-1 padding: padded rows in the matrix
+    ((2, 1, 1, 5), (3, 3), 1, "SAME", 0.37),
+    ((2, 1, 3, 5), (3, 3), 1, 1, 1.0),
+    ((2, 3, 2, 5), (2, 3), (1, 2), ((2, 0), (0, 1)), 0.0),
+    ((2, 4, 4, 5), (3, 3), 2, "SAME", 0.0),       # stride 2: 4x4 -> 2x2, 64 blocks
+    ((2, 3, 3, 5), (2, 2), 1, "VALID", 0.0),      # pairs joined by no tap: zero blocks
+    ((2, 2, 2, 5), (1, 1), 1, "VALID", 0.0),
+]
+
+
+@pytest.mark.parametrize("case", UNROLLED_CASES, ids=str)
+def test_unrolled_matches_numpy_and_lax_gradients(rng, case):
+  """"unrolled" (one matmul with a matrix of kernel taps, its own backward) against the float64
+  loop forward and jax.grad of lax.conv backward."""
+  x_shape, kernel_hw, strides, padding, pad_value = case
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal(kernel_hw + (x_shape[3], 6)), jnp.float32)
+  kwargs = dict(strides=strides, padding=padding, pad_value=pad_value)
+  got = jax.jit(lambda a, b: conv2d(a, b, formulation="unrolled", **kwargs))(x, kernel)
+  expected = numpy_conv2d(x, kernel, conv_lib.normalize_pair(strides, "strides"), padding,
+                          pad_value)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.standard_normal(got.shape), jnp.float32)
+  grads = formulation_grads(x, kernel, cotangent, ("lax", "unrolled"), **kwargs)
+  for got_grad, ref in zip(grads["unrolled"], grads["lax"]):
+    assert got_grad.shape == ref.shape and got_grad.dtype == ref.dtype
+    np.testing.assert_allclose(np.asarray(got_grad), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_unrolled_bfloat16_and_its_size_limit(rng):
+  x = jnp.asarray(rng.standard_normal((2, 2, 2, 8)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 8, 4)), jnp.bfloat16)
+  got = conv2d(x, kernel, formulation="unrolled", preferred_element_type=jnp.float32)
+  expected = numpy_conv2d(np.asarray(x.astype(jnp.float32)), np.asarray(kernel.astype(jnp.float32)),
+                          (1, 1), "SAME", 0.0)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-4)
+  gx, gk = jax.grad(lambda a, b: jnp.sum(conv2d(a, b, formulation="unrolled")), (0, 1))(x, kernel)
+  assert gx.dtype == gk.dtype == jnp.bfloat16
+  # 5x5 maps: 25 x 25 blocks, over the limit: an error naming the formulation, not a huge matrix.
+  with pytest.raises(ValueError, match=r"formulation='unrolled' is for tiny maps: input 5x5 and "
+                                       r"output 5x5 would need 625 kernel-sized blocks"):
+    conv2d(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2)), formulation="unrolled")
+
+
+def test_unrolled_stays_data_parallel_over_four_devices():
+  """The kernel gradient's x^T g over a sharded batch is all-reduced, the batch never gathered."""
+  run_data_parallel_script("unrolled", size=2)
 
 
 def test_batch_chunks_policy():
@@ -206,7 +259,12 @@ def test_choose_formulation_policy():
   """The XLA formulations (without the extension's "native" conv: tests/test_float_conv.py)."""
   same = lambda n: conv_lib.normalize_padding("SAME", (n, n), (3, 3), (1, 1))
   choose = lambda *args, **kw: conv_lib.choose_formulation(*args, native=False, **kw)
-  assert choose((16, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2)) == "im2col"
+  assert choose((16, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2)) == "unrolled"
+  assert choose((16, 1, 1, 512), (3, 3, 512, 512), (1, 1), same(1)) == "unrolled"
+  # +-1 padding would add the padded positions' rows; a larger input map would multiply blocks.
+  assert choose((16, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2), pad_value=-1.0) == "im2col"
+  stride2 = conv_lib.normalize_padding("SAME", (4, 4), (3, 3), (2, 2))
+  assert choose((16, 4, 4, 512), (3, 3, 512, 512), (2, 2), stride2) == "im2col"
   assert choose((16, 32, 32, 3), (3, 3, 3, 64), (1, 1), same(32)) == "im2col"
   assert choose((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32)) == "lax_padded"
   assert choose((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32), pad_value=-1.0) == "lax_im2col"

@@ -14,6 +14,13 @@ the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
                 AVX-512F, 3x3 kernels, stride 1): the same three products with 4x fewer
                 multiplications, on the same microkernels; rounds about 10x more than a direct
                 float32 sum (relative 1e-5). A custom_vjp: reverse mode only.
+  "unrolled"    for tiny maps: the conv as one matmul of the flattened input (N, H*W*C) with the
+                (H*W*C, Ho*Wo*O) matrix whose block for input position p and output position q
+                is the kernel tap joining them (zero where none does); its backward is the
+                product's, each tap's gradient summed from its blocks (a custom_vjp: reverse
+                mode only). On a 2x2 map with a 3x3 kernel each output meets 4 of the 9 taps:
+                im2col multiplies the other 5 by zero padding, this does no such work, in one
+                well-shaped product (128 x 2048 x 2048 for VGG16's 512-channel 2x2 layers).
   "lax_padded"  lax.conv forward and backward, every conv written with its zero padding inside the
                 conv: XLA's CPU conv is 2.5-4x faster with padding than on a pre-padded input
                 ("VALID"; jax.grad of a padded conv gives such a VALID conv for the kernel
@@ -44,7 +51,10 @@ import numpy as np
 from xnorjax.ops import float_conv
 from xnorjax.ops import winograd
 
-FORMULATIONS = ("auto", "lax", "im2col", "lax_im2col", "lax_padded", "native", "winograd")
+FORMULATIONS = ("auto", "lax", "im2col", "lax_im2col", "lax_padded", "native", "winograd",
+                "unrolled")
+# "unrolled" builds a matrix of (H*W) x (Ho*Wo) kernel-sized blocks: up to this many blocks.
+UNROLLED_MAX_BLOCKS = 64
 _DN = ("NHWC", "HWIO", "NHWC")
 Padding = Union[str, int, Sequence[Sequence[int]]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -120,8 +130,11 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
   Off the CPU (`backend`, default `jax.default_backend()`), "lax": the measurements below are
   about XLA's CPU convs; on GPUs lax.conv goes to cuDNN. On the CPU:
 
-    * "im2col" for 1x1 kernels (a reshape and one matmul) and for output maps of at most 2x2
-      (where lax.conv is pathological: ~100x slower).
+    * "unrolled" for larger-than-1x1 kernels on input and output maps of at most 4 positions
+      (VGG16's 2x2 stage) with zero padding or none: a 3x3 kernel meets each output of a 2x2 map
+      in 4 of its 9 taps, and this multiplies only those (below).
+    * "im2col" for 1x1 kernels (a reshape and one matmul) and for the other output maps of at
+      most 2x2 (where lax.conv is pathological: ~100x slower).
     * "winograd" for 3x3 kernels on more than 8 input channels, else "native" (the extension's
       float32 convs), for stride 1 and float32 (with float32 or no preferred_element_type), when
       the extension is built and the CPU has AVX-512F (`native`, default
@@ -166,6 +179,11 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
   0.997. A first layer needs no input gradient, which the table's forward + backward includes:
   forward and kernel gradient alone (batch 128, 17:42 UTC) took 3.8 + 13.3 ms on im2col and
   3.7 + 3.3 on native for 3->64 3x3, and 30.8 + 87.6 against 24.1 + 20.3 for NIN's 5x5 3->192.
+  "unrolled" on the 2x2 maps (512->512, batch 128, 20:30-20:35 UTC, eighth session): forward
+  3.4-3.9 ms against im2col's 6.3-6.5, forward + backward 11.2-11.3 against 18.8-19.5 (one run
+  15.0 against 18.8); whole steps, three runs: vgg16 0.963, 0.929 and 0.953 of im2col's step
+  time, bin_vgg16 1.008, 0.962 and 0.905 (in the third run two identical programs differed by
+  8%: bin_vgg16's steps vary more here).
   """
   for rule in reversed(_policy_rules):
     if (chosen := rule(input_shape, kernel_shape, strides, pads)) is not None:
@@ -177,6 +195,9 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     return "lax"
   kh, kw, cin = kernel_shape[:3]
   ho, wo = output_hw(input_shape[1:3], (kh, kw), strides, pads)
+  if kh * kw > 1 and ho * wo <= 4 and input_shape[1] * input_shape[2] <= 4 and (
+      pad_value == 0 or not any(p for pair in pads for p in pair)):
+    return "unrolled"
   if kh * kw == 1 or ho * wo <= 4:
     return "im2col"
   if native is None:
@@ -359,6 +380,84 @@ def _conv_winograd(x, kernel, strides, pads, pad_value, preferred_element_type):
   return winograd.conv(x, kernel, pads)
 
 
+def _unrolled_taps(input_hw, kernel_hw, strides, pads) -> dict:
+  """{(p, q): (i, j)}: the kernel tap joining input position p = h*W + w and output position
+  q = ho*Wo + wo, for every pair that one joins (VALID conv on the input padded by `pads`)."""
+  (h, w), (kh, kw) = input_hw, kernel_hw
+  ho, wo = output_hw(input_hw, kernel_hw, strides, pads)
+  taps = {}
+  for hi, wi, hq, wq in np.ndindex(h, w, ho, wo):
+    i, j = hi + pads[0][0] - hq * strides[0], wi + pads[1][0] - wq * strides[1]
+    if 0 <= i < kh and 0 <= j < kw:
+      taps[(hi * w + wi, hq * wo + wq)] = (i, j)
+  return taps
+
+
+def _unrolled_matrix(kernel, input_hw, strides, pads):
+  """(H*W*C, Ho*Wo*O): block (p, q) is the kernel tap joining p and q, zeros where none does."""
+  kh, kw, c, o = kernel.shape
+  ho, wo = output_hw(input_hw, (kh, kw), strides, pads)
+  taps = _unrolled_taps(input_hw, (kh, kw), strides, pads)
+  zero = jnp.zeros((c, o), kernel.dtype)
+  rows = [jnp.stack([kernel[taps[p, q]] if (p, q) in taps else zero for q in range(ho * wo)],
+                    axis=1) for p in range(input_hw[0] * input_hw[1])]  # each (C, Ho*Wo, O)
+  return jnp.stack(rows).reshape(-1, ho * wo * o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_unrolled(x, kernel, strides, pads, precision, preferred_element_type):
+  """The conv as x.reshape(N, H*W*C) @ `_unrolled_matrix`: zero padding needs no rows (padded
+  positions would only multiply zeros)."""
+  n, h, w, c = x.shape
+  kh, kw, _, o = kernel.shape
+  ho, wo = output_hw((h, w), (kh, kw), strides, pads)
+  matrix = _unrolled_matrix(kernel, (h, w), strides, pads)
+  y = jnp.dot(x.reshape(n, h * w * c), matrix, precision=precision,
+              preferred_element_type=preferred_element_type)
+  return y.reshape(n, ho, wo, o)
+
+
+def _conv_unrolled_fwd(x, kernel, strides, pads, precision, preferred_element_type):
+  return _conv_unrolled(x, kernel, strides, pads, precision, preferred_element_type), (x, kernel)
+
+
+def _conv_unrolled_bwd(strides, pads, precision, preferred_element_type, residuals, g):
+  """dx = g M^T; dM = x^T g, each kernel tap's gradient the sum of dM's blocks that are that tap
+  (written out: autodiff's transpose of the matrix's assembly, 16 padded copies summed, took
+  7 ms of a 2x2 512->512 layer's 19, these sums under 1)."""
+  x, kernel = residuals
+  n, h, w, c = x.shape
+  kh, kw, _, o = kernel.shape
+  dtype = jnp.result_type(x, kernel, g)
+  xd, kd, gd = x.astype(dtype), kernel.astype(dtype), g.reshape(n, -1).astype(dtype)
+  matrix = _unrolled_matrix(kd, (h, w), strides, pads)
+  # The product's own vjp: its transpose rule also handles a sharded batch (x^T g all-reduced).
+  _, product_vjp = jax.vjp(lambda a, m: jnp.dot(a, m, precision=precision), xd.reshape(n, -1),
+                           matrix)
+  dx, dm = product_vjp(gd)
+  dx, dm = dx.reshape(x.shape), dm.reshape(h * w, c, -1, o)
+  by_tap = {}
+  for (p, q), tap in _unrolled_taps((h, w), (kh, kw), strides, pads).items():
+    by_tap.setdefault(tap, []).append(dm[p, :, q, :])
+  zero = jnp.zeros((c, o), dtype)
+  dk = jnp.stack([sum(by_tap[t][1:], by_tap[t][0]) if t in by_tap else zero
+                  for t in np.ndindex(kh, kw)]).reshape(kernel.shape)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_conv_unrolled.defvjp(_conv_unrolled_fwd, _conv_unrolled_bwd)
+
+
+def _check_unrolled(input_hw, kernel_hw, strides, pads):
+  """Refuses maps too large for "unrolled" (its matrix grows as input x output positions)."""
+  out = output_hw(input_hw, kernel_hw, strides, pads)
+  blocks = int(np.prod(input_hw)) * int(np.prod(out))
+  if blocks > UNROLLED_MAX_BLOCKS:
+    raise ValueError(f"formulation='unrolled' is for tiny maps: input {input_hw[0]}x{input_hw[1]} "
+                     f"and output {out[0]}x{out[1]} would need {blocks} kernel-sized blocks (at "
+                     f"most {UNROLLED_MAX_BLOCKS}); use formulation='auto'")
+
+
 _IMPLEMENTATIONS = {"lax": _conv_lax, "im2col": _conv_im2col, "lax_im2col": _conv_lax_im2col}
 
 
@@ -377,7 +476,10 @@ def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float 
       "lax_im2col" (lax forward, im2col's gradient backward; reverse mode only, no jvp),
       "lax_padded" (lax forward and backward with the padding inside every conv; reverse mode
       only), "native" (the C++ extension's float32 conv: CPU with AVX-512F, stride 1; reverse
-      mode only) or "auto" (`choose_formulation`). All give the same result up to float summation order.
+      mode only), "winograd" (the extension's Winograd F(4x4, 3x3) conv; reverse mode only),
+      "unrolled" (one matmul with a matrix of kernel taps, for maps of a few positions; reverse
+      mode only) or "auto" (`choose_formulation`). All give the same result up to float
+      summation order.
     precision, preferred_element_type: passed to the conv / dot (e.g. bfloat16 operands with
       float32 accumulation).
 
@@ -419,6 +521,10 @@ def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float 
     return _conv_winograd(x, kernel, strides, pads, pad_value, preferred_element_type)
   if formulation == "lax_padded" and pad_value == 0:
     return _conv_lax_padded(x, kernel, strides, pads, precision, preferred_element_type)
+  if formulation == "unrolled":
+    x, pads = _explicitly_padded(x, pads, pad_value, fits=True)
+    _check_unrolled(x.shape[1:3], kernel_hw, strides, pads)
+    return _conv_unrolled(x, kernel, strides, pads, precision, preferred_element_type)
   if any(lo or hi for lo, hi in pads):
     x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=jnp.asarray(pad_value, dtype))
   if formulation == "lax_padded":  # non-zero padding values: padded above, the conv itself VALID
