@@ -4,9 +4,9 @@
   python -m experiments.profile_step --model=bin_small_cnn --batch_size=32 --top=10
 
 Traces `--steps` train steps (experiments/synthetic_steps.py, after compilation and warm-up) with
-`jax.profiler` and reads the per-op durations from its Perfetto trace. Prints, per step, the
-time of each kind of op (an FFI call counts as its target, e.g. xnorjax_winograd_conv; an XLA op
-as its name without the number, e.g. copy_bitcast_fusion), then the `--top` single ops with the
+`jax.profiler` and reads the per-op durations from its Perfetto trace. Prints, per step (each
+op's median over the steps), the time of each kind of op (an FFI call counts as its target, e.g.
+xnorjax_winograd_conv; an XLA op as its name without the number, e.g. copy_bitcast_fusion), then the `--top` single ops with the
 shapes they produce (from the compiled HLO). The profiler slows steps (by 10-30% here), so read
 shares, not absolute times, and decide with whole-step timings (experiments/bench_conv_policy.py,
 experiments/bench_train.py). The profile of a vgg16 step is how the RGB layer's slow kernel
@@ -21,6 +21,7 @@ import gzip
 import json
 import os
 import re
+import statistics
 import tempfile
 import time
 
@@ -49,13 +50,24 @@ def hlo_ops(hlo_text: str) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def op_times(trace_events, steps: int, ops) -> dict[str, float]:
-  """Milliseconds per step of each instruction of `ops` (names) in complete ("X") trace events;
-  the runtime's own events (thread pools, buffers, Python frames) are left out."""
-  totals = collections.Counter()
-  for event in trace_events:
+  """Milliseconds per step of each instruction of `ops` (names) in complete ("X") trace events:
+  the median over the `steps` traced steps (an op that runs k times a step has k * steps events,
+  taken k at a time in time order), so that one slow step (page faults, a neighbour's burst on a
+  shared machine: 30 ms once for a 2 ms fusion here) does not stand out as a slow op; the mean
+  where the count is not a multiple of `steps`. The runtime's own events (thread pools, buffers,
+  Python frames) are left out."""
+  durations = collections.defaultdict(list)
+  for event in sorted(trace_events, key=lambda e: e.get("ts", 0)):
     if event.get("ph") == "X" and event.get("name") in ops:
-      totals[event["name"]] += event["dur"] / 1e3 / steps
-  return dict(totals)
+      durations[event["name"]].append(event["dur"] / 1e3)
+  times = {}
+  for name, ds in durations.items():
+    if len(ds) % steps:
+      times[name] = sum(ds) / steps
+    else:
+      per_step = len(ds) // steps
+      times[name] = statistics.median(sum(ds[i:i + per_step]) for i in range(0, len(ds), per_step))
+  return times
 
 
 def kind_of(op: str, targets: dict[str, str]) -> str:
@@ -111,11 +123,11 @@ def main(argv):
   total = sum(times.values())
   print(f"{args.model}, batch {args.batch_size}, {args.steps} traced steps: {wall_ms:.1f} ms "
         f"per step under the profiler, {total:.1f} ms of ops (ops of several threads may overlap)")
-  print("\nper kind of op, ms per step:")
+  print("\nper kind of op, ms per step (each op's median over the traced steps):")
   for kind, ms in kinds.most_common():
     if ms >= 0.05:
       print(f"  {ms:8.2f}  {100 * ms / total:5.1f}%  {kind}")
-  print(f"\nthe {args.top} longest ops, ms per step:")
+  print(f"\nthe {args.top} longest ops, ms per step (median over the traced steps):")
   for op, ms in sorted(times.items(), key=lambda item: -item[1])[:args.top]:
     print(f"  {ms:8.2f}  {op:34s} {kind_of(op, targets):34s} {shapes.get(op, '?')}")
 

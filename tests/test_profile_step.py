@@ -20,18 +20,28 @@ def test_hlo_ops_reads_shapes_and_ffi_targets():
   assert profile_step.kind_of("copy_bitcast_fusion.12", targets) == "copy_bitcast_fusion"
 
 
-def test_op_times_sums_complete_events_of_ops_per_step():
+def test_op_times_takes_each_ops_median_step():
+  """Three steps; ffi_call.3 runs twice a step, fusion.1 once; one step of fusion.1 is slow."""
   events = [
-      {"ph": "X", "name": "ffi_call.3", "dur": 3000},
-      {"ph": "X", "name": "ffi_call.3", "dur": 1000},
-      {"ph": "X", "name": "fusion.1", "dur": 500},
-      {"ph": "B", "name": "fusion.1", "dur": 9000},  # not a complete event
-      {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 9000},  # runtime, not an op
-      {"ph": "X", "name": "$api.py:2479 block_until_ready", "dur": 9000},  # Python frame
+      {"ph": "X", "name": "ffi_call.3", "ts": 0, "dur": 3000},
+      {"ph": "X", "name": "fusion.1", "ts": 1, "dur": 500},
+      {"ph": "X", "name": "ffi_call.3", "ts": 2, "dur": 1000},
+      {"ph": "X", "name": "ffi_call.3", "ts": 10, "dur": 2000},
+      {"ph": "X", "name": "fusion.1", "ts": 11, "dur": 30000},  # one slow step
+      {"ph": "X", "name": "ffi_call.3", "ts": 12, "dur": 1000},
+      {"ph": "X", "name": "ffi_call.3", "ts": 20, "dur": 3000},
+      {"ph": "X", "name": "fusion.1", "ts": 21, "dur": 700},
+      {"ph": "X", "name": "ffi_call.3", "ts": 22, "dur": 2000},
+      {"ph": "X", "name": "copy.2", "ts": 23, "dur": 900},  # twice in three steps: the mean
+      {"ph": "X", "name": "copy.2", "ts": 24, "dur": 600},
+      {"ph": "B", "name": "fusion.1", "ts": 25, "dur": 9000},  # not a complete event
+      {"ph": "X", "name": "ThunkExecutor::Execute", "ts": 26, "dur": 9000},  # runtime, not an op
+      {"ph": "X", "name": "$api.py:2479 block_until_ready", "ts": 27, "dur": 9000},  # Python
   ]
-  ops = {"ffi_call.3", "fusion.1", "copy.2"}
-  assert profile_step.op_times(events, 2, ops) == pytest.approx({"ffi_call.3": 2.0,
-                                                                 "fusion.1": 0.25})
+  ops = {"ffi_call.3", "fusion.1", "copy.2", "dot.4"}
+  # ffi_call.3's steps: 4, 3, 5 ms -> 4; fusion.1's: 0.5, 30, 0.7 -> 0.7; copy.2: 1.5 / 3.
+  assert profile_step.op_times(events, 3, ops) == pytest.approx({"ffi_call.3": 4.0,
+                                                                 "fusion.1": 0.7, "copy.2": 0.5})
 
 
 def test_profile_of_a_small_model_finds_its_convs():
