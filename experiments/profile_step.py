@@ -7,9 +7,9 @@ Traces `--steps` train steps (experiments/synthetic_steps.py, after compilation 
 `jax.profiler` and reads the per-op durations from its Perfetto trace. Prints, per step (each
 op's median over the steps), the time of each kind of op (an FFI call counts as its target, e.g.
 xnorjax_winograd_conv; an XLA op as its name without the number, e.g. copy_bitcast_fusion),
-then the `--top` single ops with the shapes they produce (from the compiled HLO). The profiler slows steps (by 10-30% here), so read
-shares, not absolute times, and decide with whole-step timings (experiments/bench_conv_policy.py,
-experiments/bench_train.py). The profile of a vgg16 step is how the RGB layer's slow kernel
+then the `--top` single ops with the shapes they produce (from the compiled HLO). The profiler
+slows steps (by 10-30% here), so read shares, not absolute times, and decide with whole-step
+timings (experiments/bench_conv_policy.py, experiments/bench_train.py). The profile of a vgg16 step is how the RGB layer's slow kernel
 gradient was found (README, seventh session).
 """
 
