@@ -9,8 +9,8 @@ op's median over the steps), the time of each kind of op (an FFI call counts as 
 xnorjax_winograd_conv; an XLA op as its name without the number, e.g. copy_bitcast_fusion),
 then the `--top` single ops with the shapes they produce (from the compiled HLO). The profiler
 slows steps (by 10-30% here), so read shares, not absolute times, and decide with whole-step
-timings (experiments/bench_conv_policy.py, experiments/bench_train.py). The profile of a vgg16 step is how the RGB layer's slow kernel
-gradient was found (README, seventh session).
+timings (experiments/bench_conv_policy.py, experiments/bench_train.py). The profile of a vgg16
+step is how the RGB layer's slow kernel gradient was found (README, seventh session).
 """
 
 from __future__ import annotations
