@@ -219,6 +219,20 @@ def test_unrolled_bfloat16_and_its_size_limit(rng):
     conv2d(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2)), formulation="unrolled")
 
 
+def test_unrolled_under_vmap(rng):
+  """A batch of convs, each with its own kernel (the custom_vjp's batching rule)."""
+  x = jnp.asarray(rng.standard_normal((3, 2, 2, 2, 5)), jnp.float32)
+  kernels = jnp.asarray(rng.standard_normal((3, 3, 3, 5, 4)), jnp.float32)
+
+  def loss(formulation):
+    convs = jax.vmap(lambda a, b: conv2d(a, b, formulation=formulation))
+    return lambda a, b: jnp.sum(convs(a, b) ** 2)
+
+  got = jax.grad(loss("unrolled"), (0, 1))(x, kernels)
+  for g, ref in zip(got, jax.grad(loss("lax"), (0, 1))(x, kernels)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(ref), rtol=1e-5, atol=1e-4)
+
+
 def test_unrolled_stays_data_parallel_over_four_devices():
   """The kernel gradient's x^T g over a sharded batch is all-reduced, the batch never gathered."""
   run_data_parallel_script("unrolled", size=2)
