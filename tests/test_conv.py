@@ -273,12 +273,14 @@ def test_choose_formulation_policy():
   """The XLA formulations (without the extension's "native" conv: tests/test_float_conv.py)."""
   same = lambda n: conv_lib.normalize_padding("SAME", (n, n), (3, 3), (1, 1))
   choose = lambda *args, **kw: conv_lib.choose_formulation(*args, native=False, **kw)
-  assert choose((16, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2)) == "unrolled"
-  assert choose((16, 1, 1, 512), (3, 3, 512, 512), (1, 1), same(1)) == "unrolled"
-  # +-1 padding would add the padded positions' rows; a larger input map would multiply blocks.
-  assert choose((16, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2), pad_value=-1.0) == "im2col"
+  assert choose((128, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2)) == "unrolled"
+  assert choose((64, 1, 1, 512), (3, 3, 512, 512), (1, 1), same(1)) == "unrolled"
+  # Small batches do not repay building the matrix; +-1 padding would add the padded positions'
+  # rows; a larger input map would multiply the blocks.
+  assert choose((16, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2)) == "im2col"
+  assert choose((128, 2, 2, 512), (3, 3, 512, 512), (1, 1), same(2), pad_value=-1.0) == "im2col"
   stride2 = conv_lib.normalize_padding("SAME", (4, 4), (3, 3), (2, 2))
-  assert choose((16, 4, 4, 512), (3, 3, 512, 512), (2, 2), stride2) == "im2col"
+  assert choose((128, 4, 4, 512), (3, 3, 512, 512), (2, 2), stride2) == "im2col"
   assert choose((16, 32, 32, 3), (3, 3, 3, 64), (1, 1), same(32)) == "im2col"
   assert choose((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32)) == "lax_padded"
   assert choose((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), same(32), pad_value=-1.0) == "lax_im2col"

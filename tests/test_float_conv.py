@@ -100,7 +100,8 @@ def test_choose_formulation_takes_native_where_it_runs():
   assert choose((16, 32, 32, 64), native=True, dtype=jnp.bfloat16) == "lax_padded"
   assert choose((16, 4, 4, 512), native=True) == "native"
   assert choose((16, 4, 4, 512), native=False) == "im2col"
-  assert choose((16, 2, 2, 512), native=True) == "unrolled"  # 2x2 maps: no faster
+  assert choose((16, 2, 2, 512), native=True) == "im2col"  # 2x2 maps: no faster
+  assert choose((128, 2, 2, 512), native=True) == "unrolled"  # ... from batch 64 on
   assert choose((16, 32, 32, 3), native=True) == "native"  # RGB input: decided on whole steps
   assert conv_lib.choose_formulation((16, 32, 32, 64), (5, 5, 64, 0), (1, 1), same(32),
                                      backend="cpu", native=True) == "lax_padded"

@@ -137,7 +137,7 @@ def test_choose_formulation_takes_winograd_for_3x3_kernels():
   assert choose((16, 32, 32, 64), (5, 5), native=True) == "native"
   assert choose((16, 32, 32, 64), native=False) == "lax_padded"
   assert choose((16, 32, 32, 64), native=True, dtype=jnp.bfloat16) == "lax_padded"
-  assert choose((16, 2, 2, 512), native=True) == "unrolled"  # 2x2 maps: one tile, mostly padding
+  assert choose((16, 2, 2, 512), native=True) == "im2col"  # 2x2 maps: one tile, mostly padding
   assert choose((16, 32, 32, 3), native=True) == "native"  # RGB input: decided on whole steps
 
 

@@ -55,6 +55,11 @@ FORMULATIONS = ("auto", "lax", "im2col", "lax_im2col", "lax_padded", "native", "
                 "unrolled")
 # "unrolled" builds a matrix of (H*W) x (Ho*Wo) kernel-sized blocks: up to this many blocks.
 UNROLLED_MAX_BLOCKS = 64
+# ... and building it costs as much as multiplying a few dozen examples: "auto" takes it from
+# this batch on (2x2 512->512, forward + backward, ms, im2col vs unrolled, 2026-11-29 21:00 UTC:
+# batch 32 5.2-5.4 vs 5.9-9.6, 64 9.6-9.8 vs 9.4-13.7, 128 18.7-19.1 vs 10.7-11.6, 256 39.1 vs
+# 17.8; the forward alone gains from batch 16: 2.0 vs 1.4; at batch 1 it takes twice as long).
+UNROLLED_MIN_BATCH = 64
 _DN = ("NHWC", "HWIO", "NHWC")
 Padding = Union[str, int, Sequence[Sequence[int]]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -131,8 +136,9 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
   about XLA's CPU convs; on GPUs lax.conv goes to cuDNN. On the CPU:
 
     * "unrolled" for larger-than-1x1 kernels on input and output maps of at most 4 positions
-      (VGG16's 2x2 stage) with zero padding or none: a 3x3 kernel meets each output of a 2x2 map
-      in 4 of its 9 taps, and this multiplies only those (below).
+      (VGG16's 2x2 stage) with zero padding or none, from batch `UNROLLED_MIN_BATCH` on: a 3x3
+      kernel meets each output of a 2x2 map in 4 of its 9 taps, and this multiplies only those
+      (below); smaller batches do not repay building its matrix.
     * "im2col" for 1x1 kernels (a reshape and one matmul) and for the other output maps of at
       most 2x2 (where lax.conv is pathological: ~100x slower).
     * "winograd" for 3x3 kernels on more than 8 input channels, else "native" (the extension's
@@ -195,8 +201,9 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
     return "lax"
   kh, kw, cin = kernel_shape[:3]
   ho, wo = output_hw(input_shape[1:3], (kh, kw), strides, pads)
-  if kh * kw > 1 and ho * wo <= 4 and input_shape[1] * input_shape[2] <= 4 and (
-      pad_value == 0 or not any(p for pair in pads for p in pair)):
+  if (kh * kw > 1 and ho * wo <= 4 and input_shape[1] * input_shape[2] <= 4
+      and input_shape[0] >= UNROLLED_MIN_BATCH
+      and (pad_value == 0 or not any(p for pair in pads for p in pair))):
     return "unrolled"
   if kh * kw == 1 or ho * wo <= 4:
     return "im2col"
