@@ -57,9 +57,9 @@ def op_times(trace_events, steps: int, ops) -> dict[str, float]:
   where the count is not a multiple of `steps`. The runtime's own events (thread pools, buffers,
   Python frames) are left out."""
   durations = collections.defaultdict(list)
-  for event in sorted(trace_events, key=lambda e: e.get("ts", 0)):
-    if event.get("ph") == "X" and event.get("name") in ops:
-      durations[event["name"]].append(event["dur"] / 1e3)
+  events = [e for e in trace_events if e.get("ph") == "X" and e.get("name") in ops]
+  for event in sorted(events, key=lambda e: e.get("ts", 0)):
+    durations[event["name"]].append(event["dur"] / 1e3)
   times = {}
   for name, ds in durations.items():
     if len(ds) % steps:

@@ -455,10 +455,16 @@ def _conv_unrolled_bwd(strides, pads, precision, preferred_element_type, residua
 _conv_unrolled.defvjp(_conv_unrolled_fwd, _conv_unrolled_bwd)
 
 
+def unrolled_blocks(input_hw, kernel_hw, strides, pads) -> int:
+  """How many kernel-sized blocks "unrolled"'s matrix has (input x output positions; at most
+  `UNROLLED_MAX_BLOCKS` are allowed), for an input already padded by `pads`."""
+  return int(np.prod(input_hw)) * int(np.prod(output_hw(input_hw, kernel_hw, strides, pads)))
+
+
 def _check_unrolled(input_hw, kernel_hw, strides, pads):
   """Refuses maps too large for "unrolled" (its matrix grows as input x output positions)."""
   out = output_hw(input_hw, kernel_hw, strides, pads)
-  blocks = int(np.prod(input_hw)) * int(np.prod(out))
+  blocks = unrolled_blocks(input_hw, kernel_hw, strides, pads)
   if blocks > UNROLLED_MAX_BLOCKS:
     raise ValueError(f"formulation='unrolled' is for tiny maps: input {input_hw[0]}x{input_hw[1]} "
                      f"and output {out[0]}x{out[1]} would need {blocks} kernel-sized blocks (at "
