@@ -128,8 +128,10 @@ def ffi_conv(problem: ConvProblem, kind: str, impl: int, hwio: bool = False):
   """The CUDA target called directly with a CUDA-only impl value (a function of the operands);
   hwio: the "_hwio" target, which reads the weights in the public packed layout (transposed here
   from the problem's [O, KH, KW, Cw])."""
-  call = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{kind}" + ("_hwio" if hwio else ""),
-                          problem.result_type(kind))
+  n, h, w, cw = problem.x.shape
+  o, kh, kw, _ = problem.w.shape
+  call = xnor_lib.ffi_kernel_call(f"xnorjax_xnor_conv_{kind}" + ("_hwio" if hwio else ""),
+                                  problem.result_type(kind), scratch=(n, h, w, cw, kh, kw, o))
   attrs = {k: np.int64(v) for k, v in problem.attrs.items()}
   if hwio:
     return lambda x, w, *rest: call(x, problem.hwio(w), *rest, **attrs, impl=np.int64(impl))
@@ -216,12 +218,17 @@ def exactness(rng, on_gpu: bool, smoke: bool, deadline: float, with_wgmma: bool 
       if kind != "i32":
         kw.update(scale=scale, bias=bias, pack_output=kind == "packed")
       want = np.asarray(xnor_lib.xnor_dense(x, w.T, implementation="xla", **kw))
-      got = np.asarray(xnor_lib.xnor_dense(x, w.T, implementation="ffi", **kw))
-      ok = np.array_equal(got, want)
+      try:
+        got = np.asarray(xnor_lib.xnor_dense(x, w.T, implementation="ffi", **kw))
+        ok = got.shape == want.shape and np.array_equal(got, want)
+        mismatches = int(np.sum(got != want)) if got.shape == want.shape else -1
+      except Exception as e:  # pylint: disable=broad-except
+        ok, mismatches = False, f"error: {e}"[:300]
       failures += not ok
-      results.append(dict(case=f"dense {m}x{k}x{n}", kind=kind, path="auto", exact=ok))
+      results.append(dict(case=f"dense {m}x{k}x{n}", kind=kind, path="auto", exact=ok,
+                          mismatches=mismatches))
       if not ok:
-        print(f"  MISMATCH dense {m}x{k}x{n} {kind}", flush=True)
+        print(f"  MISMATCH dense {m}x{k}x{n} {kind}: {mismatches}", flush=True)
   checked = sum(1 for r in results if "exact" in r)
   print(f"exactness: {checked - failures}/{checked} exact", flush=True)
   return results, failures

@@ -267,6 +267,34 @@ def test_cuda_module_registers_the_cpu_target_names():
   assert expected <= cuda <= cpu
 
 
+def _scratch_bytes_reference(n, h, w, cw, kh, kw, o):
+  """The tensor-core path's tables: i32 pixel popcounts and prefix tables (padded to 8 bytes),
+  then an 8-byte K-table entry per word of K (the narrowest gather, one word per entry)."""
+  ints = n * h * w + o * (kh + 1) * (kw + 1)
+  return 4 * (ints + ints % 2) + 8 * kh * kw * cw
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler on this machine")
+@pytest.mark.parametrize("op", ["conv", "dense"])
+def test_cuda_lowering_gives_the_kernel_its_scratch_result(op):
+  # XLA allocates the tensor-core path's scratch as the custom call's second result (its FFI
+  # scratch allocator gave nothing on an H200): lowered for CUDA here, without a GPU.
+  from xnorjax import _ffi_cuda  # pylint: disable=g-import-not-at-top
+  if op == "conv":
+    fn = functools.partial(xnor_lib.xnor_conv, strides=2, padding="SAME", implementation="ffi")
+    args, dims = ((3, 9, 7, 70), (3, 3, 70, 40)), (3, 9, 7, 3, 3, 3, 40)
+  else:
+    fn = functools.partial(xnor_lib.xnor_dense, implementation="ffi")
+    args, dims = ((5, 300), (300, 70)), (5, 1, 1, 10, 1, 1, 70)
+  bytes_ = _scratch_bytes_reference(*dims)
+  assert _ffi_cuda.scratch_bytes(*dims) == bytes_ == _cuda_host.scratch_bytes(*dims)
+  lowered = jax.jit(fn).trace(*[jnp.ones(s) for s in args]).lower(
+      lowering_platforms=("cuda",)).as_text()
+  calls = [line for line in lowered.splitlines() if f"@xnorjax_xnor_{op}_i32" in line]
+  assert len(calls) == 1, lowered
+  assert calls[0].rstrip().endswith(f"tensor<{bytes_}xui8>)"), calls[0]
+
+
 @requires_host
 def test_slab_chunks_cover_each_word_once():
   for chunk_words in (1, 2, 4):
@@ -397,8 +425,9 @@ def _ffi_conv(x, w, scale, bias, attrs, kind, impl, hwio=False):
   ow = (wd + attrs["pad_left"] + attrs["pad_right"] - kw) // attrs["stride_w"] + 1
   last = -(-o // 32) if kind == "packed" else o
   dtype = {"i32": jnp.int32, "f32": jnp.float32, "packed": jnp.uint32}[kind]
-  call = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{kind}" + ("_hwio" if hwio else ""),
-                          jax.ShapeDtypeStruct((n, oh, ow, last), dtype))
+  call = xnor_lib.ffi_kernel_call(f"xnorjax_xnor_conv_{kind}" + ("_hwio" if hwio else ""),
+                                  jax.ShapeDtypeStruct((n, oh, ow, last), dtype),
+                                  scratch=(n, h, wd, x.shape[3], kh, kw, o))
   operands = (x, w) if kind == "i32" else (x, w, scale, bias)
   return call(*operands, **{k: np.int64(v) for k, v in attrs.items()}, impl=np.int64(impl))
 
@@ -450,7 +479,9 @@ def test_gpu_dense_targets_match_numpy(m, k, n, rng):
     for impl in (_cuda_host.IMPL_SIMPLE, _cuda_host.IMPL_MMA, _cuda_host.IMPL_WGMMA, 0):
       last = -(-n // 32) if kind == "packed" else n
       dtype = {"i32": jnp.int32, "f32": jnp.float32, "packed": jnp.uint32}[kind]
-      call = jax.ffi.ffi_call(f"xnorjax_xnor_dense_{kind}", jax.ShapeDtypeStruct((m, last), dtype))
+      call = xnor_lib.ffi_kernel_call(f"xnorjax_xnor_dense_{kind}",
+                                      jax.ShapeDtypeStruct((m, last), dtype),
+                                      scratch=(m, 1, 1, x.shape[1], 1, 1, n))
       operands = (x, w) if kind == "i32" else (x, w, scale, bias)
       got = jax.jit(lambda *a: call(*a, features=np.int64(k), impl=np.int64(impl)))(
           *[jax.device_put(a, jax.devices("gpu")[0]) for a in operands])
@@ -487,10 +518,28 @@ def test_gpu_handler_rejects_mismatched_shapes(rng):
   xnorjax.require_extension()
   x = jnp.asarray(_random_words(rng, (1, 4, 4), 40))
   w = jnp.asarray(_random_words(rng, (3, 3, 3), 40))
-  call = jax.ffi.ffi_call("xnorjax_xnor_conv_i32", jax.ShapeDtypeStruct((1, 4, 5, 3), jnp.int32))
+  call = xnor_lib.ffi_kernel_call("xnorjax_xnor_conv_i32",
+                                  jax.ShapeDtypeStruct((1, 4, 5, 3), jnp.int32),
+                                  scratch=(1, 4, 4, 2, 3, 3, 3))
   attrs = dict(channels=40, stride_h=1, stride_w=1, pad_top=1, pad_bottom=1, pad_left=1,
                pad_right=1, pad_value=0, impl=0)
   with pytest.raises(Exception, match="result dims"):
+    jax.block_until_ready(jax.jit(lambda a, b: call(a, b, **{k: np.int64(v)
+                                                            for k, v in attrs.items()}))(x, w))
+
+
+@requires_gpu
+def test_gpu_handler_rejects_a_short_scratch_result(rng):
+  # The scratch result sized for a smaller call: an error naming it, never a write past its end.
+  xnorjax.require_extension()
+  x = jnp.asarray(_random_words(rng, (2, 8, 8), 64))
+  w = jnp.asarray(_random_words(rng, (40, 3, 3), 64))
+  call = xnor_lib.ffi_kernel_call("xnorjax_xnor_conv_i32",
+                                  jax.ShapeDtypeStruct((2, 8, 8, 40), jnp.int32),
+                                  scratch=(1, 8, 8, 2, 3, 3, 40))
+  attrs = dict(channels=64, stride_h=1, stride_w=1, pad_top=1, pad_bottom=1, pad_left=1,
+               pad_right=1, pad_value=0, impl=_cuda_host.IMPL_MMA)
+  with pytest.raises(Exception, match="scratch result has"):
     jax.block_until_ready(jax.jit(lambda a, b: call(a, b, **{k: np.int64(v)
                                                             for k, v in attrs.items()}))(x, w))
 

@@ -170,15 +170,6 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
   const int64_t row_length = OutputRowLength<kKind>(s);
   std::vector<int32_t> writes(static_cast<size_t>(rows * row_length), 0);
 
-  // Pre-pass kernel.
-  const int64_t pixels = s.batch * s.in_h * s.in_w;
-  std::vector<int32_t> pixel_popc(static_cast<size_t>(pixels));
-  std::vector<int32_t> w_prefix(static_cast<size_t>(s.out_channels * PrefixTableSize(s)));
-  for (int64_t p = 0; p < pixels; ++p) pixel_popc[p] = PixelPopcount(s, x, p);
-  for (int64_t o = 0; o < s.out_channels; ++o) {
-    WeightPrefixTable(s, w, o, w_prefix.data() + o * PrefixTableSize(s));
-  }
-
   if (!tc::MmaPathSupported(s)) throw std::runtime_error("the tensor-core path does not take this shape");
   // As the launch: V from Cw and the operand addresses, or a smaller V forced by the caller.
   int chunk_words = tc::ChunkWords(s, reinterpret_cast<uintptr_t>(x), reinterpret_cast<uintptr_t>(w));
@@ -186,10 +177,28 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
     if (s.in_words % checks->force_chunk_words != 0) throw std::runtime_error("chunk_words must divide Cw");
     chunk_words = checks->force_chunk_words;
   }
-  std::vector<tc::KChunk> ktable(static_cast<size_t>(tc::KTableSize(s, chunk_words)));
-  for (size_t k = 0; k < ktable.size(); ++k) {
-    ktable[k] = tc::MakeKChunk(s, chunk_words, static_cast<int64_t>(k));
+
+  // Pre-pass kernel, into one scratch buffer laid out as the launch lays out XLA's (poisoned, so
+  // that a table read before it is written, or two tables overlapping, corrupts the result).
+  const int64_t pixels = s.batch * s.in_h * s.in_w;
+  const int64_t k_entries = tc::KTableSize(s, chunk_words);
+  const tc::ScratchLayout layout = tc::MakeScratchLayout(s);
+  const int64_t prefix_bytes = s.out_channels * PrefixTableSize(s) * 4;
+  const int64_t ktable_bytes = k_entries * static_cast<int64_t>(sizeof(tc::KChunk));
+  if (layout.w_prefix < pixels * 4 || layout.ktable < layout.w_prefix + prefix_bytes ||
+      layout.ktable % 8 != 0 || layout.bytes < layout.ktable + ktable_bytes) {
+    throw std::runtime_error("the scratch layout does not hold the tables of this call");
   }
+  std::vector<uint8_t> scratch(static_cast<size_t>(layout.bytes), 0xA5);
+  const tc::ScratchTables tables = tc::CarveScratch(layout, scratch.data());
+  int32_t* const pixel_popc = tables.pixel_popc;
+  int32_t* const w_prefix = tables.w_prefix;
+  tc::KChunk* const ktable = tables.ktable;
+  for (int64_t p = 0; p < pixels; ++p) pixel_popc[p] = PixelPopcount(s, x, p);
+  for (int64_t o = 0; o < s.out_channels; ++o) {
+    WeightPrefixTable(s, w, o, w_prefix + o * PrefixTableSize(s));
+  }
+  for (int64_t k = 0; k < k_entries; ++k) ktable[k] = tc::MakeKChunk(s, chunk_words, k);
   // Which thread copied each word of smem->b: a thread may only mask (MaskSlabTails) words it
   // copied itself, the only ones its cp.async.wait_group makes visible to it before the barrier.
   auto smem = std::make_unique<tc::Smem>();
@@ -222,18 +231,18 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
         raw = reinterpret_cast<uint32_t*>(smem->b);
         std::fill(raw, raw + sizeof(smem->b) / 4, kPoison);
       }
-      for (int r = 0; r < kBlockRows; ++r) smem->rows[r] = tc::MakeRowInfo(s, pixel_popc.data(), m0 + r);
+      for (int r = 0; r < kBlockRows; ++r) smem->rows[r] = tc::MakeRowInfo(s, pixel_popc, m0 + r);
       for (int c = 0; c < kBlockCols; ++c) {
-        smem->cols[c] = tc::MakeColInfo(s, w_prefix.data(), scale, bias, n0 + c);
+        smem->cols[c] = tc::MakeColInfo(s, w_prefix, scale, bias, n0 + c);
       }
       int32_t acc[tc::kWarps][32][tc::kFragments] = {};
       const auto load = [&](int64_t slab, int stage) {
         for (int thread = 0; thread < tc::kThreads; ++thread) {
           current_thread = thread;
           switch (chunk_words) {
-            case 4: tc::LoadSlab<4>(s, ktable.data(), *smem, n0, slab, stage, thread, copy); break;
-            case 2: tc::LoadSlab<2>(s, ktable.data(), *smem, n0, slab, stage, thread, copy); break;
-            default: tc::LoadSlab<1>(s, ktable.data(), *smem, n0, slab, stage, thread, copy); break;
+            case 4: tc::LoadSlab<4>(s, ktable, *smem, n0, slab, stage, thread, copy); break;
+            case 2: tc::LoadSlab<2>(s, ktable, *smem, n0, slab, stage, thread, copy); break;
+            default: tc::LoadSlab<1>(s, ktable, *smem, n0, slab, stage, thread, copy); break;
           }
         }
       };
@@ -336,7 +345,7 @@ void EmulateMma(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
             int64_t dot = 0;
             if (valid) {
               dot = tc::EpilogueDot(s, smem->rows[row], smem->cols[col],
-                                    w_prefix.data() + o * prefix_size, acc[warp][lane][f]);
+                                    w_prefix + o * prefix_size, acc[warp][lane][f]);
             }
             if constexpr (kKind == OutputKind::kInt32) {
               if (valid) store(m * s.out_channels + o, static_cast<int32_t>(dot));
@@ -565,6 +574,8 @@ NB_MODULE(_cuda_host, m) {
   m.def("validate_dense", &ValidateDenseDims, nb::arg("x"), nb::arg("w"), nb::arg("scale").none(),
         nb::arg("bias").none(), nb::arg("out"), nb::kw_only(), nb::arg("kind"),
         nb::arg("features"), nb::arg("impl"), nb::arg("weights_input_major") = false);
+  m.def("scratch_bytes", &ScratchBytes, nb::arg("batch"), nb::arg("in_h"), nb::arg("in_w"),
+        nb::arg("in_words"), nb::arg("kernel_h"), nb::arg("kernel_w"), nb::arg("out_channels"));
   m.def("choose_path", [](int64_t impl, int cc_major) {
     Path path = Path::kSimple;
     const std::string error = ChoosePath(impl, cc_major, &path);

@@ -8,7 +8,9 @@ namespace xnorjax {
 XLA_FFI_DECLARE_HANDLER_SYMBOL(PackBitsCuda);  // "xnorjax_pack_bits", as ffi/cpu/pack_bits.h
 
 // Packed XNOR-popcount conv and dense (ffi/cuda/xnor_conv.cu), the CUDA twins of the CPU targets
-// "xnorjax_xnor_{conv,dense}_{i32,f32,packed}": same operands, attributes and results.
+// "xnorjax_xnor_{conv,dense}_{i32,f32,packed}": same operands, attributes and result, plus a last
+// result u8[ScratchBytes(...)] (ffi/cuda/xnor_shape.h), the tensor-core path's scratch, which XLA
+// allocates (its FFI scratch allocator gave nothing on an H200).
 XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorConvI32Cuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorConvF32Cuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(XnorConvPackedCuda);

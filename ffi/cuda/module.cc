@@ -34,6 +34,17 @@ NB_MODULE(_ffi_cuda, m) {
   m.attr("IMPL_SIMPLE") = xnorjax::cuda::kImplSimple;
   m.attr("IMPL_MMA") = xnorjax::cuda::kImplMma;
   m.attr("IMPL_WGMMA") = xnorjax::cuda::kImplWgmma;
+  m.def(
+      "scratch_bytes",
+      [](int64_t batch, int64_t in_h, int64_t in_w, int64_t in_words, int64_t kernel_h,
+         int64_t kernel_w, int64_t out_channels) {
+        return xnorjax::cuda::ScratchBytes(batch, in_h, in_w, in_words, kernel_h, kernel_w,
+                                           out_channels);
+      },
+      nb::arg("batch"), nb::arg("in_h"), nb::arg("in_w"), nb::arg("in_words"),
+      nb::arg("kernel_h"), nb::arg("kernel_w"), nb::arg("out_channels"),
+      "Bytes of the scratch result (the custom call's last result) of a conv on u32[N, H, W, Cw] "
+      "with an [KH, KW] kernel and O output channels (a dense layer: H = W = KH = KW = 1).");
   m.def("wgmma_compiled_for_device", &xnorjax::cuda::WgmmaCompiledForDevice,
         "1 if the current GPU runs the sm_90a build (impl=IMPL_WGMMA uses wgmma), 0 if not, "
         "-1 on a CUDA error. Initializes CUDA.");

@@ -399,27 +399,18 @@ void LaunchMmaKernel(cudaStream_t stream, const ConvShape& s, const uint32_t* x,
 }
 
 template <OutputKind kKind, tc::Tiling kT>
-ffi::Error LaunchMma(cudaStream_t stream, ffi::ScratchAllocator& scratch, const ConvShape& s,
-                     const uint32_t* x, const uint32_t* w, const float* scale, const float* bias,
+ffi::Error LaunchMma(cudaStream_t stream, uint8_t* scratch, const ConvShape& s, const uint32_t* x,
+                     const uint32_t* w, const float* scale, const float* bias,
                      typename OutputTraits<kKind>::Type* out) {
   if (!tc::MmaPathSupported(s)) return LaunchSimple<kKind>(stream, s, x, w, scale, bias, out);
-  // Scratch: pixel popcounts, weight prefix tables, then the K table (8-byte aligned).
   const int64_t pixels = s.batch * s.in_h * s.in_w;
-  const int64_t prefix_entries = s.out_channels * PrefixTableSize(s);
-  const int64_t ktable_offset = (pixels + prefix_entries + 1) / 2 * 2;
   const int chunk_words =
       tc::ChunkWords(s, reinterpret_cast<uintptr_t>(x), reinterpret_cast<uintptr_t>(w));
   const int64_t k_entries = tc::KTableSize(s, chunk_words);
-  const size_t bytes = static_cast<size_t>(ktable_offset) * sizeof(int32_t) +
-                       static_cast<size_t>(k_entries) * sizeof(tc::KChunk);
-  auto buffer = scratch.Allocate(bytes, 256);
-  if (!buffer.has_value()) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      "xnorjax: could not allocate the scratch buffer of the tensor-core path");
-  }
-  int32_t* pixel_popc = static_cast<int32_t*>(*buffer);
-  int32_t* w_prefix = pixel_popc + pixels;
-  tc::KChunk* ktable = reinterpret_cast<tc::KChunk*>(pixel_popc + ktable_offset);
+  const tc::ScratchTables tables = tc::CarveScratch(tc::MakeScratchLayout(s), scratch);
+  int32_t* pixel_popc = tables.pixel_popc;
+  int32_t* w_prefix = tables.w_prefix;
+  tc::KChunk* ktable = tables.ktable;
   {
     constexpr int kBlock = 256;
     const int64_t blocks = tc::CeilDiv(pixels + s.out_channels + k_entries, kBlock);
@@ -441,10 +432,19 @@ ffi::Error LaunchMma(cudaStream_t stream, ffi::ScratchAllocator& scratch, const 
 }
 
 template <OutputKind kKind>
-ffi::Error Run(cudaStream_t stream, ffi::ScratchAllocator& scratch, const ConvShape& s,
-               int64_t impl, const uint32_t* x, const uint32_t* w, const float* scale,
-               const float* bias, typename OutputTraits<kKind>::Type* out) {
+ffi::Error Run(cudaStream_t stream, ffi::ResultBuffer<ffi::U8>& scratch_buffer,
+               const ConvShape& s, int64_t impl, const uint32_t* x, const uint32_t* w,
+               const float* scale, const float* bias,
+               typename OutputTraits<kKind>::Type* out) {
   if (GemmRows(s) == 0 || s.out_channels == 0) return ffi::Error::Success();
+  const int64_t needed = tc::MakeScratchLayout(s).bytes;
+  if (static_cast<int64_t>(scratch_buffer->size_bytes()) < needed) {
+    return InvalidArgument("the scratch result has " +
+                           std::to_string(scratch_buffer->size_bytes()) +
+                           " bytes; this call needs " + std::to_string(needed) +
+                           " (xnorjax._ffi_cuda.scratch_bytes)");
+  }
+  uint8_t* scratch = scratch_buffer->typed_data();
   int major = 0;
   if (ffi::Error error = DeviceMajor(&major); error.failure()) return error;
   Path path;
@@ -474,10 +474,11 @@ ConvAttrs MakeConvAttrs(int64_t channels, int64_t stride_h, int64_t stride_w, in
 // FFI handlers.
 
 template <bool kInputMajor>
-ffi::Error ConvI32Impl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::Buffer<ffi::U32> x,
-                       ffi::Buffer<ffi::U32> w, ffi::ResultBuffer<ffi::S32> out, int64_t channels,
-                       int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-                       int64_t pad_left, int64_t pad_right, int64_t pad_value, int64_t impl) {
+ffi::Error ConvI32Impl(cudaStream_t stream, ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
+                       ffi::ResultBuffer<ffi::S32> out, ffi::ResultBuffer<ffi::U8> scratch,
+                       int64_t channels, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                       int64_t pad_bottom, int64_t pad_left, int64_t pad_right, int64_t pad_value,
+                       int64_t impl) {
   const ConvAttrs attrs = MakeConvAttrs(channels, stride_h, stride_w, pad_top, pad_bottom,
                                         pad_left, pad_right, pad_value, impl);
   ConvShape s;
@@ -490,12 +491,12 @@ ffi::Error ConvI32Impl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
 }
 
 template <OutputKind kKind, ffi::DataType kOut, bool kInputMajor>
-ffi::Error ConvEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
-                            ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
+ffi::Error ConvEpilogueImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
                             ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
-                            ffi::ResultBuffer<kOut> out, int64_t channels, int64_t stride_h,
-                            int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-                            int64_t pad_left, int64_t pad_right, int64_t pad_value, int64_t impl) {
+                            ffi::ResultBuffer<kOut> out, ffi::ResultBuffer<ffi::U8> scratch,
+                            int64_t channels, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                            int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
+                            int64_t pad_value, int64_t impl) {
   const ConvAttrs attrs = MakeConvAttrs(channels, stride_h, stride_w, pad_top, pad_bottom,
                                         pad_left, pad_right, pad_value, impl);
   const Dims scale_dims = DimsOf(scale.dimensions()), bias_dims = DimsOf(bias.dimensions());
@@ -509,9 +510,9 @@ ffi::Error ConvEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
 }
 
 template <bool kInputMajor>
-ffi::Error DenseI32Impl(cudaStream_t stream, ffi::ScratchAllocator scratch,
-                        ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
-                        ffi::ResultBuffer<ffi::S32> out, int64_t features, int64_t impl) {
+ffi::Error DenseI32Impl(cudaStream_t stream, ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
+                        ffi::ResultBuffer<ffi::S32> out, ffi::ResultBuffer<ffi::U8> scratch,
+                        int64_t features, int64_t impl) {
   ConvShape s;
   const std::string error =
       ValidateDense(DimsOf(x.dimensions()), DimsOf(w.dimensions()), nullptr, nullptr,
@@ -523,10 +524,10 @@ ffi::Error DenseI32Impl(cudaStream_t stream, ffi::ScratchAllocator scratch,
 }
 
 template <OutputKind kKind, ffi::DataType kOut, bool kInputMajor>
-ffi::Error DenseEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
-                             ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
+ffi::Error DenseEpilogueImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> x, ffi::Buffer<ffi::U32> w,
                              ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
-                             ffi::ResultBuffer<kOut> out, int64_t features, int64_t impl) {
+                             ffi::ResultBuffer<kOut> out, ffi::ResultBuffer<ffi::U8> scratch,
+                             int64_t features, int64_t impl) {
   const Dims scale_dims = DimsOf(scale.dimensions()), bias_dims = DimsOf(bias.dimensions());
   ConvShape s;
   const std::string error =
@@ -538,16 +539,20 @@ ffi::Error DenseEpilogueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
 }
 
 // The operands every target takes, packed input and packed weights; the epilogue targets add
-// the per-channel scale and bias (as in ffi/cpu/xnor_ffi.cc, with the CUDA contexts).
+// the per-channel scale and bias (as in ffi/cpu/xnor_ffi.cc, with the CUDA contexts). The results
+// are the output, then the scratch buffer u8[>= tc::MakeScratchLayout(s).bytes] (WithScratch).
 auto BindInputs() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::PlatformStream<cudaStream_t>>()
-      .Ctx<ffi::ScratchAllocator>()
       .Arg<ffi::Buffer<ffi::U32>>()
       .Arg<ffi::Buffer<ffi::U32>>();
 }
 auto BindInputsScaleBias() {
   return BindInputs().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>();
+}
+template <ffi::DataType kOut, typename Binding>
+auto WithScratch(Binding binding) {
+  return std::move(binding).template Ret<ffi::Buffer<kOut>>().template Ret<ffi::Buffer<ffi::U8>>();
 }
 
 }  // namespace
@@ -568,26 +573,26 @@ int WgmmaCompiledForDevice() {
 // The contract's targets (weights output-major) and the "_hwio" / "_kn" targets (weights in the
 // public packed layout), which differ only in how the weights are read.
 #define XNORJAX_CONV_HANDLERS(SUFFIX, INPUT_MAJOR)                                                 \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cuda##SUFFIX, cuda::ConvI32Impl<INPUT_MAJOR>,            \
-                                ConvAttrsOf(cuda::BindInputs().Ret<ffi::Buffer<ffi::S32>>()));    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorConvI32Cuda##SUFFIX, cuda::ConvI32Impl<INPUT_MAJOR>,           \
+                                ConvAttrsOf(cuda::WithScratch<ffi::S32>(cuda::BindInputs())));     \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                   \
       XnorConvF32Cuda##SUFFIX,                                                                     \
       (cuda::ConvEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32, INPUT_MAJOR>),                 \
-      ConvAttrsOf(cuda::BindInputsScaleBias().Ret<ffi::Buffer<ffi::F32>>()));                      \
+      ConvAttrsOf(cuda::WithScratch<ffi::F32>(cuda::BindInputsScaleBias())));                      \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                   \
       XnorConvPackedCuda##SUFFIX,                                                                  \
       (cuda::ConvEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32, INPUT_MAJOR>),                  \
-      ConvAttrsOf(cuda::BindInputsScaleBias().Ret<ffi::Buffer<ffi::U32>>()));                      \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cuda##SUFFIX, cuda::DenseI32Impl<INPUT_MAJOR>,          \
-                                DenseAttrsOf(cuda::BindInputs().Ret<ffi::Buffer<ffi::S32>>()));   \
+      ConvAttrsOf(cuda::WithScratch<ffi::U32>(cuda::BindInputsScaleBias())));                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(XnorDenseI32Cuda##SUFFIX, cuda::DenseI32Impl<INPUT_MAJOR>,         \
+                                DenseAttrsOf(cuda::WithScratch<ffi::S32>(cuda::BindInputs())));    \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                   \
       XnorDenseF32Cuda##SUFFIX,                                                                    \
       (cuda::DenseEpilogueImpl<cuda::OutputKind::kFloat32, ffi::F32, INPUT_MAJOR>),                \
-      DenseAttrsOf(cuda::BindInputsScaleBias().Ret<ffi::Buffer<ffi::F32>>()));                     \
+      DenseAttrsOf(cuda::WithScratch<ffi::F32>(cuda::BindInputsScaleBias())));                     \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                   \
       XnorDensePackedCuda##SUFFIX,                                                                 \
       (cuda::DenseEpilogueImpl<cuda::OutputKind::kPacked, ffi::U32, INPUT_MAJOR>),                 \
-      DenseAttrsOf(cuda::BindInputsScaleBias().Ret<ffi::Buffer<ffi::U32>>()));
+      DenseAttrsOf(cuda::WithScratch<ffi::U32>(cuda::BindInputsScaleBias())));
 
 XNORJAX_CONV_HANDLERS(, false)
 XNORJAX_CONV_HANDLERS(InputMajor, true)

@@ -300,6 +300,35 @@ struct KChunk {
 XNORJAX_HOST_DEVICE inline int64_t KTableSize(const ConvShape& s, int chunk_words) {
   return GemmKWords(s) / chunk_words;
 }
+// The tensor-core path's scratch, one buffer that XLA allocates as the custom call's last result
+// (XLA's FFI scratch allocator returned nothing on an H200 under jax 0.11; a result buffer is
+// XLA's canonical workspace): pixel popcounts i32[N * H * W] at byte 0, the weights' prefix
+// tables i32[O * PrefixTableSize] at `w_prefix`, the K table at `ktable` (8-byte aligned). Sized
+// for chunk_words = 1, the largest K table: the width used depends on the buffers' addresses,
+// known only at run time, and a wider chunk needs fewer entries.
+struct ScratchLayout {
+  int64_t w_prefix, ktable, bytes;  // byte offsets, and the total size
+};
+XNORJAX_HOST_DEVICE inline ScratchLayout MakeScratchLayout(const ConvShape& s) {
+  const int64_t pixels = s.batch * s.in_h * s.in_w;
+  const int64_t ints = pixels + s.out_channels * PrefixTableSize(s);
+  ScratchLayout layout;
+  layout.w_prefix = pixels * static_cast<int64_t>(sizeof(int32_t));
+  layout.ktable = (ints + 1) / 2 * 2 * static_cast<int64_t>(sizeof(int32_t));
+  layout.bytes = layout.ktable + KTableSize(s, 1) * static_cast<int64_t>(sizeof(KChunk));
+  return layout;
+}
+// The three tables inside a scratch buffer laid out by MakeScratchLayout.
+struct ScratchTables {
+  int32_t* pixel_popc;
+  int32_t* w_prefix;
+  KChunk* ktable;
+};
+XNORJAX_HOST_DEVICE inline ScratchTables CarveScratch(const ScratchLayout& layout, uint8_t* base) {
+  return ScratchTables{reinterpret_cast<int32_t*>(base),
+                       reinterpret_cast<int32_t*>(base + layout.w_prefix),
+                       reinterpret_cast<KChunk*>(base + layout.ktable)};
+}
 // Entry `index` (K words [index * V, index * V + V), V = chunk_words) of the K table.
 XNORJAX_HOST_DEVICE inline KChunk MakeKChunk(const ConvShape& s, int chunk_words, int64_t index) {
   const int64_t j = index * chunk_words;

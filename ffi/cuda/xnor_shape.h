@@ -182,6 +182,22 @@ inline std::string ValidateDense(Dims x, Dims w_dims, const Dims* scale, const D
   return "";
 }
 
+// Bytes of the scratch result (tc::MakeScratchLayout) of a conv on u32[N, H, W, Cw] with a
+// [KH, KW] kernel and O output channels; a dense layer is the 1x1 case (ValidateDense). The Python
+// wrapper sizes the custom call's last result with it when it lowers the call.
+inline int64_t ScratchBytes(int64_t batch, int64_t in_h, int64_t in_w, int64_t in_words,
+                            int64_t kernel_h, int64_t kernel_w, int64_t out_channels) {
+  ConvShape s;
+  s.batch = batch;
+  s.in_h = in_h;
+  s.in_w = in_w;
+  s.in_words = in_words;
+  s.kernel_h = kernel_h;
+  s.kernel_w = kernel_w;
+  s.out_channels = out_channels;
+  return tc::MakeScratchLayout(s).bytes;
+}
+
 // Which kernel runs: the tensor-core path needs compute capability 8.0 (mma.sync .b1 AND-popc).
 enum class Path : int { kSimple = 0, kMma = 1, kWarpgroup = 2 };
 

@@ -129,15 +129,30 @@ def _result_type(rows_shape: tuple[int, ...], out_channels: int, output: str):
   return jax.ShapeDtypeStruct(rows_shape + (out_channels,), dtype)
 
 
-def _conv_ffi(x, w, scale, bias, p: _ConvParams, input_major: bool):
+def ffi_kernel_call(target: str, result, scratch: Optional[tuple[int, ...]] = None):
+  """`jax.ffi.ffi_call(target, result)`, or for a CUDA target (`scratch` given) the call with a
+  second result, the tensor-core path's scratch buffer, which XLA allocates and this drops.
+
+  `scratch` is the call's (N, H, W, Cw, KH, KW, O) (a dense layer: (M, 1, 1, Kw, 1, 1, N)), sized
+  by `xnorjax._ffi_cuda.scratch_bytes`. For calling the targets directly (tests, gpu_check)."""
+  if scratch is None:
+    return jax.ffi.ffi_call(target, result)
+  from xnorjax import _ffi_cuda  # pylint: disable=g-import-not-at-top
+  scratch_type = jax.ShapeDtypeStruct((_ffi_cuda.scratch_bytes(*scratch),), jnp.uint8)
+  call = jax.ffi.ffi_call(target, (result, scratch_type))
+  return lambda *args, **attrs: call(*args, **attrs)[0]
+
+
+def _conv_ffi(x, w, scale, bias, p: _ConvParams, input_major: bool, cuda: bool = False):
   _native.require_extension()
-  n, h, wd, _ = x.shape
+  n, h, wd, cw = x.shape
   kh, kw, _, o = w.shape
   oh, ow = conv_lib.output_hw((h, wd), (kh, kw), p.strides, p.pads)
   target = f"xnorjax_xnor_conv_{p.output}" + ("_hwio" if input_major else "")
   if not input_major:
     w = jnp.transpose(w, (3, 0, 1, 2))  # [O, KH, KW, Cw]: each output channel's bits contiguous
-  call = jax.ffi.ffi_call(target, _result_type((n, oh, ow), o, p.output))
+  call = ffi_kernel_call(target, _result_type((n, oh, ow), o, p.output),
+                         (n, h, wd, cw, kh, kw, o) if cuda else None)
   operands = (x, w) if p.output == "i32" else (x, w, scale, bias)
   return call(*operands, channels=np.int64(p.channels), stride_h=np.int64(p.strides[0]),
               stride_w=np.int64(p.strides[1]), pad_top=np.int64(p.pads[0][0]),
@@ -146,10 +161,13 @@ def _conv_ffi(x, w, scale, bias, p: _ConvParams, input_major: bool):
               impl=np.int64(p.impl))
 
 
-def _dense_ffi(x, w, scale, bias, p: _DenseParams, input_major: bool):
+def _dense_ffi(x, w, scale, bias, p: _DenseParams, input_major: bool, cuda: bool = False):
   _native.require_extension()
   target = f"xnorjax_xnor_dense_{p.output}" + ("_kn" if input_major else "")
-  call = jax.ffi.ffi_call(target, _result_type((x.shape[0],), w.shape[1], p.output))
+  m, kw = x.shape
+  n = w.shape[1]
+  call = ffi_kernel_call(target, _result_type((m,), n, p.output),
+                         (m, 1, 1, kw, 1, 1, n) if cuda else None)
   operands = (x, w if input_major else w.T) if p.output == "i32" else (
       x, w if input_major else w.T, scale, bias)
   return call(*operands, features=np.int64(p.features), impl=np.int64(p.impl))
@@ -179,9 +197,9 @@ def _dispatch(ffi_fn, reference_fn, target: str, implementation: str, x, *args):
   kernels = {"cpu": cpu_fn}
   cuda = _cuda_targets()
   if _input_major_target(target) in cuda:
-    kernels["cuda"] = functools.partial(ffi_fn, input_major=True)
+    kernels["cuda"] = functools.partial(ffi_fn, input_major=True, cuda=True)
   elif target in cuda:
-    kernels["cuda"] = functools.partial(ffi_fn, input_major=False)
+    kernels["cuda"] = functools.partial(ffi_fn, input_major=False, cuda=True)
   default = cpu_fn if implementation == "ffi" else reference_fn
   if implementation == "ffi":
     _native.require_extension()
