@@ -11,7 +11,8 @@
 # Environment: PYTHON (a python with jax + a CUDA plugin and the `experiments` extra: absl-py,
 # ml-collections, orbax-checkpoint, clu, pillow, scikit-learn; default .venv/bin/python if it sees a
 # GPU, else python3), EPOCHS_VGG16 (default 30), EPOCHS_BIN_VGG16 (default 30), BUDGET_S (270),
-# BATCH_SIZE (128), EXTRA_FLAGS (more --config.* overrides).
+# BATCH_SIZE (128), EXTRA_FLAGS (more --config.* overrides), MODELS (default "vgg16 bin_vgg16"),
+# ALLOW_CPU=1 (run without a GPU: how tests/test_gpu_scripts.py checks this script on tiny runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${1:-${OUT:-runs/gpu}}
@@ -27,20 +28,24 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 mkdir -p "$OUTDIR"
 
+MODELS=${MODELS:-vgg16 bin_vgg16}
+export GPU_RUN_ALLOW_CPU=${ALLOW_CPU:-}
+
 "$PYTHON" - <<'PY' || exit 1
 import importlib.util, sys
 missing = [m for m in ("jax", "flax.nnx", "optax", "absl", "ml_collections", "orbax.checkpoint",
                        "PIL", "sklearn") if importlib.util.find_spec(m.split(".")[0]) is None]
 if missing:
   sys.exit(f"gpu_run.sh: {sys.executable} lacks {', '.join(missing)} (pip install -e '.[experiments]')")
+import os
 import jax
-if jax.default_backend() != "gpu":
+if jax.default_backend() != "gpu" and not os.environ.get("GPU_RUN_ALLOW_CPU"):
   sys.exit(f"gpu_run.sh: no GPU visible to jax ({jax.devices()}); set PYTHON to a CUDA-enabled python")
 print("devices:", jax.devices(), "jax", jax.__version__)
 PY
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 
-for model in vgg16 bin_vgg16; do
+for model in $MODELS; do
   var="EPOCHS_$(echo "$model" | tr '[:lower:]' '[:upper:]')"
   epochs=${!var:-30}
   echo "=== $model: $epochs epochs, batch $BATCH_SIZE, budget ${BUDGET_S}s"

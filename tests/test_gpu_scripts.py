@@ -1,0 +1,46 @@
+"""experiments/gpu_run.sh, checked without a GPU (ALLOW_CPU=1) on a tiny synthetic run: its flags
+reach the trainer and its summary line reports what the run did."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ("--config.data.source=synthetic --config.data.synthetic_train_size=256 "
+        "--config.data.synthetic_test_size=64 --config.data.num_validation=64 "
+        "--config.model.options.width=0.25 --config.tensorboard=False")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_gpu_run_trains_and_summarises(tmp_path):
+  env = dict(os.environ, PYTHON=sys.executable, ALLOW_CPU="1", MODELS="bin_small_cnn",
+             EPOCHS_BIN_SMALL_CNN="2", BATCH_SIZE="32", BUDGET_S="300", EXTRA_FLAGS=TINY)
+  env.pop("XNORJAX_CIFAR10_JPEG", None)
+  proc = subprocess.run(["bash", "experiments/gpu_run.sh", str(tmp_path)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "=== bin_small_cnn: 2 epochs, batch 32" in proc.stdout
+  summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  assert len(summaries) == 1, proc.stdout
+  s = summaries[0]
+  assert s["model"] == "bin_small_cnn" and s["exit_status"] == 0
+  assert s["steps"] == 12  # 2 epochs of (256 - 64) / 32 steps
+  assert s["interrupted_by"] is None
+  assert 0.0 <= s["test_accuracy"] <= 1.0 and 0.0 <= s["best_val_accuracy"] <= 1.0
+  assert s["median_train_images_per_second"] > 0
+  with open(tmp_path / "bin_small_cnn" / "config.json") as f:
+    config = json.load(f)
+  assert config["num_epochs"] == 2 and config["batch_size"] == 32
+  assert config["eval_test_during_training"] is False
+
+
+def test_gpu_run_refuses_a_machine_without_gpu(tmp_path):
+  env = dict(os.environ, PYTHON=sys.executable, MODELS="bin_small_cnn")
+  env.pop("ALLOW_CPU", None)
+  proc = subprocess.run(["bash", "experiments/gpu_run.sh", str(tmp_path)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert "no GPU visible to jax" in proc.stdout + proc.stderr
