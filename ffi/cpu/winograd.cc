@@ -170,6 +170,22 @@ XNORJAX_TARGET_AVX512F void TransformInputTile(const FloatConvProblem& p, const 
                        : _mm512_setzero_ps();
     }
   }
+  // The next tile to the right reads 4 new columns: fetch their 16 channels now (x streams from
+  // memory in tile order, which no hardware prefetcher follows: the loads above stalled on it).
+  if (tile.tx + 1 < CeilDiv(p.out_w, kM)) {
+    for (int64_t i = 0; i < kA; ++i) {
+      const int64_t ih = top + i;
+      if (ih < 0 || ih >= p.height) continue;
+      for (int64_t j = kA; j < kA + kM; ++j) {
+        const int64_t iw = left + j;
+        if (iw < p.width) {
+          _mm_prefetch(reinterpret_cast<const char*>(
+                           x + ((tile.n * p.height + ih) * p.width + iw) * p.channels + c),
+                       _MM_HINT_T0);
+        }
+      }
+    }
+  }
   __m512 v_tile[kA][kA];  // (B^T d B)[a, b]
   Transform2D<kA, kA>(d, v_tile, InputTransform);
   for (int64_t a = 0; a < kA; ++a) {
@@ -216,6 +232,16 @@ XNORJAX_TARGET_AVX512F void TransformOutputGradTile(const FloatConvProblem& p, c
       const float* from = g + ((tile.n * p.out_h + oh) * p.out_w + ow) * p.out_channels + o;
       g_tile[u][r] = oh < p.out_h && ow < p.out_w ? _mm512_maskz_loadu_ps(mask, from)
                                                   : _mm512_setzero_ps();
+    }
+  }
+  if (tile.tx + 1 < CeilDiv(p.out_w, kM)) {  // the next tile's dY (see TransformInputTile)
+    for (int64_t r = 0; r < kM && tile.ty * kM + r < p.out_h; ++r) {
+      for (int64_t u = kM; u < 2 * kM && tile.tx * kM + u < p.out_w; ++u) {
+        _mm_prefetch(reinterpret_cast<const char*>(
+                         g + ((tile.n * p.out_h + tile.ty * kM + r) * p.out_w + tile.tx * kM + u) *
+                                 p.out_channels + o),
+                     _MM_HINT_T0);
+      }
     }
   }
   __m512 dm_tile[kA][kA];  // (A dY A^T)[a, b]
