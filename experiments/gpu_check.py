@@ -18,9 +18,10 @@ Run by experiments/gpu_check.sh (which builds the extension first) on a CUDA mac
    Each timed call runs the op on R different inputs inside one jit (dispatch amortized, no
    common-subexpression elimination possible); the best of several calls, divided by R.
 3. A short table last (also written, with all numbers, to DIR/gpu_check.json and .txt).
-The experimental wgmma path (impl 102) is first tried on a small conv in a child process (a
-canary): should the unverified code fault, only that process's CUDA context is lost, and the main
-run leaves the path out (and exits non-zero).
+The tensor-core paths (impl 101 and 102) are first tried on a small conv in child processes
+(canaries): should their code fault, only that process's CUDA context is lost, and the main run
+leaves the path out (and exits non-zero). Without the mma.sync path, the "_hwio" target and the
+auto dispatch (which take it) are left out too.
 
 --smoke runs a tiny version on any backend (on CPU the paths are the host emulation,
 xnorjax._cuda_host), to check this script without a GPU.
@@ -49,6 +50,7 @@ from xnorjax.ops import xnor as xnor_lib
 PEAK_BIT_MACS = 7.9e15  # H200 1-bit tensor-core peak (AND-popc), inferred
 IMPL_SIMPLE, IMPL_MMA, IMPL_WGMMA, IMPL_AUTO = 100, 101, 102, 0
 PATHS = {"simple": IMPL_SIMPLE, "mma": IMPL_MMA, "wgmma": IMPL_WGMMA, "auto": IMPL_AUTO}
+CANARIES = ("mma", "wgmma")  # the tensor-core paths, tried in a child process first
 KINDS = ("i32", "f32", "packed")
 
 # bin_vgg16's 13 binary 3x3 SAME stride-1 layers as (C_in, C_out, H = W, count).
@@ -161,13 +163,15 @@ def emulated_conv(problem: ConvProblem, kind: str, path: str):
   return run
 
 
-def paths_under_test(on_gpu: bool, with_wgmma: bool = True):
+def paths_under_test(on_gpu: bool, failed: frozenset[str] = frozenset()):
+  """Name -> (problem, kind) -> conv function; `failed`: canaries that failed ("mma", "wgmma")."""
   if on_gpu:
-    return {name: (lambda p, k, impl=impl: jax.jit(ffi_conv(p, k, impl)))
-            for name, impl in PATHS.items()
-            if name != "auto" and (with_wgmma or name != "wgmma")} | {
-                "mma_hwio": lambda p, k: jax.jit(ffi_conv(p, k, IMPL_MMA, hwio=True)),
+    paths = {name: (lambda p, k, impl=impl: jax.jit(ffi_conv(p, k, impl)))
+             for name, impl in PATHS.items() if name != "auto" and name not in failed}
+    if "mma" not in failed:
+      paths |= {"mma_hwio": lambda p, k: jax.jit(ffi_conv(p, k, IMPL_MMA, hwio=True)),
                 "auto": lambda p, k: jax.jit(public_conv(p, k, "ffi"))}
+    return paths
   return {"simple": lambda p, k: emulated_conv(p, k, "simple"),
           "mma": lambda p, k: emulated_conv(p, k, "mma"),
           "wgmma": lambda p, k: emulated_conv(p, k, "wgmma"),
@@ -178,7 +182,8 @@ def paths_under_test(on_gpu: bool, with_wgmma: bool = True):
 # 1. Exactness.
 
 
-def exactness(rng, on_gpu: bool, smoke: bool, deadline: float, with_wgmma: bool = True):
+def exactness(rng, on_gpu: bool, smoke: bool, deadline: float,
+               failed: frozenset[str] = frozenset()):
   cases = []
   layers = BIN_VGG16[:2] if smoke else BIN_VGG16
   for i, (c, o, hw, _) in enumerate(layers):
@@ -186,7 +191,7 @@ def exactness(rng, on_gpu: bool, smoke: bool, deadline: float, with_wgmma: bool 
                                          (0, -1, 1)[i % 3])))
   for shape in (ODD_SHAPES[:3] if smoke else ODD_SHAPES):
     cases.append(("odd " + "x".join(map(str, shape[:5])), shape))
-  paths = paths_under_test(on_gpu, with_wgmma)
+  paths = paths_under_test(on_gpu, failed)
   results, failures = [], 0
   for name, shape in cases:
     if time.time() > deadline:
@@ -253,7 +258,8 @@ def _repeated(op, reps):
   return jax.jit(lambda xs, *rest: tuple(op(x, *rest) for x in xs))
 
 
-def timing(rng, on_gpu: bool, smoke: bool, deadline: float, with_wgmma: bool = True):
+def timing(rng, on_gpu: bool, smoke: bool, deadline: float,
+           failed: frozenset[str] = frozenset()):
   layers = [(64, 64, 8, 2), (128, 128, 4, 1)] if smoke else BIN_VGG16
   batches = (2, 1) if smoke else (128, 1)  # the batch the targets are about first
   calls = 2 if smoke else 5
@@ -305,8 +311,7 @@ def timing(rng, on_gpu: bool, smoke: bool, deadline: float, with_wgmma: bool = T
       variants = [("xnor_packed_us", "packed", IMPL_MMA), ("xnor_i32_us", "i32", IMPL_MMA),
                   ("wgmma_packed_us", "packed", IMPL_WGMMA),
                   ("simple_packed_us", "packed", IMPL_SIMPLE)]
-      if not with_wgmma:
-        variants = [v for v in variants if v[2] != IMPL_WGMMA]
+      variants = [v for v in variants if v[2] not in {PATHS[name] for name in failed}]
       for key, kind, impl in variants:
         # On CPU (smoke) the CPU kernels through the public op stand in for the CUDA paths.
         op = ffi_conv(problem, kind, impl) if on_gpu else public_conv(problem, kind, "ffi")
@@ -381,10 +386,13 @@ def table(rows, exact_failures, exact_checked, calls, env) -> str:
           f"{agg['vs_bf16']:7.2f} {agg['vs_int8']:7.2f} {100 * agg['peak_fraction']:7.2f}")
   errors = sorted({f"{k}: {v}" for r in rows for k, v in r.items() if k.endswith("_error")})
   lines.extend(f"error {e}" for e in errors[:5])
-  if "wgmma_canary" in env:
-    lines.append(f"wgmma (impl=102): sm_90a code loaded = {env['wgmma_compiled_for_device']}, "
-                 f"canary vs the simple path: {env['wgmma_canary']}"
-                 + ("" if env["wgmma_canary"] == "ok" else " (left out of the sweep and timing)"))
+  for name in CANARIES:
+    if f"{name}_canary" in env:
+      result = env[f"{name}_canary"]
+      loaded = (f"sm_90a code loaded = {env['wgmma_compiled_for_device']}, "
+                if name == "wgmma" else "")
+      lines.append(f"{name} (impl={PATHS[name]}): {loaded}canary vs the simple path: {result}"
+                   + ("" if result == "ok" else " (left out of the sweep and timing)"))
   lines.append(f"exactness vs XLA: {exact_checked - exact_failures}/{exact_checked} exact "
                f"(all paths, kinds, shapes); times per layer call in microseconds (best of "
                f"{calls}); 'xnor' = mma.sync path; 'x bf16' / 'x int8' / '% peak' (of "
@@ -392,27 +400,28 @@ def table(rows, exact_failures, exact_checked, calls, env) -> str:
   return "\n".join(lines)
 
 
-def canary() -> int:
-  """A small conv on the experimental wgmma path against the simple path; the exit status.
+def canary(name: str) -> int:
+  """A small conv on tensor-core path `name` ("mma", "wgmma") against the simple path; the exit
+  status.
 
-  Run in a child process first: should the unverified wgmma code fault, it takes only that
-  process's CUDA context down, and the main run leaves the path out.
+  Run in a child process first: should the unverified code fault, it takes only that process's
+  CUDA context down, and the main run leaves the path out.
   """
   xnorjax.require_extension()
   problem = ConvProblem(np.random.default_rng(0), 2, 9, 7, 64, 64, (3, 3), (1, 1),
                         ((1, 1), (1, 1)), 0)
   ops = problem.operands("i32")
-  got = np.asarray(jax.jit(ffi_conv(problem, "i32", IMPL_WGMMA))(*ops))
+  got = np.asarray(jax.jit(ffi_conv(problem, "i32", PATHS[name]))(*ops))
   want = np.asarray(jax.jit(ffi_conv(problem, "i32", IMPL_SIMPLE))(*ops))
-  print(f"wgmma canary: {int(np.sum(got != want))} of {got.size} outputs differ", flush=True)
+  print(f"{name} canary: {int(np.sum(got != want))} of {got.size} outputs differ", flush=True)
   return 0 if np.array_equal(got, want) else 3
 
 
-def _run_canary(timeout_s: float = 120.0) -> str:
+def _run_canary(name: str, timeout_s: float = 120.0) -> str:
   try:
     # The parent holds XLA's preallocated GPU memory: the child allocates on demand.
     child_env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    done = subprocess.run([sys.executable, "-m", "experiments.gpu_check", "--canary"],
+    done = subprocess.run([sys.executable, "-m", "experiments.gpu_check", f"--canary={name}"],
                           capture_output=True, text=True, timeout=timeout_s, check=False,
                           env=child_env)
   except subprocess.TimeoutExpired:
@@ -427,11 +436,11 @@ def main(argv=None):
   parser.add_argument("--budget_s", type=float, default=300.0,
                       help="stop starting new cases after this many seconds")
   parser.add_argument("--smoke", action="store_true", help="tiny run on any backend")
-  parser.add_argument("--canary", action="store_true",
-                      help="only check the wgmma path on a small conv (run in a child process)")
+  parser.add_argument("--canary", choices=CANARIES,
+                      help="only check this path on a small conv (run in a child process)")
   args = parser.parse_args(argv)
   if args.canary:
-    return canary()
+    return canary(args.canary)
   start = time.time()
   os.makedirs(args.out, exist_ok=True)
   xnorjax.require_extension()
@@ -445,16 +454,17 @@ def main(argv=None):
     env["device_kind"] = jax.devices()[0].device_kind
     # 1: the loaded kernels are the sm_90a build, so impl=102 runs wgmma (else its mma.sync twin).
     env["wgmma_compiled_for_device"] = _ffi_cuda.wgmma_compiled_for_device()
-    env["wgmma_canary"] = _run_canary()
-  with_wgmma = env.get("wgmma_canary", "ok") == "ok"
+    for name in CANARIES:
+      env[f"{name}_canary"] = _run_canary(name)
+  failed = frozenset(name for name in CANARIES if env.get(f"{name}_canary", "ok") != "ok")
   print("environment:", json.dumps(env), flush=True)
   rng = np.random.default_rng(int(time.time()))
   # Exactness gets up to 35% of the budget; timing the rest.
   results, failures = exactness(rng, on_gpu, args.smoke, start + 0.35 * args.budget_s,
-                                with_wgmma)
+                                failed)
   checked = sum(1 for r in results if "exact" in r)
   print(f"[{time.time() - start:.0f}s] timing", flush=True)
-  rows = timing(rng, on_gpu, args.smoke, start + args.budget_s, with_wgmma)
+  rows = timing(rng, on_gpu, args.smoke, start + args.budget_s, failed)
   text = table(rows, failures, checked, 2 if args.smoke else 5, env)
   report = dict(environment=env, exactness=results, timing=rows,
                 aggregate=[_aggregate(rows, b) for b in sorted({r["batch"] for r in rows})],
@@ -465,7 +475,7 @@ def main(argv=None):
     f.write(text + "\n")
   print(f"\n[{time.time() - start:.0f}s] gpu_check table ({env.get('device_kind', env['backend'])}, "
         f"jax {jax.__version__}):\n{text}", flush=True)
-  return 1 if failures or not with_wgmma else 0
+  return 1 if failures or failed else 0
 
 
 if __name__ == "__main__":
