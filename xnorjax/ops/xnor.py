@@ -19,13 +19,15 @@ The FFI contract (shared by ffi/cpu and ffi/cuda; the geometry is ffi/conv_geome
     f32[N, OH, OW, O] (dot * scale + bias), u32[N, OH, OW, ceil(O / 32)] (bits of that >= 0).
     int64 attributes: channels, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
     pad_value (-1, 0, +1: the value padded positions hold), impl (0 auto, 1 AVX-512 VPOPCNTDQ,
-    2 AVX2, 3 portable; CUDA ignores it).
+    2 AVX2, 3 portable; on CUDA 0-3 mean auto, 100-102 pick a path).
   "xnorjax_xnor_dense_{i32,f32,packed}": x u32[M, Kw], w u32[N, Kw] (+ scale, bias f32[N]);
     results s32[M, N] / f32[M, N] / u32[M, ceil(N / 32)]; attributes features, impl.
-  CPU only, and what this wrapper calls there: "xnorjax_xnor_conv_{i32,f32,packed}_hwio" and
+  What this wrapper calls: "xnorjax_xnor_conv_{i32,f32,packed}_hwio" and
     "xnorjax_xnor_dense_{i32,f32,packed}_kn", the same with the weights in their public packed
-    layout as is (conv w u32[KH, KW, Cw, O], dense w u32[Kw, N]): the CPU microkernels read
-    weights output-channel-minor, so these skip a transpose of the weights at every call.
+    layout as is (conv w u32[KH, KW, Cw, O], dense w u32[Kw, N]), so no weight transpose runs at
+    every call.
+  CUDA targets have a second result, u8[_ffi_cuda.scratch_bytes(...)]: the tensor-core path's
+    scratch, which XLA allocates with the call's buffers (`ffi_kernel_call`).
 
 Transformations: the ops work under `jit`; under `vmap` (a `custom_vmap` rule) a batch of inputs
 is folded into the kernel's batch axis (one call), and batched weights run one call per example.
