@@ -13,13 +13,24 @@
 #     fallback for an image without them, this script saves the project's pinned pure-Python
 #     wheels (about 1 MB); gpu_check.sh installs them only if `import flax.nnx, optax` fails.
 #
-# Usage (here, with network): experiments/prepare_gpu_wheels.sh; then carry `.whl` with the call.
+#   * ml_collections (experiments.train's configuration) is not on that image: saved here;
+#     gpu_run.sh installs the carried wheels of the modules the machine lacks, and only those.
+#   * the data: the shared CIFAR-10 copy lies outside the repository and does not travel. With
+#     XNORJAX_CIFAR10_JPEG set, this script copies it to data/ (git-ignored, 19 MB), to carry.
+#
+# Usage (here, with network): experiments/prepare_gpu_wheels.sh; then carry `.whl` (and `data`)
+# with the calls, e.g. a first call `bash experiments/gpu_check.sh` (GPU_CHECK_TOTAL_S=220 leaves
+# room) and a second `XNORJAX_CIFAR10_JPEG=$PWD/data/cifar10-jpeg.tar.gz PYTHON=python3
+# BUDGET_S=170 EPOCHS_VGG16=12 EPOCHS_BIN_VGG16=12 bash experiments/gpu_run.sh $OUT/run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 mkdir -p .whl
 "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform any -d .whl "flax==0.12.8" "optax==0.2.8"
+  --platform any -d .whl "flax==0.12.8" "optax==0.2.8" "ml_collections==1.1.0"
+if [ -n "${XNORJAX_CIFAR10_JPEG:-}" ]; then
+  mkdir -p data && cp "$XNORJAX_CIFAR10_JPEG" data/
+fi
 du -sh .whl
 ls -la .whl
