@@ -513,19 +513,23 @@ def test_gpu_public_ops_match_xla_reference(pack_output, rng):
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def _run_conv_i32(x, w, out_shape, scratch, channels, impl):
+  """The CUDA i32 conv target (3x3, stride 1, pad 1) with the given result shape and scratch."""
+  call = xnor_lib.ffi_kernel_call("xnorjax_xnor_conv_i32",
+                                  jax.ShapeDtypeStruct(out_shape, jnp.int32), scratch=scratch)
+  attrs = dict(channels=channels, stride_h=1, stride_w=1, pad_top=1, pad_bottom=1, pad_left=1,
+               pad_right=1, pad_value=0, impl=impl)
+  fn = jax.jit(lambda a, b: call(a, b, **{k: np.int64(v) for k, v in attrs.items()}))
+  return jax.block_until_ready(fn(x, w))
+
+
 @requires_gpu
 def test_gpu_handler_rejects_mismatched_shapes(rng):
   xnorjax.require_extension()
   x = jnp.asarray(_random_words(rng, (1, 4, 4), 40))
   w = jnp.asarray(_random_words(rng, (3, 3, 3), 40))
-  call = xnor_lib.ffi_kernel_call("xnorjax_xnor_conv_i32",
-                                  jax.ShapeDtypeStruct((1, 4, 5, 3), jnp.int32),
-                                  scratch=(1, 4, 4, 2, 3, 3, 3))
-  attrs = dict(channels=40, stride_h=1, stride_w=1, pad_top=1, pad_bottom=1, pad_left=1,
-               pad_right=1, pad_value=0, impl=0)
   with pytest.raises(Exception, match="result dims"):
-    jax.block_until_ready(jax.jit(lambda a, b: call(a, b, **{k: np.int64(v)
-                                                            for k, v in attrs.items()}))(x, w))
+    _run_conv_i32(x, w, (1, 4, 5, 3), (1, 4, 4, 2, 3, 3, 3), channels=40, impl=0)
 
 
 @requires_gpu
@@ -534,14 +538,13 @@ def test_gpu_handler_rejects_a_short_scratch_result(rng):
   xnorjax.require_extension()
   x = jnp.asarray(_random_words(rng, (2, 8, 8), 64))
   w = jnp.asarray(_random_words(rng, (40, 3, 3), 64))
-  call = xnor_lib.ffi_kernel_call("xnorjax_xnor_conv_i32",
-                                  jax.ShapeDtypeStruct((2, 8, 8, 40), jnp.int32),
-                                  scratch=(1, 8, 8, 2, 3, 3, 40))
-  attrs = dict(channels=64, stride_h=1, stride_w=1, pad_top=1, pad_bottom=1, pad_left=1,
-               pad_right=1, pad_value=0, impl=_cuda_host.IMPL_MMA)
   with pytest.raises(Exception, match="scratch result has"):
-    jax.block_until_ready(jax.jit(lambda a, b: call(a, b, **{k: np.int64(v)
-                                                            for k, v in attrs.items()}))(x, w))
+    _run_conv_i32(x, w, (2, 8, 8, 40), (1, 8, 8, 2, 3, 3, 40), channels=64,
+                  impl=_cuda_host.IMPL_MMA)
+  # Sized for this call, the same operands run.
+  got = _run_conv_i32(x, w, (2, 8, 8, 40), (2, 8, 8, 2, 3, 3, 40), channels=64,
+                      impl=_cuda_host.IMPL_MMA)
+  assert got.shape == (2, 8, 8, 40)
 
 
 def test_pack_reference_matches_pack_bits(rng):
