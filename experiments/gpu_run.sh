@@ -76,11 +76,12 @@ for model in $MODELS; do
 import json, os, statistics, sys
 workdir, status, wall = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rates, val = [], None
-with open(os.path.join(workdir, "metrics.jsonl")) as f:
-  for line in f:
-    r = json.loads(line)
-    rates += [r["images_per_second"]] if "images_per_second" in r else []
-    val = r.get("best_val_accuracy", val)
+if os.path.exists(os.path.join(workdir, "metrics.jsonl")):  # absent when training never started
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      rates += [r["images_per_second"]] if "images_per_second" in r else []
+      val = r.get("best_val_accuracy", val)
 results = {}
 if os.path.exists(os.path.join(workdir, "results.json")):
   results = json.load(open(os.path.join(workdir, "results.json")))

@@ -44,3 +44,14 @@ def test_gpu_run_refuses_a_machine_without_gpu(tmp_path):
                         capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode != 0
   assert "no GPU visible to jax" in proc.stdout + proc.stderr
+
+
+def test_gpu_run_reports_a_run_that_never_started(tmp_path):
+  env = dict(os.environ, PYTHON=sys.executable, ALLOW_CPU="1", MODELS="small_cnn",
+             EXTRA_FLAGS="--config.no_such_option=1")
+  proc = subprocess.run(["bash", "experiments/gpu_run.sh", str(tmp_path)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert 'no field "no_such_option"' in proc.stdout
+  summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  assert len(summaries) == 1, proc.stdout + proc.stderr
+  assert summaries[0]["exit_status"] != 0 and summaries[0]["test_accuracy"] is None
