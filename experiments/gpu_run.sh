@@ -34,7 +34,8 @@ export GPU_RUN_ALLOW_CPU=${ALLOW_CPU:-}
 # A machine without network (the lent H200: no ml_collections there): wheels carried in .whl/
 # (experiments/prepare_gpu_wheels.sh) for the modules this python lacks, and only for those.
 wheels=()
-for pair in ml_collections:ml_collections flax.nnx:flax optax:optax orbax.checkpoint:orbax_checkpoint; do
+for pair in ml_collections:ml_collections flax.nnx:flax optax:optax \
+            orbax.checkpoint:orbax_checkpoint; do
   if ! "$PYTHON" -c "import ${pair%%:*}" 2>/dev/null; then
     for f in .whl/"${pair##*:}"-*.whl; do [ -f "$f" ] && wheels+=("$f"); done
   fi
