@@ -1,0 +1,39 @@
+"""The training programs as a GPU would compile them, lowered for CUDA here without a GPU.
+
+On a GPU the conv policy takes XLA's convs (cuDNN) and the binary layers' "auto" forward XLA's too:
+a CPU-only FFI target in such a program (the Winograd or direct float conv, the CPU packed
+kernels) has no CUDA implementation, and experiments/gpu_run.sh would fail to compile it there.
+"""
+
+import re
+
+import jax
+import pytest
+
+from experiments import synthetic_steps
+
+
+def _custom_calls(fn, args, platform: str) -> set[str]:
+  text = fn.trace(*args).lower(lowering_platforms=(platform,)).as_text()
+  return set(re.findall(r"custom_call @([\w.]+)", text))
+
+
+def _programs(model: str):
+  s = synthetic_steps.build_steps(model, 8)
+  return {"train": (s.step_fn, (s.state, s.images, s.labels)),
+          "eval": (s.eval_fn, (s.state["params"], s.state["rest"], s.images, s.labels, s.mask))}
+
+
+@pytest.mark.parametrize("model", ["vgg16", "bin_vgg16"])
+def test_training_programs_for_cuda_call_no_cpu_kernel(model, monkeypatch):
+  # The CPU programs do call the extension's kernels (what this test would catch on a GPU)...
+  if jax.default_backend() == "cpu":
+    from xnorjax import _native  # pylint: disable=g-import-not-at-top
+    if _native.extension_available():
+      train_fn, train_args = _programs(model)["train"]
+      assert "xnorjax_winograd_conv" in _custom_calls(train_fn, train_args, "cpu")
+  # ... the same programs traced as on a GPU call none.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  for name, (fn, args) in _programs(model).items():
+    calls = _custom_calls(fn, args, "cuda")
+    assert not {c for c in calls if c.startswith("xnorjax_")}, (name, calls)
