@@ -24,7 +24,10 @@ def _programs(model: str):
           "eval": (s.eval_fn, (s.state["params"], s.state["rest"], s.images, s.labels, s.mask))}
 
 
-@pytest.mark.parametrize("model", ["vgg16", "bin_vgg16"])
+MODELS = ["vgg16", "bin_vgg16", "nin", "bin_nin", "resnet18", "bin_resnet18"]
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_training_programs_for_cuda_call_no_cpu_kernel(model, monkeypatch):
   # The CPU programs do call the extension's kernels (what this test would catch on a GPU)...
   if jax.default_backend() == "cpu":
