@@ -12,6 +12,8 @@ import pytest
 
 from experiments import synthetic_steps
 
+MODELS = ["vgg16", "bin_vgg16", "nin", "bin_nin", "resnet18", "bin_resnet18"]
+
 
 def _custom_calls(fn, args, platform: str) -> set[str]:
   text = fn.trace(*args).lower(lowering_platforms=(platform,)).as_text()
@@ -22,9 +24,6 @@ def _programs(model: str):
   s = synthetic_steps.build_steps(model, 8)
   return {"train": (s.step_fn, (s.state, s.images, s.labels)),
           "eval": (s.eval_fn, (s.state["params"], s.state["rest"], s.images, s.labels, s.mask))}
-
-
-MODELS = ["vgg16", "bin_vgg16", "nin", "bin_nin", "resnet18", "bin_resnet18"]
 
 
 @pytest.mark.parametrize("model", MODELS)
