@@ -12,8 +12,11 @@ array, or uint8 images normalised inside the jitted computation as training eval
 inputs differently by an ulp, which can flip first-layer signs that lie that close to zero.
 """
 
+import functools
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -193,6 +196,22 @@ def test_saved_model_matches_the_eval_model(rng, random_vgg, tmp_path):
   _close(predict(x), export_cli.model_logits_fn(model)(x), RTOL_EVAL)
   assert all(m.forward == "auto" for _, m in nnx.iter_modules(model)
              if isinstance(m, (xnn.BinaryConv, xnn.BinaryDense)))
+
+
+@requires_extension
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler on this machine")
+def test_deployed_program_for_cuda_calls_only_cuda_kernels(random_vgg, monkeypatch):
+  """Lowered for CUDA here: the binary layers on the CUDA packed kernels, and no target that only
+  the CPU registers (the float layers on XLA's convs, as off the CPU)."""
+  from xnorjax import _ffi_cuda  # pylint: disable=g-import-not-at-top
+  exported = random_vgg[1]
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  fn = jax.jit(functools.partial(program_lib.run, exported.program))
+  text = fn.trace(exported.arrays, jnp.zeros((2, *IMAGE), jnp.float32)).lower(
+      lowering_platforms=("cuda",)).as_text()
+  calls = set(re.findall(r"custom_call @([\w.]+)", text))
+  assert "xnorjax_xnor_conv_packed_hwio" in calls, calls
+  assert {c for c in calls if c.startswith("xnorjax_")} <= set(_ffi_cuda.registrations()), calls
 
 
 def test_sizes_binary_layers_shrink_more_than_25x(rng):
