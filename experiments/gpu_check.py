@@ -182,6 +182,19 @@ def paths_under_test(on_gpu: bool, failed: frozenset[str] = frozenset()):
 # 1. Exactness.
 
 
+def _compare(run, want):
+  """(exact, mismatch count) of run()'s result against `want`; -1 for a wrong shape, and
+  (False, "error: ...") if run() raises (a failing path must not stop the sweep)."""
+  try:
+    got = np.asarray(run())
+  except Exception as e:  # pylint: disable=broad-except
+    return False, f"error: {e}"[:300]
+  if got.shape != want.shape:
+    return False, -1
+  mismatches = int(np.sum(got != want))
+  return mismatches == 0, mismatches
+
+
 def exactness(rng, on_gpu: bool, smoke: bool, deadline: float,
                failed: frozenset[str] = frozenset()):
   cases = []
@@ -202,12 +215,7 @@ def exactness(rng, on_gpu: bool, smoke: bool, deadline: float,
       ops = problem.operands(kind)
       want = np.asarray(jax.jit(public_conv(problem, kind, "xla"))(*ops))
       for path, make in paths.items():
-        try:
-          got = np.asarray(make(problem, kind)(*ops))
-          ok = got.shape == want.shape and np.array_equal(got, want)
-          mismatches = int(np.sum(got != want)) if got.shape == want.shape else -1
-        except Exception as e:  # pylint: disable=broad-except
-          ok, mismatches = False, f"error: {e}"[:300]
+        ok, mismatches = _compare(lambda: make(problem, kind)(*ops), want)
         failures += not ok
         results.append(dict(case=name, kind=kind, path=path, exact=ok, mismatches=mismatches))
         if not ok:
@@ -223,12 +231,8 @@ def exactness(rng, on_gpu: bool, smoke: bool, deadline: float,
       if kind != "i32":
         kw.update(scale=scale, bias=bias, pack_output=kind == "packed")
       want = np.asarray(xnor_lib.xnor_dense(x, w.T, implementation="xla", **kw))
-      try:
-        got = np.asarray(xnor_lib.xnor_dense(x, w.T, implementation="ffi", **kw))
-        ok = got.shape == want.shape and np.array_equal(got, want)
-        mismatches = int(np.sum(got != want)) if got.shape == want.shape else -1
-      except Exception as e:  # pylint: disable=broad-except
-        ok, mismatches = False, f"error: {e}"[:300]
+      ok, mismatches = _compare(
+          lambda kw=kw: xnor_lib.xnor_dense(x, w.T, implementation="ffi", **kw), want)
       failures += not ok
       results.append(dict(case=f"dense {m}x{k}x{n}", kind=kind, path="auto", exact=ok,
                           mismatches=mismatches))

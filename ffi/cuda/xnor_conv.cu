@@ -399,15 +399,14 @@ void LaunchMmaKernel(cudaStream_t stream, const ConvShape& s, const uint32_t* x,
 }
 
 template <OutputKind kKind, tc::Tiling kT>
-ffi::Error LaunchMma(cudaStream_t stream, uint8_t* scratch, const ConvShape& s, const uint32_t* x,
-                     const uint32_t* w, const float* scale, const float* bias,
+ffi::Error LaunchMma(cudaStream_t stream, const tc::ScratchTables& tables, const ConvShape& s,
+                     const uint32_t* x, const uint32_t* w, const float* scale, const float* bias,
                      typename OutputTraits<kKind>::Type* out) {
   if (!tc::MmaPathSupported(s)) return LaunchSimple<kKind>(stream, s, x, w, scale, bias, out);
   const int64_t pixels = s.batch * s.in_h * s.in_w;
   const int chunk_words =
       tc::ChunkWords(s, reinterpret_cast<uintptr_t>(x), reinterpret_cast<uintptr_t>(w));
   const int64_t k_entries = tc::KTableSize(s, chunk_words);
-  const tc::ScratchTables tables = tc::CarveScratch(tc::MakeScratchLayout(s), scratch);
   int32_t* pixel_popc = tables.pixel_popc;
   int32_t* w_prefix = tables.w_prefix;
   tc::KChunk* ktable = tables.ktable;
@@ -437,14 +436,14 @@ ffi::Error Run(cudaStream_t stream, ffi::ResultBuffer<ffi::U8>& scratch_buffer,
                const float* scale, const float* bias,
                typename OutputTraits<kKind>::Type* out) {
   if (GemmRows(s) == 0 || s.out_channels == 0) return ffi::Error::Success();
-  const int64_t needed = tc::MakeScratchLayout(s).bytes;
-  if (static_cast<int64_t>(scratch_buffer->size_bytes()) < needed) {
+  const tc::ScratchLayout layout = tc::MakeScratchLayout(s);
+  if (static_cast<int64_t>(scratch_buffer->size_bytes()) < layout.bytes) {
     return InvalidArgument("the scratch result has " +
                            std::to_string(scratch_buffer->size_bytes()) +
-                           " bytes; this call needs " + std::to_string(needed) +
+                           " bytes; this call needs " + std::to_string(layout.bytes) +
                            " (xnorjax._ffi_cuda.scratch_bytes)");
   }
-  uint8_t* scratch = scratch_buffer->typed_data();
+  const tc::ScratchTables tables = tc::CarveScratch(layout, scratch_buffer->typed_data());
   int major = 0;
   if (ffi::Error error = DeviceMajor(&major); error.failure()) return error;
   Path path;
@@ -455,9 +454,9 @@ ffi::Error Run(cudaStream_t stream, ffi::ResultBuffer<ffi::U8>& scratch_buffer,
     case Path::kSimple:
       return LaunchSimple<kKind>(stream, s, x, w, scale, bias, out);
     case Path::kWarpgroup:
-      return LaunchMma<kKind, tc::Tiling::kWarpgroup>(stream, scratch, s, x, w, scale, bias, out);
+      return LaunchMma<kKind, tc::Tiling::kWarpgroup>(stream, tables, s, x, w, scale, bias, out);
     default:
-      return LaunchMma<kKind, tc::Tiling::kSync>(stream, scratch, s, x, w, scale, bias, out);
+      return LaunchMma<kKind, tc::Tiling::kSync>(stream, tables, s, x, w, scale, bias, out);
   }
 }
 
