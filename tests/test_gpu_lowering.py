@@ -21,6 +21,8 @@ def _custom_calls(fn, args, platform: str) -> set[str]:
 
 
 def _programs(model: str):
+  """Freshly jitted steps: a jitted function keeps its first trace, and the conv policy is chosen
+  while tracing, so the CPU and the GPU checks each need their own."""
   s = synthetic_steps.build_steps(model, 8)
   return {"train": (s.step_fn, (s.state, s.images, s.labels)),
           "eval": (s.eval_fn, (s.state["params"], s.state["rest"], s.images, s.labels, s.mask))}
