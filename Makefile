@@ -22,8 +22,10 @@ $(PY):
 	$(PIP) install --upgrade pip
 
 # Build requirements first, so the extension builds against the venv's own jaxlib headers.
+# Builds run without isolation, in this venv: dependencies that ship only as sdists (promise, from
+# tensorflow-datasets) need a setuptools with bdist_wheel, which a new venv's setuptools may lack.
 $(VENV)/.deps: pyproject.toml | $(PY)
-	$(PIP) install "scikit-build-core>=0.10" "nanobind>=2.0" "jax==0.10.2" "jaxlib==0.10.2"
+	$(PIP) install "setuptools>=70.1" wheel "scikit-build-core>=0.10" "nanobind>=2.0" "jax==0.10.2" "jaxlib==0.10.2"
 	touch $@
 
 # Editable install of the package with every extra; rebuilt whenever a native source changes.
