@@ -29,13 +29,8 @@ export PYTHONUNBUFFERED=1
 log "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tail -2
 nvcc --version 2>&1 | tail -1
-if ! "$PYTHON" -c "import flax.nnx, optax, pytest, hypothesis" 2>/dev/null; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    log "installing the carried wheels (.whl/) for missing modules"
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/xnorjax_site .whl/*.whl && export PYTHONPATH=/tmp/xnorjax_site:${PYTHONPATH:-}
-  fi
-fi
+source experiments/carried_wheels.sh
+install_carried_wheels "$PYTHON" flax.nnx:flax optax:optax
 "$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" || { log "jax is not importable"; exit 1; }
 
 check_extension() {

@@ -33,18 +33,9 @@ export GPU_RUN_ALLOW_CPU=${ALLOW_CPU:-}
 
 # A machine without network (the lent H200: no ml_collections there): wheels carried in .whl/
 # (experiments/prepare_gpu_wheels.sh) for the modules this python lacks, and only for those.
-wheels=()
-for pair in ml_collections:ml_collections flax.nnx:flax optax:optax \
-            orbax.checkpoint:orbax_checkpoint; do
-  if ! "$PYTHON" -c "import ${pair%%:*}" 2>/dev/null; then
-    for f in .whl/"${pair##*:}"-*.whl; do [ -f "$f" ] && wheels+=("$f"); done
-  fi
-done
-if [ ${#wheels[@]} -gt 0 ]; then
-  echo "installing ${wheels[*]} into /tmp/xnorjax_site"
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/xnorjax_site "${wheels[@]}" && export PYTHONPATH=/tmp/xnorjax_site:${PYTHONPATH:-}
-fi
+source experiments/carried_wheels.sh
+install_carried_wheels "$PYTHON" ml_collections:ml_collections flax.nnx:flax optax:optax \
+  orbax.checkpoint:orbax_checkpoint
 
 "$PYTHON" - <<'PY' || exit 1
 import importlib.util, sys

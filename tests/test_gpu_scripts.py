@@ -1,5 +1,6 @@
 """experiments/gpu_run.sh, checked without a GPU (ALLOW_CPU=1) on a tiny synthetic run: its flags
-reach the trainer and its summary line reports what the run did."""
+reach the trainer and its summary line reports what the run did. And carried_wheels.sh, which both
+GPU scripts use on a machine without network: it installs a carried wheel only for a missing module."""
 
 import json
 import os
@@ -55,3 +56,38 @@ def test_gpu_run_reports_a_run_that_never_started(tmp_path):
   summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
   assert len(summaries) == 1, proc.stdout + proc.stderr
   assert summaries[0]["exit_status"] != 0 and summaries[0]["test_accuracy"] is None
+
+
+def _write_wheel(directory, name):
+  """A minimal pure-Python wheel of one module `name` whose `VALUE` is 7."""
+  import zipfile
+  info = f"{name}-1.0.dist-info"
+  files = {f"{name}.py": "VALUE = 7\n",
+           f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+           f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+  files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{info}/RECORD"])
+  path = directory / f"{name}-1.0-py3-none-any.whl"
+  with zipfile.ZipFile(path, "w") as z:
+    for arcname, text in files.items():
+      z.writestr(arcname, text)
+  return path
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_carried_wheels_install_only_what_is_missing(tmp_path):
+  wheels = tmp_path / "wheels"
+  wheels.mkdir()
+  _write_wheel(wheels, "xnorjax_carried_probe")
+  _write_wheel(wheels, "json")  # the machine has json: its wheel must not be installed
+  site = tmp_path / "site"
+  script = ("source experiments/carried_wheels.sh && install_carried_wheels \"$PY\" "
+            "xnorjax_carried_probe:xnorjax_carried_probe json:json && "
+            "\"$PY\" -c 'import json, xnorjax_carried_probe as m; print(m.VALUE, json.__file__)'")
+  env = dict(os.environ, PY=sys.executable, WHEEL_DIR=str(wheels), CARRIED_SITE=str(site))
+  proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  value, json_file = proc.stdout.splitlines()[-1].split()
+  assert value == "7"
+  assert not json_file.startswith(str(site))  # the standard library's json, not the carried one
+  assert sorted(p.name for p in site.iterdir() if p.suffix == ".py") == ["xnorjax_carried_probe.py"]
