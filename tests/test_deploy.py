@@ -15,7 +15,6 @@ inputs differently by an ulp, which can flip first-layer signs that lie that clo
 import functools
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import requires_extension
+import lowering
 from experiments import export as export_cli
 from experiments import input_pipeline
 from experiments import trainer
@@ -207,9 +207,8 @@ def test_deployed_program_for_cuda_calls_only_cuda_kernels(random_vgg, monkeypat
   exported = random_vgg[1]
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   fn = jax.jit(functools.partial(program_lib.run, exported.program))
-  text = fn.trace(exported.arrays, jnp.zeros((2, *IMAGE), jnp.float32)).lower(
-      lowering_platforms=("cuda",)).as_text()
-  calls = set(re.findall(r"custom_call @([\w.]+)", text))
+  calls = lowering.custom_call_targets(
+      fn, (exported.arrays, jnp.zeros((2, *IMAGE), jnp.float32)), "cuda")
   assert "xnorjax_xnor_conv_packed_hwio" in calls, calls
   assert {c for c in calls if c.startswith("xnorjax_")} <= set(_ffi_cuda.registrations()), calls
 

@@ -5,19 +5,13 @@ a CPU-only FFI target in such a program (the Winograd or direct float conv, the 
 kernels) has no CUDA implementation, and experiments/gpu_run.sh would fail to compile it there.
 """
 
-import re
-
 import jax
+import lowering
 import pytest
 
 from experiments import synthetic_steps
 
 MODELS = ["vgg16", "bin_vgg16", "nin", "bin_nin", "resnet18", "bin_resnet18"]
-
-
-def _custom_calls(fn, args, platform: str) -> set[str]:
-  text = fn.trace(*args).lower(lowering_platforms=(platform,)).as_text()
-  return set(re.findall(r"custom_call @([\w.]+)", text))
 
 
 def _programs(model: str):
@@ -35,9 +29,9 @@ def test_training_programs_for_cuda_call_no_cpu_kernel(model, monkeypatch):
     from xnorjax import _native  # pylint: disable=g-import-not-at-top
     if _native.extension_available():
       train_fn, train_args = _programs(model)["train"]
-      assert "xnorjax_winograd_conv" in _custom_calls(train_fn, train_args, "cpu")
+      assert "xnorjax_winograd_conv" in lowering.custom_call_targets(train_fn, train_args, "cpu")
   # ... the same programs traced as on a GPU call none.
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   for name, (fn, args) in _programs(model).items():
-    calls = _custom_calls(fn, args, "cuda")
+    calls = lowering.custom_call_targets(fn, args, "cuda")
     assert not {c for c in calls if c.startswith("xnorjax_")}, (name, calls)
