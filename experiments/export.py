@@ -45,7 +45,7 @@ FORWARDS = ("auto", "xla")  # per-layer packed kernels in eval mode / XLA float 
 def set_binary_forward(model: nnx.Module, forward: str) -> nnx.Module:
   """Sets `forward` on every BinaryConv / BinaryDense of `model` (in place); returns the model.
 
-  "xla" makes the eval-mode model run float convs (the baseline of experiments.bench_deploy);
+  "xla" makes the eval-mode model run float convs (the baseline of experiments.bench.deploy);
   "auto" restores the default (per-layer packed kernels in evaluation mode).
   """
   for _, module in nnx.iter_modules(model):

@@ -2,14 +2,14 @@
 
 On a GPU the conv policy takes XLA's convs (cuDNN) and the binary layers' "auto" forward XLA's too:
 a CPU-only FFI target in such a program (the Winograd or direct float conv, the CPU packed
-kernels) has no CUDA implementation, and experiments/gpu_run.sh would fail to compile it there.
+kernels) has no CUDA implementation, and experiments/gpu/run.sh would fail to compile it there.
 """
 
 import jax
 import lowering
 import pytest
 
-from experiments import synthetic_steps
+from experiments.bench import synthetic_steps
 
 MODELS = ["vgg16", "bin_vgg16", "nin", "bin_nin", "resnet18", "bin_resnet18"]
 

@@ -1,4 +1,4 @@
-"""experiments/gpu_run.sh, checked without a GPU (ALLOW_CPU=1) on a tiny synthetic run: its flags
+"""experiments/gpu/run.sh, checked without a GPU (ALLOW_CPU=1) on a tiny synthetic run: its flags
 reach the trainer and its summary line reports what the run did. And carried_wheels.sh, which both
 GPU scripts use on a machine without network: it installs a carried wheel only for a missing module."""
 
@@ -20,7 +20,7 @@ def test_gpu_run_trains_and_summarises(tmp_path):
   env = dict(os.environ, PYTHON=sys.executable, ALLOW_CPU="1", MODELS="bin_small_cnn",
              EPOCHS_BIN_SMALL_CNN="2", BATCH_SIZE="32", BUDGET_S="300", EXTRA_FLAGS=TINY)
   env.pop("XNORJAX_CIFAR10_JPEG", None)
-  proc = subprocess.run(["bash", "experiments/gpu_run.sh", str(tmp_path)], cwd=ROOT, env=env,
+  proc = subprocess.run(["bash", "experiments/gpu/run.sh", str(tmp_path)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert "=== bin_small_cnn: 2 epochs, batch 32" in proc.stdout
@@ -41,7 +41,7 @@ def test_gpu_run_trains_and_summarises(tmp_path):
 def test_gpu_run_refuses_a_machine_without_gpu(tmp_path):
   env = dict(os.environ, PYTHON=sys.executable, MODELS="bin_small_cnn")
   env.pop("ALLOW_CPU", None)
-  proc = subprocess.run(["bash", "experiments/gpu_run.sh", str(tmp_path)], cwd=ROOT, env=env,
+  proc = subprocess.run(["bash", "experiments/gpu/run.sh", str(tmp_path)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode != 0
   assert "no GPU visible to jax" in proc.stdout + proc.stderr
@@ -50,7 +50,7 @@ def test_gpu_run_refuses_a_machine_without_gpu(tmp_path):
 def test_gpu_run_reports_a_run_that_never_started(tmp_path):
   env = dict(os.environ, PYTHON=sys.executable, ALLOW_CPU="1", MODELS="small_cnn",
              EXTRA_FLAGS="--config.no_such_option=1")
-  proc = subprocess.run(["bash", "experiments/gpu_run.sh", str(tmp_path)], cwd=ROOT, env=env,
+  proc = subprocess.run(["bash", "experiments/gpu/run.sh", str(tmp_path)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=120, check=False)
   assert 'no field "no_such_option"' in proc.stdout
   summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -80,7 +80,7 @@ def test_carried_wheels_install_only_what_is_missing(tmp_path):
   _write_wheel(wheels, "xnorjax_carried_probe")
   _write_wheel(wheels, "json")  # the machine has json: its wheel must not be installed
   site = tmp_path / "site"
-  script = ("source experiments/carried_wheels.sh && install_carried_wheels \"$PY\" "
+  script = ("source experiments/gpu/carried_wheels.sh && install_carried_wheels \"$PY\" "
             "xnorjax_carried_probe:xnorjax_carried_probe json:json && "
             "\"$PY\" -c 'import json, xnorjax_carried_probe as m; print(m.VALUE, json.__file__)'")
   env = dict(os.environ, PY=sys.executable, WHEEL_DIR=str(wheels), CARRIED_SITE=str(site))

@@ -1,8 +1,8 @@
-"""experiments/profile_step.py: the trace and HLO parsing, and one real profile of a small model."""
+"""experiments/bench/profile_step.py: the trace and HLO parsing, and one real profile of a small model."""
 
 import pytest
 
-from experiments import profile_step
+from experiments.bench import profile_step
 
 HLO = """
   %ffi_call.3 = f32[8,4,4,16]{3,2,1,0} custom-call(%x, %u), custom_call_target="xnorjax_winograd_conv", api_version=API_VERSION_TYPED_FFI

@@ -11,9 +11,9 @@ import sys
 import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench_train", "bench_conv_policy",
-                 "profile_step"]
-ARGPARSE_PROGRAMS = ["bench_kernels", "bench_deploy", "bench_conv_formulations"]
+ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench.train", "bench.conv_policy",
+                 "bench.profile_step"]
+ARGPARSE_PROGRAMS = ["bench.kernels", "bench.deploy", "bench.conv_formulations"]
 
 
 @pytest.mark.parametrize("program", ABSL_PROGRAMS + ARGPARSE_PROGRAMS)
@@ -33,7 +33,7 @@ def test_program_prints_its_usage(program):
     (["--rounds=0"], "--steps, --rounds and --batch_size must be positive"),
 ])
 def test_bench_conv_policy_rejects_bad_flags(args, message):
-  done = subprocess.run([sys.executable, "-m", "experiments.bench_conv_policy", *args],
+  done = subprocess.run([sys.executable, "-m", "experiments.bench.conv_policy", *args],
                         cwd=_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode != 0 and "Traceback" not in done.stderr
   assert message in done.stderr, done.stderr[-2000:]
@@ -43,9 +43,10 @@ def test_the_experiments_modules_import_together():
   """Flags a module defines at import time must not clash with another's (tests and notebooks
   import several); programs whose flags share names define them only when run (`define_flags`).
   pytorch_baseline is left out: it runs in a separate PyTorch environment."""
-  names = sorted(n[:-3] for n in os.listdir(os.path.join(_ROOT, "experiments"))
+  names = sorted(f"{room}{n[:-3]}" for room in ("", "bench.")
+                 for n in os.listdir(os.path.join(_ROOT, "experiments", *room.split(".")[:-1]))
                  if n.endswith(".py") and n not in ("__init__.py", "pytorch_baseline.py"))
-  assert {"train", "bench_train", "bench_conv_policy", "profile_step"} <= set(names)
+  assert {"train", "bench.train", "bench.conv_policy", "bench.profile_step"} <= set(names)
   code = "".join(f"import experiments.{n}\n" for n in names) + "print('imported')"
   done = subprocess.run([sys.executable, "-c", code], cwd=_ROOT, capture_output=True, text=True,
                         timeout=300, check=False)
@@ -53,7 +54,7 @@ def test_the_experiments_modules_import_together():
 
 
 def test_profile_step_rejects_an_unknown_model():
-  done = subprocess.run([sys.executable, "-m", "experiments.profile_step", "--model=resnet50"],
+  done = subprocess.run([sys.executable, "-m", "experiments.bench.profile_step", "--model=resnet50"],
                         cwd=_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode != 0 and "Traceback" not in done.stderr
   assert "unknown model 'resnet50'; known models: vgg16" in done.stderr, done.stderr[-2000:]

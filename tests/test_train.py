@@ -463,7 +463,7 @@ def test_real_cifar10_small_binary_cnn_learns(tmp_path):
 
 
 def test_bench_train_compares_with_the_same_machine_pytorch_run_when_there_is_one():
-  from experiments import bench_train  # pylint: disable=g-import-not-at-top
+  from experiments.bench import train as bench_train  # pylint: disable=g-import-not-at-top
   row = {"model": "vgg16", "train_images_per_second": 120.0}
   measured = bench_train.compare(dict(row), {"train_images_per_second": 100.0,
                                              "forward_images_per_second": 400.0})
@@ -476,7 +476,7 @@ def test_bench_train_compares_with_the_same_machine_pytorch_run_when_there_is_on
 
 
 def test_bench_train_reports_a_failing_pytorch_baseline():
-  from experiments import bench_train  # pylint: disable=g-import-not-at-top
+  from experiments.bench import train as bench_train  # pylint: disable=g-import-not-at-top
   with pytest.raises(RuntimeError, match="PyTorch baseline failed under --pytorch_python=/bin/false"):
     bench_train.bench_pytorch("/bin/false", ["vgg16"], 8, 1, 1)
 
@@ -493,7 +493,7 @@ def _vgg16_conv_macs(in_channels):
 
 
 def test_bench_train_counts_the_float_products_of_a_training_step():
-  from experiments import bench_train  # pylint: disable=g-import-not-at-top
+  from experiments.bench import train as bench_train  # pylint: disable=g-import-not-at-top
   from experiments.configs import bin_vgg16, vgg16  # pylint: disable=g-import-not-at-top
   float_convs = _vgg16_conv_macs(3)
   dense = 512 * 10
@@ -510,7 +510,7 @@ def test_bench_train_counts_the_float_products_of_a_training_step():
 
 
 def test_bench_train_roofline_bounds_images_per_second_at_the_matmul_ceiling():
-  from experiments import bench_train  # pylint: disable=g-import-not-at-top
+  from experiments.bench import train as bench_train  # pylint: disable=g-import-not-at-top
   row = bench_train.compare({"model": "vgg16", "train_images_per_second": 50.0},
                             {"train_images_per_second": 100.0, "forward_images_per_second": 1.0})
   row = bench_train.roofline(row, macs_per_image=10**9, ceiling_gmacs=200.0)

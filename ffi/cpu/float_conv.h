@@ -3,7 +3,7 @@
 // flipped kernel, its channel axes swapped); the kernel gradient is its own loop. On bin_vgg16's
 // layer shapes XLA's CPU convs reach about half the rate of its best float32 matmul, its kernel
 // gradients less; these AVX-512 microkernels about all of it (180-230 GMAC/s on the 2-core Zen 5;
-// experiments/bench_conv_formulations.py).
+// experiments/bench/conv_formulations.py).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Microbenchmark of the machine's XNOR-popcount ceiling (experiments/bench_kernels.py): XOR +
+// Microbenchmark of the machine's XNOR-popcount ceiling (experiments/bench/kernels.py): XOR +
 // VPOPCNTQ + add on 512-bit registers, from an L1-resident buffer, on every thread at once.
 #include "cpu/popcount_ceiling.h"
 

@@ -1,4 +1,4 @@
-// The machine's XNOR-popcount ceiling, measured (for experiments/bench_kernels.py).
+// The machine's XNOR-popcount ceiling, measured (for experiments/bench/kernels.py).
 #pragma once
 
 #include <cstdint>

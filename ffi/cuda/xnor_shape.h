@@ -15,7 +15,7 @@ namespace xnorjax {
 namespace cuda {
 
 // `impl` attribute values. The contract's values (0 auto, 1 AVX-512, 2 AVX2, 3 portable) all mean
-// "auto" on CUDA; these CUDA-only values pick one path (tests and experiments/gpu_check.py).
+// "auto" on CUDA; these CUDA-only values pick one path (tests and experiments/gpu/check.py).
 constexpr int64_t kImplSimple = 100;  // one thread per output, XOR + __popc
 constexpr int64_t kImplMma = 101;     // mma.sync m16n8k256 AND-popc tensor cores (sm_80+)
 // Warpgroup tiling: wgmma.m64n64k256 AND-popc where the loaded code is sm_90a (Hopper), the same

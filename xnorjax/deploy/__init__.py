@@ -15,7 +15,7 @@ How (each step a pure function of arrays):
                           its float epilogue.
   program.run             the interpreter both forms share.
 python -m experiments.export writes a training run's selected checkpoint in this form;
-python -m experiments.bench_deploy measures it.
+python -m experiments.bench.deploy measures it.
 """
 
 from xnorjax.deploy.convert import SUPPORTED_MODELS

@@ -31,7 +31,7 @@ the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
 All compute the same sum and differ only in summation order or, for "winograd", in the order and
 form of the arithmetic (results agree within float rounding; tests/test_conv.py,
 tests/test_float_conv.py, tests/test_winograd.py). `choose_formulation` is the single policy that
-`formulation="auto"` applies; experiments/bench_conv_formulations.py measures it.
+`formulation="auto"` applies; experiments/bench/conv_formulations.py measures it.
 
 Padding is explicit: the input is padded with `pad_value` (0, or +-1 for binarized inputs whose
 packed form has no 0), then convolved VALID, so every formulation sees the same padded input.
@@ -116,7 +116,7 @@ _policy_rules: list[PolicyRule] = []
 def policy_override(rule: PolicyRule):
   """Within the block, `choose_formulation` first asks rule(input_shape, kernel_shape, strides,
   pads) and takes its answer unless it is None, e.g. to time a variant of the policy on whole
-  training steps (experiments/bench_conv_policy.py). Applies where "auto" convs are traced:
+  training steps (experiments/bench/conv_policy.py). Applies where "auto" convs are traced:
   trace (jit and lower, or first call) inside the block a function that was not traced before
   (jax reuses a function's earlier traces)."""
   _policy_rules.append(rule)
@@ -154,7 +154,7 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
       on large maps; forward + backward 1.4-1.9x faster than "lax_im2col" on the VGG16 shapes).
     * "lax_im2col" otherwise: lax.conv's forward with im2col's backward.
 
-  Measured with experiments/bench_conv_formulations.py (batch 128, float32, 3x3 SAME, median of
+  Measured with experiments/bench/conv_formulations.py (batch 128, float32, 3x3 SAME, median of
   3, ms; backward = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5 on huge
   pages (experiments/huge_pages.py), 2026-11-29 15:11 UTC:
                  |                    forward |                         forward + backward |
@@ -177,7 +177,7 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
   rather than im2col on the 4x4 layers gave vgg16 175 -> 185 and bin_vgg16 181 -> 184 images/s;
   on the 4x4 and 2x2 layers, 178 -> 184 and 181 -> 182 (no more than on 4x4 alone); on the RGB
   layer, 189 -> 184 and 196 -> 180 (within the spread). With Winograd on the other layers, whole
-  steps (experiments/bench_conv_policy.py, 2026-11-29 17:34-17:40 UTC, three runs of 8-16 turns)
+  steps (experiments/bench/conv_policy.py, 2026-11-29 17:34-17:40 UTC, three runs of 8-16 turns)
   put the RGB layer on "native" at 0.974, 0.986, 0.945 of the step time with im2col there for
   vgg16 and 0.967, 0.949, 0.961 for bin_vgg16 (im2col's kernel gradient takes the output gradient
   transposed, and XLA writes BatchNorm's backward straight into that transposed layout, slowly);

@@ -1,6 +1,6 @@
 """A straightforward PyTorch CPU implementation of vgg16 and bin_vgg16, timed like bench_train.
 
-  python experiments/pytorch_baseline.py [--models=vgg16,bin_vgg16] [--batch_size=128]
+  python experiments/bench/pytorch_baseline.py [--models=vgg16,bin_vgg16] [--batch_size=128]
 
 The baseline the training issue compares against ("a straightforward PyTorch CPU implementation
 of the same two models"), so that bench_train can measure it on the same machine, in the same

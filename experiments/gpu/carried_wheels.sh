@@ -1,9 +1,9 @@
-# Sourced by gpu_check.sh and gpu_run.sh: wheels carried to a machine without network.
+# Sourced by gpu/check.sh and gpu/run.sh: wheels carried to a machine without network.
 #
 #   install_carried_wheels PYTHON MODULE:DIST [MODULE:DIST ...]
 #
 # For each MODULE that PYTHON cannot import, installs $WHEEL_DIR/DIST-*.whl (default .whl/, filled
-# by prepare_gpu_wheels.sh) into $CARRIED_SITE (default /tmp/xnorjax_site) and puts that directory
+# by prepare_wheels.sh) into $CARRIED_SITE (default /tmp/xnorjax_site) and puts that directory
 # first on PYTHONPATH. Modules the machine has keep its own versions. Returns pip's status.
 install_carried_wheels() {
   local python=$1 pair f

@@ -1,5 +1,5 @@
 """A preset's jitted train and forward steps on one synthetic batch, for the benchmarks
-(experiments/bench_train.py, experiments/bench_conv_policy.py, experiments/profile_step.py)."""
+(experiments/bench/train.py, experiments/bench/conv_policy.py, experiments/bench/profile_step.py)."""
 
 import contextlib
 import dataclasses

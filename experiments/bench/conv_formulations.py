@@ -1,6 +1,6 @@
 """Times xnorjax.ops.conv2d's formulations on the VGG16 CIFAR-10 conv shapes.
 
-Run: .venv/bin/python experiments/bench_conv_formulations.py [--batch=16] [--repeats=5] [--dtype=float32]
+Run: .venv/bin/python experiments/bench/conv_formulations.py [--batch=16] [--repeats=5] [--dtype=float32]
 
 Prints, per shape, the median milliseconds of the jitted forward and of value_and_grad (forward +
 gradients for input and kernel), the formulations measured back to back in one run (compare the
@@ -9,13 +9,13 @@ picks. The policy in xnorjax/ops/conv.py quotes this script's output.
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import huge_pages
+from experiments.bench import timing
 from xnorjax.ops import conv as conv_lib
 from xnorjax.ops import float_conv
 
@@ -28,13 +28,7 @@ VGG16_SHAPES = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 
 
 
 def _median_ms(fn, args, repeats):
-  jax.block_until_ready(fn(*args))  # compile + warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
+  return 1e3 * float(np.median(timing.call_times(lambda: fn(*args), repeats)))
 
 
 def bench_shape(cin, cout, size, batch, dtype, repeats, names, kernel_size=3):

@@ -1,7 +1,7 @@
 """The CUDA XNOR-popcount kernels on a GPU: exactness against XLA, then speed against XLA's convs.
 
-Run by experiments/gpu_check.sh (which builds the extension first) on a CUDA machine:
-  python -m experiments.gpu_check [--out=DIR] [--budget_s=300] [--smoke]
+Run by experiments/gpu/check.sh (which builds the extension first) on a CUDA machine:
+  python -m experiments.gpu.check [--out=DIR] [--budget_s=300] [--smoke]
 
 1. Exactness: every bin_vgg16 binary layer shape and odd shapes (channel tails, partial tiles,
    strides, asymmetric padding, pad values -1 / 0 / +1, maps smaller than the kernel), random
@@ -30,7 +30,6 @@ xnorjax._cuda_host), to check this script without a GPU.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -44,6 +43,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+from experiments.bench import timing as timing_lib
 import xnorjax
 from xnorjax.ops import xnor as xnor_lib
 
@@ -248,13 +248,7 @@ def exactness(rng, on_gpu: bool, smoke: bool, deadline: float,
 
 
 def _time_per_op(fn, args, repeats_in_jit, calls):
-  jax.block_until_ready(fn(*args))  # compile, autotune, warm up
-  best = float("inf")
-  for _ in range(calls):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best / repeats_in_jit
+  return min(timing_lib.call_times(lambda: fn(*args), calls)) / repeats_in_jit
 
 
 def _repeated(op, reps):
@@ -425,7 +419,7 @@ def _run_canary(name: str, timeout_s: float = 120.0) -> str:
   try:
     # The parent holds XLA's preallocated GPU memory: the child allocates on demand.
     child_env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    done = subprocess.run([sys.executable, "-m", "experiments.gpu_check", f"--canary={name}"],
+    done = subprocess.run([sys.executable, "-m", "experiments.gpu.check", f"--canary={name}"],
                           capture_output=True, text=True, timeout=timeout_s, check=False,
                           env=child_env)
   except subprocess.TimeoutExpired:

@@ -1,6 +1,6 @@
 """Times the packed `xnor_conv` against XLA's float32, bfloat16 and int8 convs on bin_vgg16's layers.
 
-Run: .venv/bin/python -m experiments.bench_kernels [--batches=1,16] [--repeats=7] [--out=PATH]
+Run: .venv/bin/python -m experiments.bench.kernels [--batches=1,16] [--repeats=7] [--out=PATH]
 
 For each of the 13 binary 3x3 conv layers of bin_vgg16 at CIFAR-10 sizes (32x32 down to 2x2, 64
 to 512 channels) and each batch size, on the same +-1 data:
@@ -22,10 +22,10 @@ writes JSON (per layer and aggregated: total MACs / total time over the 13 layer
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ from jax import lax
 import numpy as np
 
 from experiments import huge_pages
+from experiments.bench import timing
 import xnorjax
 from xnorjax.models import bin_vgg16_conv_shapes
 from xnorjax.ops import pack_bits, xnor_conv
@@ -62,16 +63,9 @@ def _im2col_conv(x, k, out_dtype):
 def _time_best(fns: dict, args: dict, repeats: int) -> dict:
   """Best-of-`repeats` seconds per method, methods interleaved; each timed call directly follows
   an untimed call of the same method (warm caches for every method alike)."""
-  for name, fn in fns.items():
-    jax.block_until_ready(fn(*args[name]))  # compile
-  best = {name: float("inf") for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      jax.block_until_ready(fn(*args[name]))
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args[name]))
-      best[name] = min(best[name], time.perf_counter() - start)
-  return best
+  calls = {name: functools.partial(fn, *args[name]) for name, fn in fns.items()}
+  return {name: min(t) for name, t in
+          timing.interleaved_times(calls, repeats, warm_each=True).items()}
 
 
 def bench_layer(cin: int, cout: int, hw: int, batch: int, repeats: int, rng) -> dict:

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # The CUDA kernels on a machine with an NVIDIA GPU and nvcc, in one run of at most 8 minutes:
 #   1. build xnorjax with its CUDA kernels (pip editable, no network; CMake directly if pip fails),
-#   2. experiments/gpu_check.py: exactness against XLA on every bin_vgg16 layer shape and odd
+#   2. experiments/gpu/check.py: exactness against XLA on every bin_vgg16 layer shape and odd
 #      shapes, on every CUDA path, then xnor_conv timed against XLA's bfloat16 and int8 convs at
 #      batch 128 and 1 (table in OUTDIR/gpu_check.{txt,json}),
 #   3. the GPU tests (tests/test_cuda_kernels.py, tests/test_build.py, tests/test_xnor_ops.py) in
 #      the time left, then the short table again, last.
 #
-# Usage: experiments/gpu_check.sh [OUTDIR]        (default: $OUT, else /tmp/xnorjax_gpu_check)
+# Usage: experiments/gpu/check.sh [OUTDIR]        (default: $OUT, else /tmp/xnorjax_gpu_check)
 # Environment: PYTHON (default python3: the one with jax and a CUDA plugin), SKIP_BUILD=1,
 #   GPU_CHECK_ARGS (extra flags for gpu_check.py, e.g. --smoke to try the script without a GPU),
 #   XNORJAX_CUDA_ARCHITECTURES (default 90a-real: the H100 / H200 code only, to build faster;
 #   CI and `make install` build 80-real;90-real;90a-real;90-virtual).
 # The machine needs no network: it uses its own jax (any version with jax.ffi and a CUDA plugin;
-# the project pins 0.10.2, whose CUDA wheels are too large to carry, see prepare_gpu_wheels.sh)
+# the project pins 0.10.2, whose CUDA wheels are too large to carry, see prepare_wheels.sh)
 # and installs wheels from .whl/ only for modules it lacks.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 OUTDIR=${1:-${OUT:-/tmp/xnorjax_gpu_check}}
 TOTAL_S=${GPU_CHECK_TOTAL_S:-470}
@@ -29,7 +29,7 @@ export PYTHONUNBUFFERED=1
 log "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tail -2
 nvcc --version 2>&1 | tail -1
-source experiments/carried_wheels.sh
+source experiments/gpu/carried_wheels.sh
 install_carried_wheels "$PYTHON" flax.nnx:flax optax:optax
 "$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" || { log "jax is not importable"; exit 1; }
 
@@ -69,7 +69,7 @@ check_extension || { log "extension not importable"; exit 1; }
 BUDGET=$(( (TOTAL_S - $(elapsed)) * 55 / 100 ))
 [ "$BUDGET" -lt 60 ] && BUDGET=60
 log "exactness sweep and timing (budget ${BUDGET}s)"
-timeout $(( BUDGET + 60 )) "$PYTHON" -m experiments.gpu_check --out "$OUTDIR" --budget_s "$BUDGET" \
+timeout $(( BUDGET + 60 )) "$PYTHON" -m experiments.gpu.check --out "$OUTDIR" --budget_s "$BUDGET" \
   ${GPU_CHECK_ARGS:-} 2>&1 | tee "$OUTDIR/gpu_check.log" | grep -v "^  {" | sed '/gpu_check table/,$d' \
   | head -c 20000
 CHECK_RC=${PIPESTATUS[0]}

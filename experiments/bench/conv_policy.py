@@ -1,7 +1,7 @@
 """Whole training steps under variants of the conv policy, interleaved in one process.
 
-  python -m experiments.bench_conv_policy --variants=rgb:winograd,rgb:native
-  python -m experiments.bench_conv_policy --models=vgg16 --variants=map2:native --rounds=12
+  python -m experiments.bench.conv_policy --variants=rgb:winograd,rgb:native
+  python -m experiments.bench.conv_policy --models=vgg16 --variants=map2:native --rounds=12
 
 Isolated convs do not always rank as they do inside a step: XLA fuses a layer's neighbours into
 its operands (for instance BatchNorm's backward into the transposed output gradient that im2col's
@@ -14,15 +14,16 @@ alternating order, `--steps` steps per turn; printed: the median ms per step of 
 ratio to the policy's ("auto").
 """
 
+import functools
 import statistics
-import time
 
 from absl import app
 from absl import flags
 import jax
 
 from experiments import huge_pages
-from experiments import synthetic_steps
+from experiments.bench import synthetic_steps
+from experiments.bench import timing
 from xnorjax.ops import conv as conv_lib
 
 CLASSES = {
@@ -55,13 +56,13 @@ def compiled_step(model: str, batch_size: int, rule=None):
   def run(n: int):
     for _ in range(n):
       state[0], metrics = compiled(state[0], s.images, s.labels)
-    jax.block_until_ready(metrics)
+    return metrics
   return run
 
 
 def define_flags():
   """The command line's flags (defined only when run as a program, so that importing this module
-  next to experiments.bench_train, whose flags have the same names, does not clash)."""
+  next to experiments.bench.train, whose flags have the same names, does not clash)."""
   flags.DEFINE_list("models", ["vgg16", "bin_vgg16"], "Models (presets) to time.")
   flags.DEFINE_list("variants", ["rgb:winograd"],
                     "class:formulation pairs, class one of " + ", ".join(CLASSES))
@@ -85,15 +86,11 @@ def main(argv):
         "steps per variant, alternating order; ms per step (median)")
   for model in args.models:
     runs = {name: compiled_step(model, args.batch_size, rule) for name, rule in rules.items()}
-    times = {name: [] for name in runs}
-    for turn in range(args.rounds):
-      for name in (list(runs) if turn % 2 == 0 else list(runs)[::-1]):
-        start = time.perf_counter()
-        runs[name](args.steps)
-        times[name].append((time.perf_counter() - start) / args.steps)
-    base = statistics.median(times["auto"])
+    calls = {name: functools.partial(run, args.steps) for name, run in runs.items()}
+    times = timing.interleaved_times(calls, args.rounds, alternate=True)
+    base = statistics.median(times["auto"]) / args.steps
     for name, t in times.items():
-      ms = statistics.median(t)
+      ms = statistics.median(t) / args.steps
       print(f"{model:10s} {name:16s} {1e3 * ms:7.1f} ms  {args.batch_size / ms:6.1f} img/s  "
             f"{ms / base:5.3f} of auto", flush=True)
 

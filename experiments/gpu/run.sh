@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Trains vgg16 and bin_vgg16 on one GPU within a 10-minute window; prints test accuracy and images/s.
 #
-#   XNORJAX_CIFAR10_JPEG=/path/to/cifar10-jpeg.tar.gz experiments/gpu_run.sh [OUTDIR]
-#   experiments/gpu_run.sh [OUTDIR]      # without the variable: TFDS cifar10 (prepared, or downloadable)
+#   XNORJAX_CIFAR10_JPEG=/path/to/cifar10-jpeg.tar.gz experiments/gpu/run.sh [OUTDIR]
+#   experiments/gpu/run.sh [OUTDIR]      # without the variable: TFDS cifar10 (prepared, or downloadable)
 #
 # Each model runs `python -m experiments.train` with its preset, shortened to EPOCHS_<MODEL> epochs
 # (the cosine schedule spans them), and a wall-clock budget BUDGET_S per model: past it the run
@@ -14,7 +14,7 @@
 # BATCH_SIZE (128), EXTRA_FLAGS (more --config.* overrides), MODELS (default "vgg16 bin_vgg16"),
 # ALLOW_CPU=1 (run without a GPU: how tests/test_gpu_scripts.py checks this script on tiny runs).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUTDIR=${1:-${OUT:-runs/gpu}}
 BUDGET_S=${BUDGET_S:-270}
 BATCH_SIZE=${BATCH_SIZE:-128}
@@ -32,8 +32,8 @@ MODELS=${MODELS:-vgg16 bin_vgg16}
 export GPU_RUN_ALLOW_CPU=${ALLOW_CPU:-}
 
 # A machine without network (the lent H200: no ml_collections there): wheels carried in .whl/
-# (experiments/prepare_gpu_wheels.sh) for the modules this python lacks, and only for those.
-source experiments/carried_wheels.sh
+# (experiments/gpu/prepare_wheels.sh) for the modules this python lacks, and only for those.
+source experiments/gpu/carried_wheels.sh
 install_carried_wheels "$PYTHON" ml_collections:ml_collections flax.nnx:flax optax:optax \
   orbax.checkpoint:orbax_checkpoint
 
@@ -42,11 +42,11 @@ import importlib.util, sys
 missing = [m for m in ("jax", "flax.nnx", "optax", "absl", "ml_collections", "orbax.checkpoint",
                        "PIL", "sklearn") if importlib.util.find_spec(m.split(".")[0]) is None]
 if missing:
-  sys.exit(f"gpu_run.sh: {sys.executable} lacks {', '.join(missing)} (pip install -e '.[experiments]')")
+  sys.exit(f"gpu/run.sh: {sys.executable} lacks {', '.join(missing)} (pip install -e '.[experiments]')")
 import os
 import jax
 if jax.default_backend() != "gpu" and not os.environ.get("GPU_RUN_ALLOW_CPU"):
-  sys.exit(f"gpu_run.sh: no GPU visible to jax ({jax.devices()}); set PYTHON to a CUDA-enabled python")
+  sys.exit(f"gpu/run.sh: no GPU visible to jax ({jax.devices()}); set PYTHON to a CUDA-enabled python")
 print("devices:", jax.devices(), "jax", jax.__version__)
 PY
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true

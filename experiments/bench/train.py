@@ -1,7 +1,7 @@
 """Training throughput (images/s) of vgg16 and bin_vgg16 at batch 128, and of the input pipeline.
 
-  python -m experiments.bench_train
-  python -m experiments.bench_train --models=bin_vgg16 --steps=10 --config_overrides=model.options.dtype=bfloat16
+  python -m experiments.bench.train
+  python -m experiments.bench.train --models=bin_vgg16 --steps=10 --config_overrides=model.options.dtype=bfloat16
 
 Times the jitted `experiments.trainer.train_step` of each model's preset (optimiser included) on a
 device-resident batch, after compilation and warm-up, as the median of `--repeats` timings of
@@ -18,7 +18,7 @@ the fraction of it the target would take. Winograd F(4x4, 3x3) (conv2d's "winogr
 used for 3x3 layers on the CPU) does up to 4x fewer multiplications than the direct sum, so a step
 can pass this bound; `float_gmac_per_second` counts direct-sum MACs per second (an effective rate).
 
-The baseline is measured in the same run: experiments/pytorch_baseline.py (a straightforward
+The baseline is measured in the same run: experiments/bench/pytorch_baseline.py (a straightforward
 PyTorch implementation of the same two models) runs as a subprocess under `--pytorch_python` (by
 default this interpreter, when it has torch; torch is not an xnorjax dependency), and the ratio to
 it is what the target (1.5x) applies to. Without torch, the rows compare against the numbers the
@@ -42,7 +42,8 @@ import numpy as np
 
 from experiments import huge_pages
 from experiments import input_pipeline
-from experiments import synthetic_steps
+from experiments.bench import synthetic_steps
+from experiments.bench import timing
 from xnorjax.summary import compute_summary
 
 # What the training issue quotes for PyTorch 2.13 on the project's 2-core Xeons (not this machine).
@@ -73,10 +74,9 @@ def _median_rate(fn, images_per_call, repeats):
   """
   rates, cpu_rates = [], []
   for _ in range(repeats):
-    t, c = time.perf_counter(), time.process_time()
-    fn()
-    rates.append(images_per_call / (time.perf_counter() - t))
-    cpu_rates.append(images_per_call / max(time.process_time() - c, 1e-9))
+    wall, cpu = timing.timed_call(fn)
+    rates.append(images_per_call / wall)
+    cpu_rates.append(images_per_call / max(cpu, 1e-9))
   return statistics.median(rates), statistics.median(cpu_rates)
 
 
@@ -168,7 +168,7 @@ def pytorch_python() -> str:
 
 
 def bench_pytorch(python: str, models, batch_size: int, steps: int, repeats: int) -> dict:
-  """{model: row} from experiments/pytorch_baseline.py run under `python` (a subprocess).
+  """{model: row} from experiments/bench/pytorch_baseline.py run under `python` (a subprocess).
 
   The subprocess inherits this process's environment, huge pages (experiments/huge_pages.py)
   included, so both sides of the ratio run with the same allocator settings.

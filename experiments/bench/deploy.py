@@ -1,6 +1,6 @@
 """Images per second of the exported bin_vgg16 against the training-time model in evaluation mode.
 
-Run: .venv/bin/python -m experiments.bench_deploy [--batches=1,64] [--workdir=runs/bin_vgg16]
+Run: .venv/bin/python -m experiments.bench.deploy [--batches=1,64] [--workdir=runs/bin_vgg16]
                                                   [--rounds=5] [--min_seconds=1] [--out=PATH]
 
 Three forms of the same network, on the same normalised float32 images, in one process:
@@ -23,12 +23,12 @@ are measured within one run. Also checks that the three agree on the predictions
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import statistics
 import tempfile
-import time
 
 from flax import nnx
 import jax
@@ -37,6 +37,7 @@ import numpy as np
 
 from experiments import export as export_lib
 from experiments import huge_pages
+from experiments.bench import timing
 from xnorjax import deploy
 from xnorjax import models
 
@@ -58,17 +59,6 @@ def random_bin_vgg16(seed: int = 0) -> nnx.Module:
   return model
 
 
-def _time_calls(fn, x, min_seconds: float) -> float:
-  """Seconds per call of fn(x), calls repeated for at least min_seconds."""
-  calls, start = 0, time.perf_counter()
-  while True:
-    jax.block_until_ready(fn(x))
-    calls += 1
-    elapsed = time.perf_counter() - start
-    if elapsed >= min_seconds:
-      return elapsed / calls
-
-
 def benchmark(model: nnx.Module, predictor: deploy.Predictor, batches, *, rounds: int,
               min_seconds: float, seed: int = 0) -> list[dict]:
   """Per batch size: images per second of the three forms (see the module docstring)."""
@@ -84,7 +74,7 @@ def benchmark(model: nnx.Module, predictor: deploy.Predictor, batches, *, rounds
     times = {name: [] for name in forms}
     for _ in range(rounds):
       for name, fn in forms.items():
-        times[name].append(_time_calls(fn, x, min_seconds))
+        times[name].append(timing.seconds_per_call(functools.partial(fn, x), min_seconds))
     row = {"batch": batch}
     for name in forms:
       row[name] = batch / statistics.median(times[name])
