@@ -10,7 +10,7 @@ xnorjax_winograd_conv; an XLA op as its name without the number, e.g. copy_bitca
 then the `--top` single ops with the shapes they produce (from the compiled HLO). The profiler
 slows steps (by 10-30% here), so read shares, not absolute times, and decide with whole-step
 timings (experiments/bench_conv_policy.py, experiments/bench_train.py). The profile of a vgg16
-step is how the RGB layer's slow kernel gradient was found (README, seventh session).
+step is how the RGB layer's slow kernel gradient was found (docs/float_conv.md).
 """
 
 from __future__ import annotations
