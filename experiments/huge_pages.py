@@ -4,7 +4,7 @@ Each call of a jitted step allocates XLA's buffers afresh (a ~600 MB temporary f
 training step at batch 128). With the kernel's default "madvise" huge-page policy, glibc hands out
 that memory as 4 KiB pages, and the step then takes 150,000-260,000 page faults. glibc's tunable
 `glibc.malloc.hugetlb=1` makes malloc advise huge pages, which removes almost all of those faults
-(training 14-22% faster on our 2-core machines; numbers in the README). Tunables are read only
+(training 14-22% faster on our 2-core machines; BENCHMARKS.md). Tunables are read only
 when a process starts, so a program's main calls `reexec_with_huge_pages()` first, which starts the
 same command again once with the tunable set. `XNORJAX_HUGE_PAGES=0` turns this off (unset or
 empty: on).

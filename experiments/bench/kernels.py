@@ -10,7 +10,7 @@ to 512 channels) and each batch size, on the same +-1 data:
   * xnor_1t: the same C++ engine called outside XLA on one thread (per-core efficiency);
   * XLA's conv in float32, bfloat16 (float32 accumulation) and int8 (int32 accumulation), each
     as the faster of `lax.conv_general_dilated` and im2col + dot (XLA's conv is pathological on
-    maps smaller than the kernel; see /work/shared/PERF-NOTES.md), so the baselines are the best
+    maps smaller than the kernel; see docs/float_conv.md), so the baselines are the best
     XLA offers here.
 Every method is timed best-of-`repeats` with the methods interleaved (each timed call right after
 an untimed one of the same method, so all run with warm caches), in one process: compare the

@@ -1,16 +1,16 @@
 """Where a training step's time goes: per-op times of one model's jitted train step on the CPU.
 
-  python -m experiments.bench.profile_step --model=vgg16
-  python -m experiments.bench.profile_step --model=bin_small_cnn --batch_size=32 --top=10
+  python -m experiments.profile_step --model=vgg16
+  python -m experiments.profile_step --model=bin_small_cnn --batch_size=32 --top=10
 
-Traces `--steps` train steps (experiments/bench/synthetic_steps.py, after compilation and warm-up) with
+Traces `--steps` train steps (experiments/synthetic_steps.py, after compilation and warm-up) with
 `jax.profiler` and reads the per-op durations from its Perfetto trace. Prints, per step (each
 op's median over the steps), the time of each kind of op (an FFI call counts as its target, e.g.
 xnorjax_winograd_conv; an XLA op as its name without the number, e.g. copy_bitcast_fusion),
 then the `--top` single ops with the shapes they produce (from the compiled HLO). The profiler
 slows steps (by 10-30% here), so read shares, not absolute times, and decide with whole-step
 timings (experiments/bench/conv_policy.py, experiments/bench/train.py). The profile of a vgg16
-step is how the RGB layer's slow kernel gradient was found (README, seventh session).
+step is how the RGB layer's slow kernel gradient was found (docs/float_conv.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from absl import flags
 import jax
 
 from experiments import huge_pages
-from experiments.bench import synthetic_steps
+from experiments import synthetic_steps
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ")
 _FFI_TARGET = re.compile(r"custom_call_target=\"(\w+)\"")

@@ -1,7 +1,7 @@
 """Float 2-D convolution (NHWC / HWIO) in several formulations, chosen per shape in one place.
 
 XLA's CPU convolution (`lax.conv_general_dilated`) is slow, and pathological on maps no larger than
-the kernel (/work/shared/PERF-NOTES.md: ~100 ms for one 2x2 512->512 layer at batch 16); im2col
+the kernel (a 2x2 512->512 forward at batch 128: 738 ms against im2col's 6; docs/float_conv.md); im2col
 (the kh*kw shifted views of the padded input concatenated along channels, then one `jnp.dot` with
 the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
   "lax"         lax.conv_general_dilated, forward and (autodiff) backward.
@@ -56,9 +56,8 @@ FORMULATIONS = ("auto", "lax", "im2col", "lax_im2col", "lax_padded", "native", "
 # "unrolled" builds a matrix of (H*W) x (Ho*Wo) kernel-sized blocks: up to this many blocks.
 UNROLLED_MAX_BLOCKS = 64
 # ... and building it costs as much as multiplying a few dozen examples: "auto" takes it from
-# this batch on (2x2 512->512, forward + backward, ms, im2col vs unrolled, 2026-11-29 21:00 UTC:
-# batch 32 5.2-5.4 vs 5.9-9.6, 64 9.6-9.8 vs 9.4-13.7, 128 18.7-19.1 vs 10.7-11.6, 256 39.1 vs
-# 17.8; the forward alone gains from batch 16: 2.0 vs 1.4; at batch 1 it takes twice as long).
+# this batch on (2x2 512->512 forward + backward, unrolled vs im2col: 9.4-13.7 vs 9.6-9.8 ms at
+# batch 64, 10.7-11.6 vs 18.7-19.1 at 128; docs/float_conv.md).
 UNROLLED_MIN_BATCH = 64
 _DN = ("NHWC", "HWIO", "NHWC")
 Padding = Union[str, int, Sequence[Sequence[int]]]
@@ -132,64 +131,28 @@ def choose_formulation(input_shape: Sequence[int], kernel_shape: Sequence[int],
                        native: Optional[bool] = None) -> str:
   """The formulation "auto" uses for one conv shape (the one place to tune the policy).
 
-  Off the CPU (`backend`, default `jax.default_backend()`), "lax": the measurements below are
-  about XLA's CPU convs; on GPUs lax.conv goes to cuDNN. On the CPU:
+  Off the CPU (`backend`, default `jax.default_backend()`), "lax": on GPUs lax.conv goes to
+  cuDNN. On the CPU, in order (measurements: batch 128, float32, docs/float_conv.md):
 
     * "unrolled" for larger-than-1x1 kernels on input and output maps of at most 4 positions
-      (VGG16's 2x2 stage) with zero padding or none, from batch `UNROLLED_MIN_BATCH` on: a 3x3
-      kernel meets each output of a 2x2 map in 4 of its 9 taps, and this multiplies only those
-      (below); smaller batches do not repay building its matrix.
+      (VGG16's 2x2 stage) with zero padding or none, from batch `UNROLLED_MIN_BATCH` on: it
+      multiplies only the 4 of 9 taps that meet the map (512->512 forward + backward 10.7-11.6 ms
+      against im2col's 18.7-19.1; whole vgg16 steps 0.93-0.96 of im2col's).
     * "im2col" for 1x1 kernels (a reshape and one matmul) and for the other output maps of at
-      most 2x2 (where lax.conv is pathological: ~100x slower).
+      most 2x2, where lax.conv is pathological (512->512 forward 738 ms against 6.0).
     * "winograd" for 3x3 kernels on more than 8 input channels, else "native" (the extension's
       float32 convs), for stride 1 and float32 (with float32 or no preferred_element_type), when
       the extension is built and the CPU has AVX-512F (`native`, default
-      `float_conv.available()`). Convs on at most 8 input channels take "native" for the RGB
-      first layers, decided on whole steps below (one elsewhere in a network would pay native's
-      slower input gradient: in the table, 3->64's forward + backward 22.1 ms against 15.6).
-    * "im2col" for output maps of at most 4x4 and for inputs of at most 8 channels (RGB first
-      layers, where the patch matrix is small) without "native" (lax.conv is slow there too).
+      `float_conv.available()`): the nine VGG16 shapes' forward + backward sum to 281 ms on
+      "winograd" against 437 on "native" and 637 on "im2col". RGB first layers (at most 8 input
+      channels) take "native": im2col's kernel gradient wants the output gradient transposed
+      (whole steps 0.945-0.986 of im2col's for vgg16).
+    * "im2col" for output maps of at most 4x4 and for inputs of at most 8 channels without
+      "native": the patch matrix is small there and lax.conv slow.
     * "lax_padded" otherwise for stride 1 with zero padding of at most kernel - 1 per side:
-      lax.conv's fast padded path forward and backward (forward 2-4x faster than the im2col dot
-      on large maps; forward + backward 1.4-1.9x faster than "lax_im2col" on the VGG16 shapes).
+      lax.conv's fast padded path forward and backward (XLA's CPU conv is 2.5-4x faster with its
+      padding inside the conv).
     * "lax_im2col" otherwise: lax.conv's forward with im2col's backward.
-
-  Measured with experiments/bench/conv_formulations.py (batch 128, float32, 3x3 SAME, median of
-  3, ms; backward = value_and_grad for input and kernel) on the 2-core AMD EPYC Zen 5 on huge
-  pages (experiments/huge_pages.py), 2026-11-29 15:11 UTC:
-                 |                    forward |                         forward + backward |
-  cin->cout map  |    lax  i2c  pad  nat  win |    lax    i2c    mix    pad    nat    win | auto
-      3->64 32x32|    4.1  6.8  3.8  3.9  4.2 |   24.6   15.6   17.8   24.5   22.1   20.0 | im2col
-     64->64 32x32|   48.9 68.2 49.6 24.8 17.0 |  232.0  170.1  168.9  155.9   75.4   46.4 | winograd
-    64->128 16x16|   21.7 27.6 22.1 10.9  5.8 |   82.9   59.3   59.4   58.5   35.3   22.8 | winograd
-   128->128 16x16|   24.9 49.8 24.1 21.6 10.0 |  159.2  123.0  117.8   96.5   66.8   30.6 | winograd
-   128->256 8x8  |   11.4 16.8 11.3 10.8  4.2 |   59.7   45.4   47.0   43.6   32.5   16.4 | winograd
-   256->256 8x8  |   24.7 38.3 24.8 22.9  9.0 |  143.1   87.8   91.9   91.6   71.0   35.0 | winograd
-   256->512 4x4  |   11.5 13.7 11.3 10.3  6.2 |   70.4   38.3   43.9   48.2   35.4   26.6 | winograd
-   512->512 4x4  |   32.5 35.2 27.5 20.9 16.5 |  151.6   77.4   88.9  110.0   72.7   42.0 | winograd
-   512->512 2x2  |  738.1  6.0 745.6  5.8 16.1 | 2191.7   20.6  756.1 1497.8   25.7   41.3 | im2col
-  ("mix" = lax_im2col.) Sums of forward + backward over the nine shapes: lax 3115, im2col 637,
-  lax_im2col 1392, lax_padded 2127, native 437, winograd 281, the policy 256. At 2x2 every
-  lax.conv is pathological (XLA rewrites it into a reversed-window form), and Winograd computes a
-  whole 4x4 tile for each 2x2 map. Before Winograd, the small maps were decided on whole training
-  steps (isolated convs at 4x4 and 2x2 swing by 30% between runs here; batch 128, median of 8 x 3
-  steps, the two policies interleaved in one process, 12:50-12:54 UTC): the direct "native" conv
-  rather than im2col on the 4x4 layers gave vgg16 175 -> 185 and bin_vgg16 181 -> 184 images/s;
-  on the 4x4 and 2x2 layers, 178 -> 184 and 181 -> 182 (no more than on 4x4 alone); on the RGB
-  layer, 189 -> 184 and 196 -> 180 (within the spread). With Winograd on the other layers, whole
-  steps (experiments/bench/conv_policy.py, 2026-11-29 17:34-17:40 UTC, three runs of 8-16 turns)
-  put the RGB layer on "native" at 0.974, 0.986, 0.945 of the step time with im2col there for
-  vgg16 and 0.967, 0.949, 0.961 for bin_vgg16 (im2col's kernel gradient takes the output gradient
-  transposed, and XLA writes BatchNorm's backward straight into that transposed layout, slowly);
-  "winograd" there: 0.959, 1.020 and 1.233, 0.943 (spread); "native" on the 2x2 maps 1.062 and
-  0.997. A first layer needs no input gradient, which the table's forward + backward includes:
-  forward and kernel gradient alone (batch 128, 17:42 UTC) took 3.8 + 13.3 ms on im2col and
-  3.7 + 3.3 on native for 3->64 3x3, and 30.8 + 87.6 against 24.1 + 20.3 for NIN's 5x5 3->192.
-  "unrolled" on the 2x2 maps (512->512, batch 128, 20:30-20:35 UTC, eighth session): forward
-  3.4-3.9 ms against im2col's 6.3-6.5, forward + backward 11.2-11.3 against 18.8-19.5 (one run
-  15.0 against 18.8); whole steps, three runs: vgg16 0.963, 0.929 and 0.953 of im2col's step
-  time, bin_vgg16 1.008, 0.962 and 0.905 (in the third run two identical programs differed by
-  8%: bin_vgg16's steps vary more here).
   """
   for rule in reversed(_policy_rules):
     if (chosen := rule(input_shape, kernel_shape, strides, pads)) is not None:

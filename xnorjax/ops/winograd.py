@@ -16,7 +16,7 @@ conv of the output gradient with the flipped kernel (channel axes swapped, paddi
 kernel gradient G^T du G. The sums are the direct conv's, rounded differently: F(4x4, 3x3)
 rounds about 10x more (relative errors around 1e-5 in float32, against 1e-6 for the direct sum;
 the transforms use the points 0, +-1, +-2 of Lavin & Gray). Training does not notice: a 16-epoch
-bin_vgg16 run on real CIFAR-10 stayed within 2 points of the direct conv's curve (README).
+bin_vgg16 run on real CIFAR-10 stayed within 2 points of the direct conv's curve (docs/training.md).
 vmap and data-parallel sharding as for the direct conv (xnorjax/ops/float_conv.py).
 """
 
