@@ -1,9 +1,9 @@
 """Where a training step's time goes: per-op times of one model's jitted train step on the CPU.
 
-  python -m experiments.profile_step --model=vgg16
-  python -m experiments.profile_step --model=bin_small_cnn --batch_size=32 --top=10
+  python -m experiments.bench.profile_step --model=vgg16
+  python -m experiments.bench.profile_step --model=bin_small_cnn --batch_size=32 --top=10
 
-Traces `--steps` train steps (experiments/synthetic_steps.py, after compilation and warm-up) with
+Traces `--steps` train steps (experiments/bench/synthetic_steps.py, after compilation and warm-up) with
 `jax.profiler` and reads the per-op durations from its Perfetto trace. Prints, per step (each
 op's median over the steps), the time of each kind of op (an FFI call counts as its target, e.g.
 xnorjax_winograd_conv; an XLA op as its name without the number, e.g. copy_bitcast_fusion),

@@ -1,12 +1,12 @@
-"""A straightforward PyTorch CPU implementation of vgg16 and bin_vgg16, timed like bench_train.
+"""A straightforward PyTorch CPU implementation of vgg16 and bin_vgg16, timed like experiments.bench.train.
 
   python experiments/bench/pytorch_baseline.py [--models=vgg16,bin_vgg16] [--batch_size=128]
 
 The baseline the training issue compares against ("a straightforward PyTorch CPU implementation
-of the same two models"), so that bench_train can measure it on the same machine, in the same
+of the same two models"), so that experiments.bench.train can measure it on the same machine, in the same
 run, instead of quoting numbers from other machines. It needs only torch (not a dependency of
 xnorjax; `pip install torch==2.13.0` in any environment) and imports nothing from this project:
-bench_train runs it as a subprocess with `--pytorch_python`. Prints one JSON line per model.
+experiments.bench.train runs it as a subprocess with `--pytorch_python`. Prints one JSON line per model.
 
 The models follow the reference XNOR-Net PyTorch code: vgg16 is conv -> BatchNorm -> ReLU x 13
 with max-pooling per stage and a 512 -> 10 linear layer; bin_vgg16 has a float first conv 3 -> 64
