@@ -1,6 +1,7 @@
 # xnorjax: `make train` and `make test` each set up everything on a fresh machine with Python 3.10+.
 #   make train   virtual environment, extension build, then train bin_vgg16 on CIFAR-10
 #   make test    virtual environment, extension build, then the whole pytest suite
+#   make install-check   `pip install .` into a fresh virtual environment, then import and run a kernel
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,9 +12,13 @@ WORKDIR ?= runs/$(MODEL)
 TRAIN_FLAGS ?=
 PYTEST_FLAGS ?=
 
+# The exact versions `make` installs; pyproject.toml declares the ranges a user's environment may use.
+CONSTRAINTS := constraints.txt
+PIP_INSTALL := $(PIP) install -c $(CONSTRAINTS)
+
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find ffi -name '*.cc' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: all install build train test bench clean
+.PHONY: all install build train test install-check clean
 
 all: install
 
@@ -24,13 +29,13 @@ $(PY):
 # Build requirements first, so the extension builds against the venv's own jaxlib headers.
 # Builds run without isolation, in this venv: dependencies that ship only as sdists (promise, from
 # tensorflow-datasets) need a setuptools with bdist_wheel, which a new venv's setuptools may lack.
-$(VENV)/.deps: pyproject.toml | $(PY)
-	$(PIP) install "setuptools>=70.1" wheel "scikit-build-core>=0.10" "nanobind>=2.0" "jax==0.10.2" "jaxlib==0.10.2"
+$(VENV)/.deps: pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PIP_INSTALL) setuptools wheel scikit-build-core nanobind jax jaxlib
 	touch $@
 
 # Editable install of the package with every extra; rebuilt whenever a native source changes.
 $(VENV)/.installed: $(VENV)/.deps $(NATIVE_SOURCES)
-	$(PIP) install --no-build-isolation -e ".[experiments,tfds,test]"
+	$(PIP_INSTALL) --no-build-isolation -e ".[experiments,tfds,test]"
 	$(PY) -c "import xnorjax; xnorjax.require_extension(); print('xnorjax', xnorjax.__version__, 'extension OK')"
 	touch $@
 
@@ -41,6 +46,23 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_FLAGS)
+
+# What a user's `pip install .` does: an isolated build (its build requirements resolved from
+# pyproject.toml's ranges, pinned by the constraints) into a new environment, then a packed kernel
+# run from outside the checkout. CUDA off: the CUDA build is checked by `make test`'s own build.
+INSTALL_CHECK_DIR ?= build/install-check
+install-check:
+	rm -rf $(INSTALL_CHECK_DIR)
+	$(PYTHON) -m venv $(INSTALL_CHECK_DIR)/venv
+	$(INSTALL_CHECK_DIR)/venv/bin/python -m pip install --upgrade pip
+	PIP_CONSTRAINT=$(abspath $(CONSTRAINTS)) $(INSTALL_CHECK_DIR)/venv/bin/python -m pip install \
+	  -Ccmake.define.XNORJAX_CUDA=OFF -Cbuild-dir=$(abspath $(INSTALL_CHECK_DIR))/build .
+	cd $(INSTALL_CHECK_DIR) && venv/bin/python -c "import numpy as np, xnorjax, xnorjax.nn, \
+	  xnorjax.quantizers; from xnorjax.ops import pack_bits, xnor_dense; xnorjax.require_extension(); \
+	  x = np.sign(np.random.default_rng(0).standard_normal((4, 70))).astype(np.float32); \
+	  assert xnorjax.__file__.startswith('$(abspath $(INSTALL_CHECK_DIR))'), xnorjax.__file__; \
+	  assert (np.asarray(xnor_dense(x, x.T)) == (x @ x.T).astype(np.int32)).all(); \
+	  print('pip install . OK:', xnorjax.__file__)"
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
