@@ -304,7 +304,10 @@ def test_policy_override_applies_within_its_block_only():
 
   other = ((2, 8, 8, 4), (3, 3, 4, 8), (1, 1), ((1, 1), (1, 1)))  # the rule answers None
   other_default = conv_lib.choose_formulation(*other)
-  assert "convolution(" not in hlo()
+  # The default is "winograd" with AVX-512F and "lax_padded" (an XLA convolution) without it.
+  assert ("convolution(" in hlo()) == (default in ("lax", "lax_padded", "lax_im2col"))
+  with conv_lib.policy_override(lambda *args: "im2col"):
+    assert "convolution(" not in hlo()
   with conv_lib.policy_override(rule):
     assert conv_lib.choose_formulation(x.shape, k.shape, (1, 1), ((1, 1), (1, 1))) == "lax"
     assert "convolution(" in hlo()
