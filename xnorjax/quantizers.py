@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
-import optax
 
 Quantizer = Callable[[jax.Array], jax.Array]
 
@@ -36,7 +35,8 @@ def _check_float(x, name: str) -> jax.Array:
   return x
 
 
-def _check_clip_value(clip_value) -> float:
+def check_clip_value(clip_value) -> float:
+  """clip_value as a positive float (it is static: a Python number, not an array)."""
   if isinstance(clip_value, (jax.Array, np.ndarray)) or not np.isscalar(clip_value):
     raise TypeError(f"clip_value must be a Python number (it is static), got {type(clip_value).__name__}")
   clip_value = float(clip_value)
@@ -76,7 +76,7 @@ def ste_sign(x, clip_value: float = 1.0) -> jax.Array:
   Forward: +1 where x >= 0, else -1 (sign(0) = +1). Backward: g * 1{|x| <= clip_value}, the
   gradient of hard_tanh for clip_value = 1. Output dtype = input dtype.
   """
-  return _ste_sign(_check_float(x, "x"), _check_clip_value(clip_value))
+  return _ste_sign(_check_float(x, "x"), check_clip_value(clip_value))
 
 
 @jax.custom_vjp
@@ -200,7 +200,7 @@ def magnitude_aware_sign(w, gradient: str = "exact", clip_value: float = 1.0) ->
     raise ValueError(f"w must have rank >= 2 (fan-in axes, then output channels last), got shape {w.shape}")
   if gradient not in _MAGNITUDE_AWARE_IMPLEMENTATIONS:
     raise ValueError(f"gradient must be one of {MAGNITUDE_AWARE_GRADIENTS}, got {gradient!r}")
-  return _MAGNITUDE_AWARE_IMPLEMENTATIONS[gradient](w, _check_clip_value(clip_value))
+  return _MAGNITUDE_AWARE_IMPLEMENTATIONS[gradient](w, check_clip_value(clip_value))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,90 +250,3 @@ def get(identifier: Union[str, Quantizer, None], *, argument: str = "identifier"
                        f"{', '.join(QUANTIZER_NAMES)} (or a callable, or None for float)")
     return _REGISTRY[identifier]
   raise TypeError(f"{argument} must be a quantizer name, a callable or None, got {type(identifier).__name__}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Latent-weight clipping (an optax transform) and the mask of the weights it applies to.
-# ----------------------------------------------------------------------------------------------
-
-def _land_in_box(p, u, lo, hi):
-  """Updates u' close to u such that p + u' (rounded as optax.apply_updates does) lies in [lo, hi].
-
-  p + (target - p) can round one ulp outside the box when target - p is inexact; nudging u' one
-  ulp at a time fixes it (two rounds cover every float case; see tests/test_quantizers.py).
-  """
-  for _ in range(2):
-    landed = (p + u).astype(p.dtype)
-    u = jnp.where(landed > hi, jnp.nextafter(u, jnp.asarray(-jnp.inf, u.dtype)), u)
-    u = jnp.where(landed < lo, jnp.nextafter(u, jnp.asarray(jnp.inf, u.dtype)), u)
-  return u
-
-
-def clip_latent_weights(clip_value: float = 1.0) -> optax.GradientTransformation:
-  """Optax transform keeping parameters in [-clip_value, clip_value] (larq's weight clip).
-
-  Place it last in an `optax.chain`: it rewrites the incoming updates u into
-  projection_box(params + u) - params, so that `optax.apply_updates(params, updates)` lands in the
-  box (exactly, after rounding). Apply it to the latent binary kernels only, e.g.
-  `optax.chain(optax.adam(1e-3), optax.masked(clip_latent_weights(), binary_kernel_mask(model)))`.
-  Latent weights outside the window |w| <= clip_value would get zero straight-through gradient
-  forever; clipping keeps them trainable (BNN, Courbariaux et al. 2016).
-  """
-  clip_value = _check_clip_value(clip_value)
-
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("clip_latent_weights needs params: call tx.update(updates, state, params)")
-    proposed = optax.apply_updates(params, updates)
-    target = optax.projections.projection_box(proposed, jax.tree.map(lambda _: -clip_value, proposed),
-                                              jax.tree.map(lambda _: clip_value, proposed))
-    def fix(proposed, t, p, u):
-      inside = (proposed >= -clip_value) & (proposed <= clip_value)  # keep these steps bit-exact
-      return jnp.where(inside, u, _land_in_box(p, (t - p).astype(u.dtype), -clip_value, clip_value))
-
-    new_updates = jax.tree.map(fix, proposed, target, params, updates)
-    return new_updates, state
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _path_keys(path) -> tuple:
-  keys = []
-  for entry in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(entry, attr):
-        keys.append(getattr(entry, attr))
-        break
-    else:
-      keys.append(entry)
-  return tuple(keys)
-
-
-def binary_kernel_mask(params_or_model):
-  """Bool pytree over `nnx.state(model, nnx.Param)`: True on binarized kernels, False elsewhere.
-
-  A `kernel` is marked when its layer is an `xnorjax.nn.BinaryConv` / `BinaryDense` (blocks
-  included) with a kernel_quantizer. The result is the mask for `optax.masked` / the labels' source
-  for `optax.partition`; it matches both the pure-array params that `nnx.Optimizer.update` passes
-  to optax and the Variable-leaf state given to `init`.
-
-  Args:
-    params_or_model: an `nnx.Module`. (Plain params pytrees carry no layer types; pass the model.)
-  """
-  from flax import nnx  # Local: keeps `xnorjax.quantizers` importable without constructing layers.
-  from xnorjax.nn import binary_layers
-
-  if not isinstance(params_or_model, nnx.Module):
-    raise TypeError("binary_kernel_mask needs the nnx.Module (a params pytree does not say which "
-                    f"layers are binary), got {type(params_or_model).__name__}")
-  binary_paths = set()
-  for path, module in nnx.iter_modules(params_or_model):
-    if isinstance(module, (binary_layers.BinaryConv, binary_layers.BinaryDense)):
-      if module.kernel_quantizer is not None:
-        binary_paths.add(tuple(path) + ("kernel",))
-  params = nnx.as_pure(nnx.state(params_or_model, nnx.Param))
-  return jax.tree_util.tree_map_with_path(lambda path, _: _path_keys(path) in binary_paths, params)
