@@ -154,6 +154,41 @@ def test_get_names_callables_none():
     quantizers.get(3)
 
 
+def test_declared_forward_kinds():
+  """Sign-likeness is read from the declaration, through functools.partial and the registry."""
+  for q in ("ste_sign", "approx_sign", quantizers.ste_sign,
+            functools.partial(quantizers.ste_sign, clip_value=0.5)):
+    q = quantizers.get(q)
+    assert quantizers.is_sign(q) and not quantizers.is_scaled_sign(q), q
+    assert q.precision == 1 if not isinstance(q, functools.partial) else q.func.precision == 1
+  for name in ("magnitude_aware_sign", "magnitude_aware_sign_paper", "magnitude_aware_sign_stop_alpha"):
+    q = quantizers.get(name)
+    assert quantizers.is_scaled_sign(q) and not quantizers.is_sign(q), name
+    assert quantizers.forward_kind(q) == "scaled_sign"
+  undeclared = lambda x: quantizers.ste_sign(x)  # same values, but nothing declares it
+  for q in (None, undeclared, functools.partial(undeclared)):
+    assert quantizers.forward_kind(q) is None and not quantizers.is_sign(q)
+
+  @quantizers.sign_like()
+  def narrow_sign(x):
+    return quantizers.ste_sign(x, clip_value=0.5)
+
+  assert quantizers.is_sign(narrow_sign) and quantizers.get(narrow_sign) is narrow_sign
+  assert quantizers.is_scaled_sign(quantizers.sign_like("scaled_sign")(lambda w: w))
+
+  @quantizers.sign_like()
+  class SignObject:  # a class (or its instances) carries the declaration as class attributes
+
+    def __call__(self, x):
+      return quantizers.ste_sign(x)
+
+  assert quantizers.is_sign(SignObject())
+  with pytest.raises(ValueError, match="kind must be one of \\('sign', 'scaled_sign'\\)"):
+    quantizers.sign_like("ternary")
+  with pytest.raises(TypeError, match="sign_like decorates a callable"):
+    quantizers.sign_like()(3)
+
+
 def test_bad_quantizer_inputs():
   with pytest.raises(TypeError, match="x must be a floating-point"):
     quantizers.ste_sign(jnp.arange(4))

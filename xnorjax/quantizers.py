@@ -1,4 +1,4 @@
-"""Quantizers for binary networks (larq's vocabulary) and latent-weight clipping.
+"""Quantizers for binary networks (larq's vocabulary).
 
 A quantizer maps a float array to a binarized array of the same shape and dtype, with a surrogate
 gradient for training:
@@ -9,8 +9,14 @@ gradient for training:
 
 sign(0) = +1 everywhere, the bit encoding of `xnorjax.ops.pack_bits` (bit 1 = +1), so that a packed
 kernel reproduces these values exactly. `get` resolves a quantizer from its name; `None` means "no
-quantization" (float). `clip_latent_weights` is the optax transform that keeps latent binary weights
-in [-1, 1] (larq's weight clip constraint), and `binary_kernel_mask` selects the kernels it applies to.
+quantization" (float).
+
+A quantizer declares what its forward computes with the `sign_like` decorator (attributes
+`precision = 1` and `forward_kind`, larq's `precision` in spirit): "sign" for sign(x), "scaled_sign"
+for c * sign(x) with c >= 0 constant over all axes but the last (per output channel). The packed
+XNOR-popcount kernels run exactly these, whatever the gradient, so a user's own sign quantizer
+(another straight-through window, another surrogate) gets the packed forward once it is declared.
+The declaration is read through `functools.partial`, so configured variants keep it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from jax import lax
 import numpy as np
 
 Quantizer = Callable[[jax.Array], jax.Array]
+
+SIGN = "sign"
+SCALED_SIGN = "scaled_sign"
+FORWARD_KINDS = (SIGN, SCALED_SIGN)
 
 MAGNITUDE_AWARE_GRADIENTS = ("exact", "paper", "stop_alpha")
 
@@ -51,6 +61,56 @@ def _sign(x: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
+# Declared forward kinds.
+# ----------------------------------------------------------------------------------------------
+
+def sign_like(kind: str = SIGN):
+  """Decorator declaring a quantizer's forward: sets `precision = 1` and `forward_kind` on it.
+
+  kind "sign": the quantizer returns sign(x) (+1 where x >= 0, else -1, in x's dtype).
+  "scaled_sign": it returns c * sign(x), c >= 0 per output channel (the last axis), e.g. XNOR-Net's
+  alpha. The declaration is a promise about the forward values only; the gradient is free. Layers
+  run declared quantizers on the packed kernels (see `xnorjax.nn.functional.packable`), so a wrong
+  declaration gives wrong outputs.
+
+  Example:
+    @quantizers.sign_like()
+    def narrow_ste_sign(x):
+      return quantizers.ste_sign(x, clip_value=0.5)
+  """
+  if kind not in FORWARD_KINDS:
+    raise ValueError(f"kind must be one of {FORWARD_KINDS}, got {kind!r}")
+
+  def declare(quantizer):
+    if not callable(quantizer):
+      raise TypeError(f"sign_like decorates a callable quantizer, got {type(quantizer).__name__}")
+    quantizer.precision = 1
+    quantizer.forward_kind = kind
+    return quantizer
+
+  return declare
+
+
+def forward_kind(quantizer) -> Optional[str]:
+  """The declared forward kind of a quantizer ("sign", "scaled_sign"), or None (undeclared, or no
+  quantizer). `functools.partial` wrappers are looked through."""
+  while isinstance(quantizer, functools.partial) and not hasattr(quantizer, "forward_kind"):
+    quantizer = quantizer.func
+  kind = getattr(quantizer, "forward_kind", None)
+  return kind if kind in FORWARD_KINDS and getattr(quantizer, "precision", None) == 1 else None
+
+
+def is_sign(quantizer) -> bool:
+  """True for a quantizer declared to return exactly sign(x) (ste_sign, approx_sign, ...)."""
+  return forward_kind(quantizer) == SIGN
+
+
+def is_scaled_sign(quantizer) -> bool:
+  """True for a quantizer declared to return c * sign(x) per output channel (magnitude_aware_sign)."""
+  return forward_kind(quantizer) == SCALED_SIGN
+
+
+# ----------------------------------------------------------------------------------------------
 # ste_sign and approx_sign: sign forward, surrogate gradient backward.
 # ----------------------------------------------------------------------------------------------
 
@@ -70,6 +130,7 @@ def _ste_sign_bwd(clip_value, x, g):
 _ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
 
 
+@sign_like(SIGN)
 def ste_sign(x, clip_value: float = 1.0) -> jax.Array:
   """Sign with the straight-through estimator (BNN, XNOR-Net inputs).
 
@@ -96,6 +157,7 @@ def _approx_sign_bwd(x, g):
 _approx_sign.defvjp(_approx_sign_fwd, _approx_sign_bwd)
 
 
+@sign_like(SIGN)
 def approx_sign(x) -> jax.Array:
   """Sign with Bi-Real Net's piecewise-polynomial gradient.
 
@@ -156,6 +218,7 @@ _MAGNITUDE_AWARE_IMPLEMENTATIONS = {
 }
 
 
+@sign_like(SCALED_SIGN)
 def magnitude_aware_sign(w, gradient: str = "exact", clip_value: float = 1.0) -> jax.Array:
   """XNOR-Net's binary weights alpha * sign(w), alpha = mean |w| per output channel.
 
@@ -217,18 +280,6 @@ _REGISTRY: dict[str, Quantizer] = {
 }
 
 QUANTIZER_NAMES = tuple(_REGISTRY)
-
-
-def is_sign(quantizer) -> bool:
-  """True for the quantizers whose forward is exactly sign(x) (ste_sign, approx_sign)."""
-  func = quantizer.func if isinstance(quantizer, functools.partial) else quantizer
-  return func in (ste_sign, approx_sign)
-
-
-def is_magnitude_aware_sign(quantizer) -> bool:
-  """True for magnitude_aware_sign in any gradient variant (forward alpha * sign(w))."""
-  func = quantizer.func if isinstance(quantizer, functools.partial) else quantizer
-  return func is magnitude_aware_sign
 
 
 def get(identifier: Union[str, Quantizer, None], *, argument: str = "identifier") -> Optional[Quantizer]:

@@ -1,9 +1,8 @@
 """Float 2-D convolution (NHWC / HWIO) in several formulations, chosen per shape in one place.
 
 XLA's CPU convolution (`lax.conv_general_dilated`) is slow, and pathological on maps no larger than
-the kernel (/work/shared/PERF-NOTES.md: ~100 ms for one 2x2 512->512 layer at batch 16); im2col
-(the kh*kw shifted views of the padded input concatenated along channels, then one `jnp.dot` with
-the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
+the kernel; im2col (the kh*kw shifted views of the padded input concatenated along channels, then
+one `jnp.dot` with the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
   "lax"         lax.conv_general_dilated, forward and (autodiff) backward.
   "im2col"      shifted views + one dot, forward and (autodiff) backward.
   "lax_im2col"  lax.conv forward, im2col's gradient backward (a custom_vjp: reverse mode only).
@@ -471,7 +470,7 @@ def _check_unrolled(input_hw, kernel_hw, strides, pads):
                      f"most {UNROLLED_MAX_BLOCKS}); use formulation='auto'")
 
 
-_IMPLEMENTATIONS = {"lax": _conv_lax, "im2col": _conv_im2col, "lax_im2col": _conv_lax_im2col}
+_FORMULATION_FNS = {"lax": _conv_lax, "im2col": _conv_im2col, "lax_im2col": _conv_lax_im2col}
 
 
 def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float = 0.0,
@@ -543,4 +542,4 @@ def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float 
   if formulation == "lax_padded":  # non-zero padding values: padded above, the conv itself VALID
     return _conv_lax_padded(x, kernel, strides, ((0, 0), (0, 0)), precision,
                             preferred_element_type)
-  return _IMPLEMENTATIONS[formulation](x, kernel, strides, precision, preferred_element_type)
+  return _FORMULATION_FNS[formulation](x, kernel, strides, precision, preferred_element_type)
