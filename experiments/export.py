@@ -12,7 +12,7 @@ and the run's normalisation, classes, source checkpoint, program, array shapes, 
 sizes (binary layers float32 vs packed, whole model, files on disk); then loads the export back with
 `xnorjax.deploy.load` and compares it, on the first --verify_images test images of the run's data,
 with the training-time model in evaluation mode as `experiments.evaluate` runs it, both with its
-per-layer packed kernels (what `model.eval()` runs) and with XLA float convs (forward="xla"):
+per-layer packed kernels (what `model.eval()` runs) and with float convs (implementation="float"):
 predictions and logits. The comparison is written into the manifest as "verification".
 """
 
@@ -39,23 +39,24 @@ from xnorjax import deploy
 from xnorjax import nn as xnn
 from xnorjax.deploy import sizes as sizes_lib
 
-FORWARDS = ("auto", "xla")  # per-layer packed kernels in eval mode / XLA float convs
+IMPLEMENTATIONS = ("auto", "float")  # per-layer packed kernels in eval mode / float convs
 
 
-def set_binary_forward(model: nnx.Module, forward: str) -> nnx.Module:
-  """Sets `forward` on every BinaryConv / BinaryDense of `model` (in place); returns the model.
+def set_binary_implementation(model: nnx.Module, implementation: str) -> nnx.Module:
+  """Sets `implementation` on every BinaryConv / BinaryDense of `model` (in place); returns it.
 
-  "xla" makes the eval-mode model run float convs (the baseline of experiments.bench.deploy);
+  "float" makes the eval-mode model run float convs (the baseline of experiments.bench.deploy);
   "auto" restores the default (per-layer packed kernels in evaluation mode).
   """
+  xnn.functional.check_implementation(implementation)
   for _, module in nnx.iter_modules(model):
     if isinstance(module, (xnn.BinaryConv, xnn.BinaryDense)):
-      module.forward = forward
+      module.implementation = implementation
   return model
 
 
 def model_logits_fn(model: nnx.Module):
-  """A jitted function images -> logits of `model` as it is now (mode and forward fixed)."""
+  """A jitted function images -> logits of `model` as it is now (mode and implementation fixed)."""
   graphdef, state = nnx.split(model)
   fn = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
   return lambda x: fn(state, x)
@@ -99,20 +100,21 @@ def exported_logits(predictor: deploy.Predictor, split: input_pipeline.Split,
 
 def verify(predictor: deploy.Predictor, model: nnx.Module, split: input_pipeline.Split, *, mean,
            std, batch_size: int = 250) -> list[Agreement]:
-  """The exported model against `model` in eval mode, per-layer packed ("auto") and XLA floats.
+  """The exported model against `model` in eval mode, per-layer packed ("auto") and "float".
 
   The references are `experiments.evaluate.predict`'s logits: the uint8 images normalised inside
   the jitted evaluation, as training evaluates (the exported predictor does the same). Leaves the
-  model's binary layers at forward="auto".
+  model's binary layers at implementation="auto".
   """
   got = exported_logits(predictor, split, batch_size)
   model.eval()
   results = []
-  for forward in FORWARDS:
-    want, _ = evaluate.predict(set_binary_forward(model, forward), split, mean=mean, std=std,
-                               batch_size=batch_size)
-    results.append(compare(got, want, f"eval model, forward={forward!r}", split.labels))
-  set_binary_forward(model, "auto")
+  for implementation in IMPLEMENTATIONS:
+    want, _ = evaluate.predict(set_binary_implementation(model, implementation), split, mean=mean,
+                               std=std, batch_size=batch_size)
+    results.append(compare(got, want, f"eval model, implementation={implementation!r}",
+                           split.labels))
+  set_binary_implementation(model, "auto")
   return results
 
 

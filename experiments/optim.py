@@ -1,8 +1,8 @@
 """Optimiser and learning-rate schedule from the config (optax).
 
 Parameters fall into three groups, each with its own weight decay (`optax.partition`):
-  "binary"     latent kernels of binarized layers (`xnorjax.quantizers.binary_kernel_mask`); these
-               are also clipped to [-c, c] by `xnorjax.quantizers.clip_latent_weights`;
+  "binary"     latent kernels of binarized layers (`xnorjax.optim.binary_kernel_mask`); these
+               are also clipped to [-c, c] by `xnorjax.optim.clip_latent_weights`;
   "kernel"     float conv and dense kernels (rank >= 2);
   "norm_bias"  BatchNorm scales and offsets, biases (rank <= 1).
 SGD and Adam add the decay to the gradient (L2, as PyTorch); AdamW decouples it (Loshchilov & Hutter).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from xnorjax import quantizers
+from xnorjax import optim as xnorjax_optim
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -43,26 +43,22 @@ def learning_rate_schedule(cfg, steps_per_epoch: int, total_steps: int) -> optax
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
-def _path_tuple(path) -> tuple:
-  return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
-
-
 def param_labels(params, binary_mask) -> dict:
   """The group ("binary" / "kernel" / "norm_bias") of every leaf of `params` (same structure).
 
   Args:
     params: the parameters (pure pytree, e.g. `nnx.to_pure_dict(nnx.state(model, nnx.Param))`).
-    binary_mask: `xnorjax.quantizers.binary_kernel_mask(model)` (matched to params by path).
+    binary_mask: `xnorjax.optim.binary_kernel_mask(model)` (matched to params by path).
   """
-  binary = {_path_tuple(p) for p, v in jax.tree_util.tree_flatten_with_path(binary_mask)[0] if v}
+  binary = {xnorjax_optim.path_keys(p) for p, v in jax.tree_util.tree_flatten_with_path(binary_mask)[0] if v}
 
   def label(path, leaf):
-    if _path_tuple(path) in binary:
+    if xnorjax_optim.path_keys(path) in binary:
       return "binary"
     return "kernel" if leaf.ndim >= 2 else "norm_bias"
 
   labels = jax.tree_util.tree_map_with_path(label, params)
-  found = {_path_tuple(p) for p, v in jax.tree_util.tree_flatten_with_path(labels)[0] if v == "binary"}
+  found = {xnorjax_optim.path_keys(p) for p, v in jax.tree_util.tree_flatten_with_path(labels)[0] if v == "binary"}
   if found != binary:
     raise ValueError(f"binary kernel mask paths not found in params: {sorted(binary - found)}")
   return labels
@@ -92,5 +88,5 @@ def create_optimizer(cfg, labels, schedule: optax.Schedule) -> optax.GradientTra
               optax.scale_by_learning_rate(schedule)]
   if cfg.clip_latent_weights:
     binary_mask = jax.tree.map(lambda g: g == "binary", labels)
-    parts.append(optax.masked(quantizers.clip_latent_weights(cfg.clip_latent_weights), binary_mask))
+    parts.append(optax.masked(xnorjax_optim.clip_latent_weights(cfg.clip_latent_weights), binary_mask))
   return optax.chain(*parts)

@@ -38,7 +38,7 @@ from experiments import metrics as metrics_lib
 from experiments import optim
 import xnorjax
 from xnorjax import models
-from xnorjax import quantizers
+from xnorjax import optim as xnorjax_optim
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
@@ -84,11 +84,11 @@ class ModelParts:
   eval_graphdef: Any
   params: Any        # pure dict of nnx.Param values
   rest: Any          # pure dict of everything else (BatchNorm statistics, RNG state)
-  binary_mask: Any   # xnorjax.quantizers.binary_kernel_mask(model)
+  binary_mask: Any   # xnorjax.optim.binary_kernel_mask(model)
 
 
 def split_model(model) -> ModelParts:
-  binary_mask = quantizers.binary_kernel_mask(model)
+  binary_mask = xnorjax_optim.binary_kernel_mask(model)
   model.eval()
   eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
   model.train()

@@ -281,10 +281,10 @@ def test_cuda_lowering_gives_the_kernel_its_scratch_result(op):
   # scratch allocator gave nothing on an H200): lowered for CUDA here, without a GPU.
   from xnorjax import _ffi_cuda  # pylint: disable=g-import-not-at-top
   if op == "conv":
-    fn = functools.partial(xnor_lib.xnor_conv, strides=2, padding="SAME", implementation="ffi")
+    fn = functools.partial(xnor_lib.xnor_conv, strides=2, padding="SAME", implementation="kernel")
     args, dims = ((3, 9, 7, 70), (3, 3, 70, 40)), (3, 9, 7, 3, 3, 3, 40)
   else:
-    fn = functools.partial(xnor_lib.xnor_dense, implementation="ffi")
+    fn = functools.partial(xnor_lib.xnor_dense, implementation="kernel")
     args, dims = ((5, 300), (300, 70)), (5, 1, 1, 10, 1, 1, 70)
   bytes_ = _scratch_bytes_reference(*dims)
   assert _ffi_cuda.scratch_bytes(*dims) == bytes_ == _cuda_host.scratch_bytes(*dims)
@@ -502,14 +502,14 @@ def test_gpu_public_ops_match_xla_reference(pack_output, rng):
     lowered = jax.jit(functools.partial(xnor_lib.xnor_conv, **kwargs)).lower(x, kernel).as_text()
     assert "xnorjax_xnor_conv" in lowered
     got = xnor_lib.xnor_conv(x, kernel, **kwargs)
-    want = xnor_lib.xnor_conv(x, kernel, implementation="xla", **kwargs)
+    want = xnor_lib.xnor_conv(x, kernel, implementation="reference", **kwargs)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   y = rng.standard_normal((5, 300)).astype(np.float32)
   dense_kernel = rng.standard_normal((300, 70)).astype(np.float32)
   got = xnor_lib.xnor_dense(y, dense_kernel, pack_output=pack_output,
                             scale=scale[:1], bias=bias[:1])
   want = xnor_lib.xnor_dense(y, dense_kernel, pack_output=pack_output, scale=scale[:1],
-                             bias=bias[:1], implementation="xla")
+                             bias=bias[:1], implementation="reference")
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -550,4 +550,4 @@ def test_gpu_handler_rejects_a_short_scratch_result(rng):
 def test_pack_reference_matches_pack_bits(rng):
   # The numpy reference's packing is pack_bits' encoding.
   v = rng.standard_normal((3, 70)).astype(np.float32)
-  np.testing.assert_array_equal(_pack(v >= 0), np.asarray(pack_bits(v, implementation="xla")))
+  np.testing.assert_array_equal(_pack(v >= 0), np.asarray(pack_bits(v, implementation="reference")))

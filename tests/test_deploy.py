@@ -4,7 +4,7 @@ Exactness, as stated in xnorjax/deploy/fold.py: every packed activation of the d
 equals the packed signs of the layer program (what the eval-mode model computes) bit for bit, so
 against the eval-mode model (per-layer packed kernels) the logits differ only by the folding of the
 last binary layer's BatchNorm into its float epilogue: |diff| <= 1e-5 * max(1, |logit|). Against
-the eval model with XLA float convs (forward="xla"), whose sums of +-alpha round, predictions are
+the eval model with float convs (implementation="float"), whose sums of +-alpha round, predictions are
 equal and logits agree within 1e-3 * max(1, |logit|) (a sign within a few ulps of a threshold
 could flip there; measured differences are ~1e-6). Both sides get the same input: the same float
 array, or uint8 images normalised inside the jitted computation as training evaluates
@@ -194,7 +194,7 @@ def test_saved_model_matches_the_eval_model(rng, random_vgg, tmp_path):
     assert agreement.max_rel_logit_diff <= rtol, agreement
   x = jnp.asarray(rng.normal(size=(5, *IMAGE)), jnp.float32)  # float input: already normalised
   _close(predict(x), export_cli.model_logits_fn(model)(x), RTOL_EVAL)
-  assert all(m.forward == "auto" for _, m in nnx.iter_modules(model)
+  assert all(m.implementation == "auto" for _, m in nnx.iter_modules(model)
              if isinstance(m, (xnn.BinaryConv, xnn.BinaryDense)))
 
 
@@ -307,7 +307,7 @@ def _export_command(workdir, out, *extra):
 
 def _check_verification(manifest, images):
   auto, xla = manifest["verification"]
-  assert "'auto'" in auto["reference"] and "'xla'" in xla["reference"]
+  assert "'auto'" in auto["reference"] and "'float'" in xla["reference"]
   for agreement, rtol in ((auto, RTOL_EVAL), (xla, RTOL_XLA)):
     assert agreement["images"] == images
     assert agreement["predictions_equal"] == images, agreement

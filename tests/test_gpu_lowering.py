@@ -1,6 +1,7 @@
 """The training programs as a GPU would compile them, lowered for CUDA here without a GPU.
 
-On a GPU the conv policy takes XLA's convs (cuDNN) and the binary layers' "auto" forward XLA's too:
+On a GPU the conv policy takes XLA's convs (cuDNN) and the binary layers' "auto" implementation
+the float product (XLA's convs) too:
 a CPU-only FFI target in such a program (the Winograd or direct float conv, the CPU packed
 kernels) has no CUDA implementation, and experiments/gpu/run.sh would fail to compile it there.
 """

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xnorjax import models
-from xnorjax import quantizers
+from xnorjax import optim as xnorjax_optim
 
 # name -> number of binarized kernels at the default settings (first and last layers float).
 BINARY_KERNELS = {"vgg16": 0, "bin_vgg16": 13, "nin": 0, "bin_nin": 7, "resnet18": 0,
@@ -20,7 +20,7 @@ def _forward(model, x):
 
 
 def _binary_kernel_shapes(model):
-  mask = quantizers.binary_kernel_mask(model)
+  mask = xnorjax_optim.binary_kernel_mask(model)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   return [p.shape for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m]
 

@@ -247,8 +247,8 @@ def test_bad_input_errors():
       xnn.BinaryConv(3, 4, 3, padding=bad, rngs=rngs)
   with pytest.raises(ValueError, match="kernel_size must be"):
     xnn.BinaryConv(3, 4, 0, rngs=rngs)
-  with pytest.raises(ValueError, match="forward must be one of"):
-    xnn.BinaryConv(3, 4, 3, forward="popcount", rngs=rngs)
+  with pytest.raises(ValueError, match="implementation must be one of"):
+    xnn.BinaryConv(3, 4, 3, implementation="popcount", rngs=rngs)
   with pytest.raises(ValueError, match="activation_scaling=True needs an input_quantizer"):
     xnn.BinaryConv(3, 4, 3, activation_scaling=True, rngs=rngs)
   with pytest.raises(ValueError, match="in_features must be a positive int"):

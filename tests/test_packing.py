@@ -24,7 +24,10 @@ SHAPES_AXES = [((5,), 0), ((2, 31), -1), ((3, 32), 1), ((4, 33), -1), ((2, 7, 96
                ((3, 70, 2), 1), ((1, 1, 1, 129), 3), ((6, 5, 4, 300), -1), ((64, 3, 3, 5), 0)]
 
 
-@pytest.mark.parametrize("implementation", ["xla", pytest.param("ffi", marks=requires_extension)])
+IMPLEMENTATIONS = ["reference", pytest.param("kernel", marks=requires_extension)]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("shape,axis", SHAPES_AXES)
 def test_pack_bits_matches_numpy(rng, implementation, shape, axis):
   x = rng.standard_normal(shape).astype(np.float32)
@@ -36,7 +39,7 @@ def test_pack_bits_matches_numpy(rng, implementation, shape, axis):
 @requires_extension
 def test_ffi_is_a_custom_call_and_auto_agrees(rng):
   x = rng.standard_normal((4, 100)).astype(np.float32)
-  ffi = jax.jit(lambda v: pack_bits(v, implementation="ffi"))
+  ffi = jax.jit(lambda v: pack_bits(v, implementation="kernel"))
   assert "xnorjax_pack_bits" in ffi.lower(x).as_text()
   assert "xnorjax_pack_bits" not in jax.jit(pack_bits).lower(x).as_text()  # auto: fusable XLA
   np.testing.assert_array_equal(np.asarray(jax.jit(pack_bits)(x)), np.asarray(ffi(x)))
@@ -57,7 +60,7 @@ def test_tail_bits_are_zero(rng):
   assert words[0, 0] == 0xFFFFFFFF and words[0, 1] == 0xFF
 
 
-@pytest.mark.parametrize("implementation", ["xla", pytest.param("ffi", marks=requires_extension)])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_vmap(rng, implementation):
   x = rng.standard_normal((5, 3, 70)).astype(np.float32)
   got = jax.vmap(lambda v: pack_bits(v, implementation=implementation))(x)
@@ -93,6 +96,6 @@ def test_missing_extension_message(monkeypatch):
   from xnorjax import _native
   monkeypatch.setattr(_native, "_load", lambda: (None, _native.BUILD_HINT))
   with pytest.raises(xnorjax.ExtensionNotBuiltError, match="make install"):
-    pack_bits(jnp.ones((2, 3)), implementation="ffi")
+    pack_bits(jnp.ones((2, 3)), implementation="kernel")
   # "auto" falls back to XLA and still gives the right bits.
   np.testing.assert_array_equal(np.asarray(pack_bits(jnp.ones((2, 3)))), [[7], [7]])

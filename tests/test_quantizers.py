@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from xnorjax import nn as xnn
+from xnorjax import optim
 from xnorjax import quantizers
 
 
@@ -153,6 +154,41 @@ def test_get_names_callables_none():
     quantizers.get(3)
 
 
+def test_declared_forward_kinds():
+  """Sign-likeness is read from the declaration, through functools.partial and the registry."""
+  for q in ("ste_sign", "approx_sign", quantizers.ste_sign,
+            functools.partial(quantizers.ste_sign, clip_value=0.5)):
+    q = quantizers.get(q)
+    assert quantizers.is_sign(q) and not quantizers.is_scaled_sign(q), q
+    assert q.precision == 1 if not isinstance(q, functools.partial) else q.func.precision == 1
+  for name in ("magnitude_aware_sign", "magnitude_aware_sign_paper", "magnitude_aware_sign_stop_alpha"):
+    q = quantizers.get(name)
+    assert quantizers.is_scaled_sign(q) and not quantizers.is_sign(q), name
+    assert quantizers.forward_kind(q) == "scaled_sign"
+  undeclared = lambda x: quantizers.ste_sign(x)  # same values, but nothing declares it
+  for q in (None, undeclared, functools.partial(undeclared)):
+    assert quantizers.forward_kind(q) is None and not quantizers.is_sign(q)
+
+  @quantizers.sign_like()
+  def narrow_sign(x):
+    return quantizers.ste_sign(x, clip_value=0.5)
+
+  assert quantizers.is_sign(narrow_sign) and quantizers.get(narrow_sign) is narrow_sign
+  assert quantizers.is_scaled_sign(quantizers.sign_like("scaled_sign")(lambda w: w))
+
+  @quantizers.sign_like()
+  class SignObject:  # a class (or its instances) carries the declaration as class attributes
+
+    def __call__(self, x):
+      return quantizers.ste_sign(x)
+
+  assert quantizers.is_sign(SignObject())
+  with pytest.raises(ValueError, match="kind must be one of \\('sign', 'scaled_sign'\\)"):
+    quantizers.sign_like("ternary")
+  with pytest.raises(TypeError, match="sign_like decorates a callable"):
+    quantizers.sign_like()(3)
+
+
 def test_bad_quantizer_inputs():
   with pytest.raises(TypeError, match="x must be a floating-point"):
     quantizers.ste_sign(jnp.arange(4))
@@ -167,7 +203,7 @@ def test_bad_quantizer_inputs():
 
 
 # ------------------------------------------------------------------------------------------------
-# Latent-weight clipping.
+# Latent-weight clipping (xnorjax.optim).
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -177,7 +213,7 @@ def test_clip_latent_weights_lands_in_box(rng, dtype):
   params = {"a": jnp.asarray(rng.uniform(-8, 8, 20000), dtype),
             "b": jnp.asarray(rng.uniform(-1, 1, (50, 40)), dtype)}
   updates = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape) * 4, dtype), params)
-  tx = quantizers.clip_latent_weights(clip_value)
+  tx = optim.clip_latent_weights(clip_value)
   new_updates, _ = tx.update(updates, tx.init(params), params)
   new_params = optax.apply_updates(params, new_updates)
   for leaf, before, upd in zip(jax.tree.leaves(new_params), jax.tree.leaves(params), jax.tree.leaves(updates)):
@@ -203,10 +239,10 @@ def test_clip_latent_weights_masked_in_nnx_optimizer(rng):
       return self.head(self.block(self.stem(x)).mean(axis=(1, 2)))
 
   model = Net(nnx.Rngs(int(rng.integers(1 << 30))))
-  mask = quantizers.binary_kernel_mask(model)
+  mask = optim.binary_kernel_mask(model)
   assert jax.tree.leaves(mask).count(True) == 2
   assert mask["block"]["conv"]["kernel"] and mask["head"]["kernel"] and not mask["stem"]["kernel"]
-  tx = optax.chain(optax.sgd(50.0), optax.masked(quantizers.clip_latent_weights(), mask))
+  tx = optax.chain(optax.sgd(50.0), optax.masked(optim.clip_latent_weights(), mask))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   x = jnp.asarray(rng.standard_normal((2, 6, 6, 3)), jnp.float32)
   y = jnp.asarray(rng.standard_normal((2, 2)), jnp.float32)
@@ -228,8 +264,8 @@ def test_clip_latent_weights_masked_in_nnx_optimizer(rng):
 
 
 def test_clip_latent_weights_needs_params_and_binary_kernel_mask_needs_model():
-  tx = quantizers.clip_latent_weights()
+  tx = optim.clip_latent_weights()
   with pytest.raises(ValueError, match="needs params"):
     tx.update({"a": jnp.ones(2)}, tx.init({"a": jnp.ones(2)}))
   with pytest.raises(TypeError, match="needs the nnx.Module"):
-    quantizers.binary_kernel_mask({"kernel": jnp.ones((2, 2))})
+    optim.binary_kernel_mask({"kernel": jnp.ones((2, 2))})

@@ -11,7 +11,7 @@ import pytest
 import xnorjax
 from xnorjax import models
 from xnorjax import nn as xnn
-from xnorjax import quantizers
+from xnorjax import optim as xnorjax_optim
 from xnorjax.summary import ModelSummary
 from xnorjax.summary import compute_summary
 
@@ -32,7 +32,7 @@ def test_counts_equal_the_models_variables(name, width, rng):
   assert s.params == _sizes(params)
   assert s.state == _sizes(nnx.state(model, nnx.BatchStat))
   # Binary parameters: exactly the kernels that the optimiser's binary mask selects.
-  mask = quantizers.binary_kernel_mask(model)
+  mask = xnorjax_optim.binary_kernel_mask(model)
   binary = sum(math.prod(p.shape) for p, m in zip(jax.tree.leaves(nnx.as_pure(params)),
                                                    jax.tree.leaves(mask)) if m)
   assert s.binary_params == binary

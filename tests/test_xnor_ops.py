@@ -17,20 +17,22 @@ import xnorjax
 from xnorjax import _native
 from xnorjax.ops import fold_batch_norm, pack_bits, xnor_conv, xnor_dense
 from xnorjax.ops import conv as conv_lib
+from xnorjax.ops import implementations
+from xnorjax.ops.xnor import isa_code
 from conftest import requires_extension
 
 pytestmark = requires_extension
 
-IMPL_CODES = {"avx512": 1, "avx2": 2, "portable": 3}
+KERNEL_ISAS = ("avx512", "avx2", "portable")  # the ISAS with a kernel of their own
 
 
-def _supported(impl: str) -> bool:
-  return xnorjax.extension_available() and xnorjax.require_extension().xnor.impl_supported(
-      IMPL_CODES[impl])
+def _supported(isa: str) -> bool:
+  return xnorjax.extension_available() and xnorjax.require_extension().xnor.isa_supported(
+      isa_code(isa))
 
 
-IMPLS = [pytest.param(i, marks=pytest.mark.skipif(not _supported(i), reason=f"CPU lacks {i}"))
-         for i in IMPL_CODES]
+ISAS = [pytest.param(i, marks=pytest.mark.skipif(not _supported(i), reason=f"CPU lacks {i}"))
+        for i in KERNEL_ISAS]
 
 
 def signs(rng, shape):
@@ -84,26 +86,26 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
-def test_conv_matches_lax_exactly(rng, impl, case):
+def test_conv_matches_lax_exactly(rng, isa, case):
   n, h, w, c, o, kh, kw, strides, padding = case
   x = signs(rng, (n, h, w, c))
   kernel = signs(rng, (kh, kw, c, o))
   pads = conv_lib.normalize_padding(padding, (h, w), (kh, kw), strides)
   for pad_value in (0.0, -1.0, 1.0):
     fn = jax.jit(lambda a, b: xnor_conv(a, b, strides=strides, padding=padding,
-                                        pad_value=pad_value, impl=impl, implementation="ffi"))
+                                        pad_value=pad_value, isa=isa, implementation="kernel"))
     got = np.asarray(fn(x, kernel))
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, lax_conv_reference(x, kernel, strides, pads, pad_value))
 
 
-def _conv_into(impl, xp, w, scale, bias, out, output, c, strides, pads, pad_value, threads,
+def _conv_into(isa, xp, w, scale, bias, out, output, c, strides, pads, pad_value, threads,
                input_major):
   xnorjax.require_extension().xnor.conv_into(
       xp, w, scale, bias, out, output, c, strides[0], strides[1], pads[0][0], pads[0][1],
-      pads[1][0], pads[1][1], int(pad_value), IMPL_CODES[impl], threads, input_major)
+      pads[1][0], pads[1][1], int(pad_value), isa_code(isa), threads, input_major)
 
 
 def _packed_operands(x, kernel, input_major):
@@ -113,9 +115,9 @@ def _packed_operands(x, kernel, input_major):
   return xp, wp if input_major else np.ascontiguousarray(wp.transpose(3, 0, 1, 2))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads,input_major", [(1, True), (3, True), (2, False)])
-def test_poisoned_outputs_are_all_written(rng, impl, threads, input_major):
+def test_poisoned_outputs_are_all_written(rng, isa, threads, input_major):
   # The engine runs on caller buffers filled with a sentinel: every element must be overwritten.
   for n, h, w, c, o, kh, kw, strides, padding in CONV_CASES:
     x, kernel = signs(rng, (n, h, w, c)), signs(rng, (kh, kw, c, o))
@@ -126,22 +128,22 @@ def test_poisoned_outputs_are_all_written(rng, impl, threads, input_major):
     scale = rng.uniform(0.5, 2.0, o).astype(np.float32)
     bias = rng.uniform(-3, 3, o).astype(np.float32)
     out = np.full(want.shape, np.iinfo(np.int32).min, np.int32)
-    _conv_into(impl, xp, wt, scale, bias, out, "int32", c, strides, pads, pad_value, threads,
+    _conv_into(isa, xp, wt, scale, bias, out, "int32", c, strides, pads, pad_value, threads,
                input_major)
     np.testing.assert_array_equal(out, want)
     out_f = np.full(want.shape, np.nan, np.float32)
-    _conv_into(impl, xp, wt, scale, bias, out_f, "float32", c, strides, pads, pad_value, threads,
+    _conv_into(isa, xp, wt, scale, bias, out_f, "float32", c, strides, pads, pad_value, threads,
                input_major)
     np.testing.assert_allclose(out_f, want * scale + bias, rtol=1e-6, atol=1e-5)
     out_p = np.full(want.shape[:3] + (-(-o // 32),), 0xDEADBEEF, np.uint32)
-    _conv_into(impl, xp, wt, scale, bias, out_p, "packed", c, strides, pads, pad_value, threads,
+    _conv_into(isa, xp, wt, scale, bias, out_p, "packed", c, strides, pads, pad_value, threads,
                input_major)
     np.testing.assert_array_equal(out_p, np.asarray(pack_bits(out_f)))
 
 
-def test_every_impl_gives_identical_results(rng):
+def test_every_isa_gives_identical_results(rng):
   # Integers, floats (one fused multiply-add rounding on every path) and packed bits, bit for bit.
-  impls = [i for i in IMPL_CODES if _supported(i)]
+  isas = [i for i in KERNEL_ISAS if _supported(i)]
   x, kernel = signs(rng, (2, 7, 6, 75)), signs(rng, (3, 3, 75, 45))
   pads = ((1, 1), (1, 1))
   xp, wp = _packed_operands(x, kernel, True)
@@ -150,13 +152,13 @@ def test_every_impl_gives_identical_results(rng):
   for output, dtype, width in (("int32", np.int32, 45), ("float32", np.float32, 45),
                                ("packed", np.uint32, 2)):
     results = []
-    for impl in impls:
+    for isa in isas:
       out = np.zeros((2, 7, 6, width), dtype)
-      _conv_into(impl, xp, wp, scale, bias, out, output, 75, (1, 1), pads, 0, 2, True)
+      _conv_into(isa, xp, wp, scale, bias, out, output, 75, (1, 1), pads, 0, 2, True)
       results.append(out)
-    for impl, out in zip(impls[1:], results[1:]):
+    for isa, out in zip(isas[1:], results[1:]):
       np.testing.assert_array_equal(out.view(np.uint32), results[0].view(np.uint32),
-                                    err_msg=f"{output}: {impl} vs {impls[0]}")
+                                    err_msg=f"{output}: {isa} vs {isas[0]}")
 
 
 @settings(max_examples=40, deadline=None)
@@ -165,7 +167,7 @@ def test_every_impl_gives_identical_results(rng):
        sh=st.integers(1, 2), sw=st.integers(1, 2), pad_value=st.sampled_from([-1, 0, 1]),
        pad_mode=st.sampled_from(["SAME", "VALID", "explicit"]), seed=st.integers(0, 2**32 - 1),
        threads=st.integers(1, 3))
-def test_shape_fuzz_every_impl(n, h, w, c, o, kh, kw, sh, sw, pad_value, pad_mode, seed, threads):
+def test_shape_fuzz_every_isa(n, h, w, c, o, kh, kw, sh, sw, pad_value, pad_mode, seed, threads):
   rng = np.random.default_rng(seed)
   if pad_mode == "explicit":
     padding = tuple((int(rng.integers(0, k)), int(rng.integers(0, k))) for k in (kh, kw))
@@ -179,13 +181,13 @@ def test_shape_fuzz_every_impl(n, h, w, c, o, kh, kw, sh, sw, pad_value, pad_mod
   ones, zeros = np.ones(o, np.float32), np.zeros(o, np.float32)
   for input_major in (True, False):
     xp, w = _packed_operands(x, kernel, input_major)
-    for impl in IMPL_CODES:
-      if not _supported(impl):
+    for isa in KERNEL_ISAS:
+      if not _supported(isa):
         continue
       out = np.full(want.shape, np.iinfo(np.int32).max, np.int32)
-      _conv_into(impl, xp, w, ones, zeros, out, "int32", c, (sh, sw), pads, pad_value, threads,
+      _conv_into(isa, xp, w, ones, zeros, out, "int32", c, (sh, sw), pads, pad_value, threads,
                  input_major)
-      np.testing.assert_array_equal(out, want, err_msg=f"impl={impl} input_major={input_major}")
+      np.testing.assert_array_equal(out, want, err_msg=f"isa={isa} input_major={input_major}")
 
 
 def test_auto_uses_the_kernel_and_matches_reference(rng):
@@ -193,7 +195,7 @@ def test_auto_uses_the_kernel_and_matches_reference(rng):
   fn = jax.jit(lambda a, b: xnor_conv(a, b))
   assert "xnorjax_xnor_conv_i32" in fn.lower(x, kernel).as_text()
   np.testing.assert_array_equal(np.asarray(fn(x, kernel)),
-                                np.asarray(xnor_conv(x, kernel, implementation="xla")))
+                                np.asarray(xnor_conv(x, kernel, implementation="reference")))
 
 
 def test_packed_inputs_match_float_inputs(rng):
@@ -215,30 +217,30 @@ def test_nonzero_tail_bits_are_ignored(rng):
   wp = np.array(pack_bits(kernel, axis=-2))
   wp[:, :, -1, :] |= np.uint32(0xF0F0F000)
   want = np.asarray(xnor_conv(x, kernel))
-  for impl in ("auto", "portable"):
-    got = xnor_conv(xp, wp, channels=40, impl=impl, implementation="ffi")
+  for isa in ("auto", "portable"):
+    got = xnor_conv(xp, wp, channels=40, isa=isa, implementation="kernel")
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_fused_epilogue(rng, impl):
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_epilogue(rng, isa):
   x, kernel = signs(rng, (2, 6, 5, 50)), signs(rng, (3, 3, 50, 40))
   scale = rng.uniform(0.1, 2.0, 40).astype(np.float32)
   bias = rng.uniform(-20, 20, 40).astype(np.float32)
-  dot = np.asarray(xnor_conv(x, kernel, impl=impl, implementation="ffi")).astype(np.float64)
-  y = jax.jit(lambda a, b: xnor_conv(a, b, scale=scale, bias=bias, impl=impl,
-                                     implementation="ffi"))(x, kernel)
+  dot = np.asarray(xnor_conv(x, kernel, isa=isa, implementation="kernel")).astype(np.float64)
+  y = jax.jit(lambda a, b: xnor_conv(a, b, scale=scale, bias=bias, isa=isa,
+                                     implementation="kernel"))(x, kernel)
   assert y.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(y), dot * scale + bias, rtol=1e-6, atol=1e-5)
-  packed = xnor_conv(x, kernel, scale=scale, bias=bias, pack_output=True, impl=impl,
-                     implementation="ffi")
+  packed = xnor_conv(x, kernel, scale=scale, bias=bias, pack_output=True, isa=isa,
+                     implementation="kernel")
   assert packed.dtype == jnp.uint32 and packed.shape == (2, 6, 5, 2)
   np.testing.assert_array_equal(np.asarray(packed), np.asarray(pack_bits(y)))
-  ref = xnor_conv(x, kernel, scale=scale, bias=bias, implementation="xla")
+  ref = xnor_conv(x, kernel, scale=scale, bias=bias, implementation="reference")
   np.testing.assert_allclose(np.asarray(ref), np.asarray(y), rtol=1e-6, atol=1e-5)
   # Sign of dot alone (no scale / bias): bit set where dot >= 0.
   np.testing.assert_array_equal(
-      np.asarray(xnor_conv(x, kernel, pack_output=True, impl=impl, implementation="ffi")),
+      np.asarray(xnor_conv(x, kernel, pack_output=True, isa=isa, implementation="kernel")),
       np.asarray(pack_bits(dot.astype(np.float32))))
 
 
@@ -254,19 +256,19 @@ def test_fold_batch_norm(rng):
 DENSE_CASES = [(1, 1, 1), (3, 31, 5), (4, 32, 16), (7, 33, 40), (2, 100, 130), (16, 1000, 10)]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m,k,n", DENSE_CASES)
-def test_dense_matches_matmul_exactly(rng, impl, m, k, n):
+def test_dense_matches_matmul_exactly(rng, isa, m, k, n):
   x, kernel = signs(rng, (m, k)), signs(rng, (k, n))
-  got = jax.jit(lambda a, b: xnor_dense(a, b, impl=impl, implementation="ffi"))(x, kernel)
+  got = jax.jit(lambda a, b: xnor_dense(a, b, isa=isa, implementation="kernel"))(x, kernel)
   assert got.dtype == jnp.int32
   np.testing.assert_array_equal(np.asarray(got), pm1(x) @ pm1(kernel))
   scale, bias = rng.uniform(0.5, 2, n).astype(np.float32), rng.uniform(-5, 5, n).astype(np.float32)
-  y = xnor_dense(x, kernel, scale=scale, bias=bias, impl=impl, implementation="ffi")
+  y = xnor_dense(x, kernel, scale=scale, bias=bias, isa=isa, implementation="kernel")
   np.testing.assert_allclose(np.asarray(y), (pm1(x) @ pm1(kernel)) * scale + bias, rtol=1e-6,
                              atol=1e-5)
-  packed = xnor_dense(x, kernel, scale=scale, bias=bias, pack_output=True, impl=impl,
-                      implementation="ffi")
+  packed = xnor_dense(x, kernel, scale=scale, bias=bias, pack_output=True, isa=isa,
+                      implementation="kernel")
   np.testing.assert_array_equal(np.asarray(packed), np.asarray(pack_bits(y)))
 
 
@@ -276,7 +278,7 @@ def test_dense_leading_axes_and_packed_inputs(rng):
   np.testing.assert_array_equal(np.asarray(xnor_dense(x, kernel)), want)
   got = xnor_dense(pack_bits(x), pack_bits(kernel, axis=-2), features=70)
   np.testing.assert_array_equal(np.asarray(got), want)
-  np.testing.assert_array_equal(np.asarray(xnor_dense(x, kernel, implementation="xla")), want)
+  np.testing.assert_array_equal(np.asarray(xnor_dense(x, kernel, implementation="reference")), want)
 
 
 def test_vmap(rng):
@@ -301,7 +303,7 @@ def test_missing_extension_falls_back_to_reference(rng, monkeypatch):
   monkeypatch.setattr(_native, "_load", lambda: (None, _native.BUILD_HINT))
   np.testing.assert_array_equal(np.asarray(xnor_conv(x, kernel)), want)
   with pytest.raises(xnorjax.ExtensionNotBuiltError, match="make install"):
-    xnor_conv(x, kernel, implementation="ffi")
+    xnor_conv(x, kernel, implementation="kernel")
 
 
 def test_bad_input(rng):
@@ -326,7 +328,7 @@ def test_bad_input(rng):
       (ValueError, "padding must be", lambda: xnor_conv(x, kernel, padding="FULL")),
       (ValueError, "smaller than the kernel", lambda: xnor_conv(x[:, :2], kernel, padding="VALID")),
       (ValueError, "pad_value must be 0, -1 or \\+1", lambda: xnor_conv(x, kernel, pad_value=0.5)),
-      (ValueError, "impl must be one of", lambda: xnor_conv(x, kernel, impl="sse")),
+      (ValueError, "isa must be one of", lambda: xnor_conv(x, kernel, isa="sse")),
       (ValueError, "implementation must be", lambda: xnor_conv(x, kernel, implementation="c")),
       (ValueError, "scale must be a scalar or have shape", lambda: xnor_conv(x, kernel,
                                                                           scale=np.ones(7))),
@@ -384,8 +386,8 @@ def test_kernel_rejects_inconsistent_calls_without_crashing(rng):
         np.zeros((1, 4, 4, 8), np.int32), "int32", 100, 1, 1, 1, 1, 1, 1, 0, 0, 1)
 
 
-@pytest.mark.parametrize("impl", [0, 3])
-def test_contract_targets_match_the_cpu_layout_targets(rng, impl):
+@pytest.mark.parametrize("isa", ["auto", "portable"])
+def test_contract_targets_match_the_cpu_layout_targets(rng, isa):
   # The FFI contract's targets (weights output-major, shared with CUDA) and the CPU-only ones the
   # wrapper calls (weights as packed, input-major) compute the same, for every output form.
   c, o = 45, 37
@@ -395,7 +397,7 @@ def test_contract_targets_match_the_cpu_layout_targets(rng, impl):
   bias = jnp.asarray(rng.uniform(-9, 9, o), jnp.float32)
   attrs = dict(channels=np.int64(c), stride_h=np.int64(2), stride_w=np.int64(1),
                pad_top=np.int64(1), pad_bottom=np.int64(1), pad_left=np.int64(0),
-               pad_right=np.int64(1), pad_value=np.int64(0), impl=np.int64(impl))
+               pad_right=np.int64(1), pad_value=np.int64(0), impl=np.int64(isa_code(isa)))
   shapes = {"i32": ((2, 3, 4, o), jnp.int32), "f32": ((2, 3, 4, o), jnp.float32),
             "packed": ((2, 3, 4, 2), jnp.uint32)}
   for kind, (shape, dtype) in shapes.items():
@@ -406,7 +408,7 @@ def test_contract_targets_match_the_cpu_layout_targets(rng, impl):
     cpu = jax.ffi.ffi_call(f"xnorjax_xnor_conv_{kind}_hwio", out)(xp, wp, *extra, **attrs)
     np.testing.assert_array_equal(np.asarray(contract), np.asarray(cpu), err_msg=kind)
   want = xnor_conv(xp, wp, channels=c, strides=(2, 1), padding=((1, 1), (0, 1)),
-                   implementation="xla")
+                   implementation="reference")
   i32 = jax.ffi.ffi_call("xnorjax_xnor_conv_i32", jax.ShapeDtypeStruct((2, 3, 4, o), jnp.int32))(
       xp, jnp.transpose(wp, (3, 0, 1, 2)), **attrs)
   np.testing.assert_array_equal(np.asarray(i32), np.asarray(want))
@@ -415,13 +417,13 @@ def test_contract_targets_match_the_cpu_layout_targets(rng, impl):
                                "packed": (jnp.uint32, 2)}.items():
     extra = () if kind == "i32" else (scale, bias)
     out = jax.ShapeDtypeStruct((6, width), dtype)
-    kw = dict(features=np.int64(70), impl=np.int64(impl))
+    kw = dict(features=np.int64(70), impl=np.int64(isa_code(isa)))
     contract = jax.ffi.ffi_call(f"xnorjax_xnor_dense_{kind}", out)(xd, wd.T, *extra, **kw)
     cpu = jax.ffi.ffi_call(f"xnorjax_xnor_dense_{kind}_kn", out)(xd, wd, *extra, **kw)
     np.testing.assert_array_equal(np.asarray(contract), np.asarray(cpu), err_msg=kind)
     if kind == "i32":
       np.testing.assert_array_equal(
-          np.asarray(contract), np.asarray(xnor_dense(xd, wd, features=70, implementation="xla")))
+          np.asarray(contract), np.asarray(xnor_dense(xd, wd, features=70, implementation="reference")))
 
 
 def unpack(xp, c):
@@ -432,12 +434,25 @@ def unpack_kernel(wt, c):
   return jnp.transpose(xnorjax.ops.unpack_bits(wt, c, axis=-1), (1, 2, 3, 0))
 
 
+def test_isa_names_map_to_the_extension_codes():
+  """The Python ISA names are exactly the extension's, and each op passes the extension's code."""
+  codes = xnorjax.require_extension().xnor.ISA_CODES
+  assert tuple(codes) == implementations.ISAS
+  assert len(set(codes.values())) == len(codes)
+  for isa in implementations.ISAS:
+    assert isa_code(isa) == codes[isa]
+  x, kernel = np.ones((1, 3, 3, 8), np.float32), np.ones((3, 3, 8, 2), np.float32)
+  lowered = jax.jit(lambda a, b: xnor_conv(a, b, isa="portable", implementation="kernel")).lower(
+      x, kernel).as_text()
+  assert f"impl = {codes['portable']} : i64" in lowered
+
+
 def test_cpu_features_reported():
   xnor = xnorjax.require_extension().xnor
   features = xnor.cpu_features()
   assert set(features) == {"avx512_vpopcntdq", "avx2", "avx512f"}
-  want = 1 if features["avx512_vpopcntdq"] else 2 if features["avx2"] else 3
-  assert xnor.auto_impl() == want
+  want = "avx512" if features["avx512_vpopcntdq"] else "avx2" if features["avx2"] else "portable"
+  assert xnor.auto_isa() == xnor.ISA_CODES[want]
   # AVX-512F (the float32 training convs) comes with any AVX-512 extension.
   assert features["avx512f"] or not features["avx512_vpopcntdq"]
 
@@ -491,7 +506,7 @@ def test_concurrent_calls_from_several_threads_are_exact(rng):
   x = signs(rng, (4, 8, 8, 64))
   kernel = signs(rng, (3, 3, 64, 96))
   want = lax_conv_reference(x, kernel, (1, 1), ((1, 1), (1, 1)), 0.0)
-  fn = jax.jit(lambda a, b: xnor_conv(a, b, implementation="ffi"))
+  fn = jax.jit(lambda a, b: xnor_conv(a, b, implementation="kernel"))
   xs, ks = jnp.asarray(x), jnp.asarray(kernel)
   fn(xs, ks).block_until_ready()
   wrong = []

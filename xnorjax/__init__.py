@@ -1,7 +1,8 @@
 """xnorjax: binary neural networks (XNOR-Net, BNN) for JAX and Flax NNX.
 
 Submodules:
-  xnorjax.quantizers  ste_sign, approx_sign, magnitude_aware_sign, latent-weight clipping.
+  xnorjax.quantizers  ste_sign, approx_sign, magnitude_aware_sign (sign-like quantizers).
+  xnorjax.optim       clip_latent_weights and binary_kernel_mask (optax utilities).
   xnorjax.nn          BinaryConv and BinaryDense (Flax NNX), drop-in for nnx.Conv / nnx.Linear.
   xnorjax.ops         pack_bits and the packed XNOR-popcount kernels (C++ XLA FFI custom calls).
   xnorjax.summary     summary(model, input_shape): larq-style per-layer parameters, memory, MACs.
@@ -11,6 +12,7 @@ Submodules:
 
 from xnorjax import nn
 from xnorjax import ops
+from xnorjax import optim
 from xnorjax import quantizers
 # The function shadows its module as an attribute (`xnorjax.summary(model, shape)`); the module's
 # other names stay importable: `from xnorjax.summary import ModelSummary`.
@@ -27,6 +29,7 @@ __all__ = [
     "extension_available",
     "nn",
     "ops",
+    "optim",
     "quantizers",
     "require_extension",
     "summary",

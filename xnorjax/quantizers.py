@@ -1,4 +1,4 @@
-"""Quantizers for binary networks (larq's vocabulary) and latent-weight clipping.
+"""Quantizers for binary networks (larq's vocabulary).
 
 A quantizer maps a float array to a binarized array of the same shape and dtype, with a surrogate
 gradient for training:
@@ -9,8 +9,14 @@ gradient for training:
 
 sign(0) = +1 everywhere, the bit encoding of `xnorjax.ops.pack_bits` (bit 1 = +1), so that a packed
 kernel reproduces these values exactly. `get` resolves a quantizer from its name; `None` means "no
-quantization" (float). `clip_latent_weights` is the optax transform that keeps latent binary weights
-in [-1, 1] (larq's weight clip constraint), and `binary_kernel_mask` selects the kernels it applies to.
+quantization" (float).
+
+A quantizer declares what its forward computes with the `sign_like` decorator (attributes
+`precision = 1` and `forward_kind`, larq's `precision` in spirit): "sign" for sign(x), "scaled_sign"
+for c * sign(x) with c >= 0 constant over all axes but the last (per output channel). The packed
+XNOR-popcount kernels run exactly these, whatever the gradient, so a user's own sign quantizer
+(another straight-through window, another surrogate) gets the packed forward once it is declared.
+The declaration is read through `functools.partial`, so configured variants keep it.
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
-import optax
 
 Quantizer = Callable[[jax.Array], jax.Array]
+
+SIGN = "sign"
+SCALED_SIGN = "scaled_sign"
+FORWARD_KINDS = (SIGN, SCALED_SIGN)
 
 MAGNITUDE_AWARE_GRADIENTS = ("exact", "paper", "stop_alpha")
 
@@ -36,7 +45,8 @@ def _check_float(x, name: str) -> jax.Array:
   return x
 
 
-def _check_clip_value(clip_value) -> float:
+def check_clip_value(clip_value) -> float:
+  """clip_value as a positive float (it is static: a Python number, not an array)."""
   if isinstance(clip_value, (jax.Array, np.ndarray)) or not np.isscalar(clip_value):
     raise TypeError(f"clip_value must be a Python number (it is static), got {type(clip_value).__name__}")
   clip_value = float(clip_value)
@@ -48,6 +58,56 @@ def _check_clip_value(clip_value) -> float:
 def _sign(x: jax.Array) -> jax.Array:
   """+1 where x >= 0, else -1 (NaN -> -1, as pack_bits), in x's dtype."""
   return jnp.where(x >= 0, 1, -1).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Declared forward kinds.
+# ----------------------------------------------------------------------------------------------
+
+def sign_like(kind: str = SIGN):
+  """Decorator declaring a quantizer's forward: sets `precision = 1` and `forward_kind` on it.
+
+  kind "sign": the quantizer returns sign(x) (+1 where x >= 0, else -1, in x's dtype).
+  "scaled_sign": it returns c * sign(x), c >= 0 per output channel (the last axis), e.g. XNOR-Net's
+  alpha. The declaration is a promise about the forward values only; the gradient is free. Layers
+  run declared quantizers on the packed kernels (see `xnorjax.nn.functional.packable`), so a wrong
+  declaration gives wrong outputs.
+
+  Example:
+    @quantizers.sign_like()
+    def narrow_ste_sign(x):
+      return quantizers.ste_sign(x, clip_value=0.5)
+  """
+  if kind not in FORWARD_KINDS:
+    raise ValueError(f"kind must be one of {FORWARD_KINDS}, got {kind!r}")
+
+  def declare(quantizer):
+    if not callable(quantizer):
+      raise TypeError(f"sign_like decorates a callable quantizer, got {type(quantizer).__name__}")
+    quantizer.precision = 1
+    quantizer.forward_kind = kind
+    return quantizer
+
+  return declare
+
+
+def forward_kind(quantizer) -> Optional[str]:
+  """The declared forward kind of a quantizer ("sign", "scaled_sign"), or None (undeclared, or no
+  quantizer). `functools.partial` wrappers are looked through."""
+  while isinstance(quantizer, functools.partial) and not hasattr(quantizer, "forward_kind"):
+    quantizer = quantizer.func
+  kind = getattr(quantizer, "forward_kind", None)
+  return kind if kind in FORWARD_KINDS and getattr(quantizer, "precision", None) == 1 else None
+
+
+def is_sign(quantizer) -> bool:
+  """True for a quantizer declared to return exactly sign(x) (ste_sign, approx_sign, ...)."""
+  return forward_kind(quantizer) == SIGN
+
+
+def is_scaled_sign(quantizer) -> bool:
+  """True for a quantizer declared to return c * sign(x) per output channel (magnitude_aware_sign)."""
+  return forward_kind(quantizer) == SCALED_SIGN
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,13 +130,14 @@ def _ste_sign_bwd(clip_value, x, g):
 _ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
 
 
+@sign_like(SIGN)
 def ste_sign(x, clip_value: float = 1.0) -> jax.Array:
   """Sign with the straight-through estimator (BNN, XNOR-Net inputs).
 
   Forward: +1 where x >= 0, else -1 (sign(0) = +1). Backward: g * 1{|x| <= clip_value}, the
   gradient of hard_tanh for clip_value = 1. Output dtype = input dtype.
   """
-  return _ste_sign(_check_float(x, "x"), _check_clip_value(clip_value))
+  return _ste_sign(_check_float(x, "x"), check_clip_value(clip_value))
 
 
 @jax.custom_vjp
@@ -96,6 +157,7 @@ def _approx_sign_bwd(x, g):
 _approx_sign.defvjp(_approx_sign_fwd, _approx_sign_bwd)
 
 
+@sign_like(SIGN)
 def approx_sign(x) -> jax.Array:
   """Sign with Bi-Real Net's piecewise-polynomial gradient.
 
@@ -156,6 +218,7 @@ _MAGNITUDE_AWARE_IMPLEMENTATIONS = {
 }
 
 
+@sign_like(SCALED_SIGN)
 def magnitude_aware_sign(w, gradient: str = "exact", clip_value: float = 1.0) -> jax.Array:
   """XNOR-Net's binary weights alpha * sign(w), alpha = mean |w| per output channel.
 
@@ -200,7 +263,7 @@ def magnitude_aware_sign(w, gradient: str = "exact", clip_value: float = 1.0) ->
     raise ValueError(f"w must have rank >= 2 (fan-in axes, then output channels last), got shape {w.shape}")
   if gradient not in _MAGNITUDE_AWARE_IMPLEMENTATIONS:
     raise ValueError(f"gradient must be one of {MAGNITUDE_AWARE_GRADIENTS}, got {gradient!r}")
-  return _MAGNITUDE_AWARE_IMPLEMENTATIONS[gradient](w, _check_clip_value(clip_value))
+  return _MAGNITUDE_AWARE_IMPLEMENTATIONS[gradient](w, check_clip_value(clip_value))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,18 +280,6 @@ _REGISTRY: dict[str, Quantizer] = {
 }
 
 QUANTIZER_NAMES = tuple(_REGISTRY)
-
-
-def is_sign(quantizer) -> bool:
-  """True for the quantizers whose forward is exactly sign(x) (ste_sign, approx_sign)."""
-  func = quantizer.func if isinstance(quantizer, functools.partial) else quantizer
-  return func in (ste_sign, approx_sign)
-
-
-def is_magnitude_aware_sign(quantizer) -> bool:
-  """True for magnitude_aware_sign in any gradient variant (forward alpha * sign(w))."""
-  func = quantizer.func if isinstance(quantizer, functools.partial) else quantizer
-  return func is magnitude_aware_sign
 
 
 def get(identifier: Union[str, Quantizer, None], *, argument: str = "identifier") -> Optional[Quantizer]:
@@ -250,90 +301,3 @@ def get(identifier: Union[str, Quantizer, None], *, argument: str = "identifier"
                        f"{', '.join(QUANTIZER_NAMES)} (or a callable, or None for float)")
     return _REGISTRY[identifier]
   raise TypeError(f"{argument} must be a quantizer name, a callable or None, got {type(identifier).__name__}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Latent-weight clipping (an optax transform) and the mask of the weights it applies to.
-# ----------------------------------------------------------------------------------------------
-
-def _land_in_box(p, u, lo, hi):
-  """Updates u' close to u such that p + u' (rounded as optax.apply_updates does) lies in [lo, hi].
-
-  p + (target - p) can round one ulp outside the box when target - p is inexact; nudging u' one
-  ulp at a time fixes it (two rounds cover every float case; see tests/test_quantizers.py).
-  """
-  for _ in range(2):
-    landed = (p + u).astype(p.dtype)
-    u = jnp.where(landed > hi, jnp.nextafter(u, jnp.asarray(-jnp.inf, u.dtype)), u)
-    u = jnp.where(landed < lo, jnp.nextafter(u, jnp.asarray(jnp.inf, u.dtype)), u)
-  return u
-
-
-def clip_latent_weights(clip_value: float = 1.0) -> optax.GradientTransformation:
-  """Optax transform keeping parameters in [-clip_value, clip_value] (larq's weight clip).
-
-  Place it last in an `optax.chain`: it rewrites the incoming updates u into
-  projection_box(params + u) - params, so that `optax.apply_updates(params, updates)` lands in the
-  box (exactly, after rounding). Apply it to the latent binary kernels only, e.g.
-  `optax.chain(optax.adam(1e-3), optax.masked(clip_latent_weights(), binary_kernel_mask(model)))`.
-  Latent weights outside the window |w| <= clip_value would get zero straight-through gradient
-  forever; clipping keeps them trainable (BNN, Courbariaux et al. 2016).
-  """
-  clip_value = _check_clip_value(clip_value)
-
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("clip_latent_weights needs params: call tx.update(updates, state, params)")
-    proposed = optax.apply_updates(params, updates)
-    target = optax.projections.projection_box(proposed, jax.tree.map(lambda _: -clip_value, proposed),
-                                              jax.tree.map(lambda _: clip_value, proposed))
-    def fix(proposed, t, p, u):
-      inside = (proposed >= -clip_value) & (proposed <= clip_value)  # keep these steps bit-exact
-      return jnp.where(inside, u, _land_in_box(p, (t - p).astype(u.dtype), -clip_value, clip_value))
-
-    new_updates = jax.tree.map(fix, proposed, target, params, updates)
-    return new_updates, state
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _path_keys(path) -> tuple:
-  keys = []
-  for entry in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(entry, attr):
-        keys.append(getattr(entry, attr))
-        break
-    else:
-      keys.append(entry)
-  return tuple(keys)
-
-
-def binary_kernel_mask(params_or_model):
-  """Bool pytree over `nnx.state(model, nnx.Param)`: True on binarized kernels, False elsewhere.
-
-  A `kernel` is marked when its layer is an `xnorjax.nn.BinaryConv` / `BinaryDense` (blocks
-  included) with a kernel_quantizer. The result is the mask for `optax.masked` / the labels' source
-  for `optax.partition`; it matches both the pure-array params that `nnx.Optimizer.update` passes
-  to optax and the Variable-leaf state given to `init`.
-
-  Args:
-    params_or_model: an `nnx.Module`. (Plain params pytrees carry no layer types; pass the model.)
-  """
-  from flax import nnx  # Local: keeps `xnorjax.quantizers` importable without constructing layers.
-  from xnorjax.nn import binary_layers
-
-  if not isinstance(params_or_model, nnx.Module):
-    raise TypeError("binary_kernel_mask needs the nnx.Module (a params pytree does not say which "
-                    f"layers are binary), got {type(params_or_model).__name__}")
-  binary_paths = set()
-  for path, module in nnx.iter_modules(params_or_model):
-    if isinstance(module, (binary_layers.BinaryConv, binary_layers.BinaryDense)):
-      if module.kernel_quantizer is not None:
-        binary_paths.add(tuple(path) + ("kernel",))
-  params = nnx.as_pure(nnx.state(params_or_model, nnx.Param))
-  return jax.tree_util.tree_map_with_path(lambda path, _: _path_keys(path) in binary_paths, params)

@@ -4,12 +4,12 @@ Run: .venv/bin/python -m experiments.bench.deploy [--batches=1,64] [--workdir=ru
                                                   [--rounds=5] [--min_seconds=1] [--out=PATH]
 
 Three forms of the same network, on the same normalised float32 images, in one process:
-  * eval, XLA:       the training-time model after `model.eval()` with forward="xla" forced on its
-                     binary layers: float convs (`xnorjax.ops.conv2d`'s per-shape formulation) on
-                     +-1 activations and alpha * sign(W) kernels.
-  * eval, per-layer: the same model with its default forward="auto": in evaluation mode each binary
-                     layer runs the packed XNOR kernel, packing its input and its kernel at every
-                     call, with float activations between layers.
+  * eval, XLA:       the training-time model after `model.eval()` with implementation="float" on
+                     its binary layers: float convs (`xnorjax.ops.conv2d`'s per-shape formulation)
+                     on +-1 activations and alpha * sign(W) kernels.
+  * eval, per-layer: the same model with its default implementation="auto": in evaluation mode
+                     each binary layer runs the packed XNOR kernel, packing its input and its
+                     kernel at every call, with float activations between layers.
   * exported:        `xnorjax.deploy.load` of its export: kernels packed once, BatchNorms, ReLU and
                      the next sign folded into the kernels' epilogues, activations packed from the
                      first binary layer to the last.
@@ -63,8 +63,8 @@ def benchmark(model: nnx.Module, predictor: deploy.Predictor, batches, *, rounds
               min_seconds: float, seed: int = 0) -> list[dict]:
   """Per batch size: images per second of the three forms (see the module docstring)."""
   model.eval()
-  xla = export_lib.model_logits_fn(export_lib.set_binary_forward(model, "xla"))
-  per_layer = export_lib.model_logits_fn(export_lib.set_binary_forward(model, "auto"))
+  xla = export_lib.model_logits_fn(export_lib.set_binary_implementation(model, "float"))
+  per_layer = export_lib.model_logits_fn(export_lib.set_binary_implementation(model, "auto"))
   forms = dict(zip(FORMS, (xla, per_layer, predictor)))
   rng = np.random.default_rng(seed)
   rows = []

@@ -125,13 +125,13 @@ def main():
   # Best of short windows, as the timings below are best-of-N (shared machines).
   ceiling = max(ext.xnor.popcount_ceiling(threads, 0.02) for _ in range(args.ceiling_windows))
   ceiling_1 = max(ext.xnor.popcount_ceiling(1, 0.02) for _ in range(args.ceiling_windows))
-  impl_names = {1: "AVX-512 VPOPCNTDQ", 2: "AVX2", 3: "portable"}
+  isa_names = {code: name for name, code in ext.xnor.ISA_CODES.items()}
   info = {"machine": platform.processor() or platform.machine(), "cpu": _cpu_model(),
-          "cores": threads, "jax": jax.__version__, "xnor_impl": impl_names[ext.xnor.auto_impl()],
+          "cores": threads, "jax": jax.__version__, "xnor_isa": isa_names[ext.xnor.auto_isa()],
           "popcount_ceiling_bitmac_per_s": ceiling, "popcount_ceiling_1thread": ceiling_1,
           "load_average_before": os.getloadavg(),
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
-  print(f"{info['cpu']}, {threads} cores, jax {jax.__version__}, xnor path {info['xnor_impl']}, "
+  print(f"{info['cpu']}, {threads} cores, jax {jax.__version__}, xnor isa {info['xnor_isa']}, "
         f"load average {info['load_average_before'][0]:.1f}")
   print(f"popcount ceiling: {ceiling / 1e12:.2f} T bit-MAC/s on {threads} threads "
         f"({ceiling_1 / 1e12:.2f} on 1)")

@@ -5,11 +5,11 @@ Run by experiments/gpu/check.sh (which builds the extension first) on a CUDA mac
 
 1. Exactness: every bin_vgg16 binary layer shape and odd shapes (channel tails, partial tiles,
    strides, asymmetric padding, pad values -1 / 0 / +1, maps smaller than the kernel), random
-   data, each result kind (i32 / f32 / packed) on each CUDA path (impl 100 = simple, 101 =
-   tensor cores mma.sync, 102 = warpgroup tiling, wgmma on an sm_90a build, the "_hwio" target
-   reading the weights in the public layout, 0 = the public op's auto dispatch), compared for
-   equality with XLA's
-   conv of the same +-1 values (xnor_conv(..., implementation="xla")). Scale and bias are dyadic,
+   data, each result kind (i32 / f32 / packed) on each CUDA path (the `impl` codes of
+   `cuda_path_codes`: simple, tensor cores mma.sync, warpgroup tiling (wgmma on an sm_90a build),
+   the "_hwio" target reading the weights in the public layout, and the public op's auto
+   dispatch), compared for equality with the reference conv of the same +-1 values
+   (xnor_conv(..., implementation="reference")). Scale and bias are dyadic,
    so the float epilogue is exact with or without fused multiply-add.
 2. Timing, batch 1 and 128, per distinct bin_vgg16 binary layer: XLA's bfloat16 conv, XLA's int8
    conv (int32 accumulation, then a cast to float32: the form XLA gives cuDNN), and the packed
@@ -18,7 +18,7 @@ Run by experiments/gpu/check.sh (which builds the extension first) on a CUDA mac
    Each timed call runs the op on R different inputs inside one jit (dispatch amortized, no
    common-subexpression elimination possible); the best of several calls, divided by R.
 3. A short table last (also written, with all numbers, to DIR/gpu_check.json and .txt).
-The tensor-core paths (impl 101 and 102) are first tried on a small conv in child processes
+The tensor-core paths ("mma" and "wgmma") are first tried on a small conv in child processes
 (canaries): should their code fault, only that process's CUDA context is lost, and the main run
 leaves the path out (and exits non-zero). Without the mma.sync path, the "_hwio" target and the
 auto dispatch (which take it) are left out too.
@@ -48,8 +48,6 @@ import xnorjax
 from xnorjax.ops import xnor as xnor_lib
 
 PEAK_BIT_MACS = 7.9e15  # H200 1-bit tensor-core peak (AND-popc), inferred
-IMPL_SIMPLE, IMPL_MMA, IMPL_WGMMA, IMPL_AUTO = 100, 101, 102, 0
-PATHS = {"simple": IMPL_SIMPLE, "mma": IMPL_MMA, "wgmma": IMPL_WGMMA, "auto": IMPL_AUTO}
 CANARIES = ("mma", "wgmma")  # the tensor-core paths, tried in a child process first
 KINDS = ("i32", "f32", "packed")
 
@@ -126,6 +124,19 @@ class ConvProblem:
     return jnp.transpose(w, (1, 2, 3, 0))
 
 
+@functools.cache
+def cuda_path_codes() -> dict[str, int]:
+  """Path name -> the `impl` attribute value that forces it, as the CUDA module defines them
+  (ffi/cuda/xnor_shape.h; the host emulation shares the header, for runs without a GPU build)."""
+  try:
+    from xnorjax import _ffi_cuda as cuda_module  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    from xnorjax import _cuda_host as cuda_module  # pylint: disable=g-import-not-at-top
+  return {"simple": cuda_module.IMPL_SIMPLE, "mma": cuda_module.IMPL_MMA,
+          "wgmma": cuda_module.IMPL_WGMMA,
+          "auto": xnorjax.require_extension().xnor.ISA_CODES["auto"]}
+
+
 def ffi_conv(problem: ConvProblem, kind: str, impl: int, hwio: bool = False):
   """The CUDA target called directly with a CUDA-only impl value (a function of the operands);
   hwio: the "_hwio" target, which reads the weights in the public packed layout (transposed here
@@ -141,7 +152,7 @@ def ffi_conv(problem: ConvProblem, kind: str, impl: int, hwio: bool = False):
 
 
 def public_conv(problem: ConvProblem, kind: str, implementation: str):
-  """xnorjax.ops.xnor_conv (packed operands, HWIO-packed kernel): "ffi" or the "xla" reference."""
+  """xnorjax.ops.xnor_conv (packed operands, HWIO-packed kernel): "kernel" or "reference"."""
   kwargs = problem.public_kwargs(kind)
 
   def run(x, w, *_):
@@ -166,16 +177,17 @@ def emulated_conv(problem: ConvProblem, kind: str, path: str):
 def paths_under_test(on_gpu: bool, failed: frozenset[str] = frozenset()):
   """Name -> (problem, kind) -> conv function; `failed`: canaries that failed ("mma", "wgmma")."""
   if on_gpu:
+    codes = cuda_path_codes()
     paths = {name: (lambda p, k, impl=impl: jax.jit(ffi_conv(p, k, impl)))
-             for name, impl in PATHS.items() if name != "auto" and name not in failed}
+             for name, impl in codes.items() if name != "auto" and name not in failed}
     if "mma" not in failed:
-      paths |= {"mma_hwio": lambda p, k: jax.jit(ffi_conv(p, k, IMPL_MMA, hwio=True)),
-                "auto": lambda p, k: jax.jit(public_conv(p, k, "ffi"))}
+      paths |= {"mma_hwio": lambda p, k: jax.jit(ffi_conv(p, k, codes["mma"], hwio=True)),
+                "auto": lambda p, k: jax.jit(public_conv(p, k, "kernel"))}
     return paths
   return {"simple": lambda p, k: emulated_conv(p, k, "simple"),
           "mma": lambda p, k: emulated_conv(p, k, "mma"),
           "wgmma": lambda p, k: emulated_conv(p, k, "wgmma"),
-          "auto": lambda p, k: jax.jit(public_conv(p, k, "ffi"))}
+          "auto": lambda p, k: jax.jit(public_conv(p, k, "kernel"))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,7 +225,7 @@ def exactness(rng, on_gpu: bool, smoke: bool, deadline: float,
     problem = ConvProblem(rng, *shape)
     for kind in KINDS:
       ops = problem.operands(kind)
-      want = np.asarray(jax.jit(public_conv(problem, kind, "xla"))(*ops))
+      want = np.asarray(jax.jit(public_conv(problem, kind, "reference"))(*ops))
       for path, make in paths.items():
         ok, mismatches = _compare(lambda: make(problem, kind)(*ops), want)
         failures += not ok
@@ -230,9 +242,9 @@ def exactness(rng, on_gpu: bool, smoke: bool, deadline: float,
       kw = dict(features=k)
       if kind != "i32":
         kw.update(scale=scale, bias=bias, pack_output=kind == "packed")
-      want = np.asarray(xnor_lib.xnor_dense(x, w.T, implementation="xla", **kw))
+      want = np.asarray(xnor_lib.xnor_dense(x, w.T, implementation="reference", **kw))
       ok, mismatches = _compare(
-          lambda kw=kw: xnor_lib.xnor_dense(x, w.T, implementation="ffi", **kw), want)
+          lambda kw=kw: xnor_lib.xnor_dense(x, w.T, implementation="kernel", **kw), want)
       failures += not ok
       results.append(dict(case=f"dense {m}x{k}x{n}", kind=kind, path="auto", exact=ok,
                           mismatches=mismatches))
@@ -306,20 +318,21 @@ def timing(rng, on_gpu: bool, smoke: bool, deadline: float,
       wp = jax.device_put(problem.w, device)
       scale = jax.device_put(problem.scale, device)
       bias = jax.device_put(problem.bias, device)
-      variants = [("xnor_packed_us", "packed", IMPL_MMA), ("xnor_i32_us", "i32", IMPL_MMA),
-                  ("wgmma_packed_us", "packed", IMPL_WGMMA),
-                  ("simple_packed_us", "packed", IMPL_SIMPLE)]
-      variants = [v for v in variants if v[2] not in {PATHS[name] for name in failed}]
+      codes = cuda_path_codes()
+      variants = [("xnor_packed_us", "packed", "mma"), ("xnor_i32_us", "i32", "mma"),
+                  ("wgmma_packed_us", "packed", "wgmma"),
+                  ("simple_packed_us", "packed", "simple")]
+      variants = [(key, kind, codes[path]) for key, kind, path in variants if path not in failed]
       for key, kind, impl in variants:
         # On CPU (smoke) the CPU kernels through the public op stand in for the CUDA paths.
-        op = ffi_conv(problem, kind, impl) if on_gpu else public_conv(problem, kind, "ffi")
+        op = ffi_conv(problem, kind, impl) if on_gpu else public_conv(problem, kind, "kernel")
         args = (xps, wp) if kind == "i32" else (xps, wp, scale, bias)
         fn, args = measure(key, lambda op=op, args=args: (_repeated(op, reps), args))
         if fn is not None and key != "simple_packed_us":  # exact at this batch too
           try:
             got = np.asarray(fn(*args)[0])
             ref_args = (xps[0],) + args[1:]
-            want = np.asarray(jax.jit(public_conv(problem, kind, "xla"))(*ref_args))
+            want = np.asarray(jax.jit(public_conv(problem, kind, "reference"))(*ref_args))
             row[key.replace("_us", "_exact")] = bool(np.array_equal(got, want))
           except Exception as e:  # pylint: disable=broad-except
             row[key.replace("_us", "_exact")] = f"error: {e}"[:300]
@@ -389,7 +402,7 @@ def table(rows, exact_failures, exact_checked, calls, env) -> str:
       result = env[f"{name}_canary"]
       loaded = (f"sm_90a code loaded = {env['wgmma_compiled_for_device']}, "
                 if name == "wgmma" else "")
-      lines.append(f"{name} (impl={PATHS[name]}): {loaded}canary vs the simple path: {result}"
+      lines.append(f"{name} (impl={cuda_path_codes()[name]}): {loaded}canary vs the simple path: {result}"
                    + ("" if result == "ok" else " (left out of the sweep and timing)"))
   lines.append(f"exactness vs XLA: {exact_checked - exact_failures}/{exact_checked} exact "
                f"(all paths, kinds, shapes); times per layer call in microseconds (best of "
@@ -409,8 +422,9 @@ def canary(name: str) -> int:
   problem = ConvProblem(np.random.default_rng(0), 2, 9, 7, 64, 64, (3, 3), (1, 1),
                         ((1, 1), (1, 1)), 0)
   ops = problem.operands("i32")
-  got = np.asarray(jax.jit(ffi_conv(problem, "i32", PATHS[name]))(*ops))
-  want = np.asarray(jax.jit(ffi_conv(problem, "i32", IMPL_SIMPLE))(*ops))
+  codes = cuda_path_codes()
+  got = np.asarray(jax.jit(ffi_conv(problem, "i32", codes[name]))(*ops))
+  want = np.asarray(jax.jit(ffi_conv(problem, "i32", codes["simple"]))(*ops))
   print(f"{name} canary: {int(np.sum(got != want))} of {got.size} outputs differ", flush=True)
   return 0 if np.array_equal(got, want) else 3
 

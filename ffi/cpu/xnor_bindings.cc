@@ -91,9 +91,17 @@ void BindXnor(nb::module_& parent) {
     features["avx512f"] = FloatConvSupported();  // the float32 training convs (float_conv.h)
     return features;
   });
-  m.def("auto_impl", []() { return static_cast<int64_t>(ResolveImpl(0)); },
-        "The impl that impl=0 (auto) dispatches to on this CPU: 1 AVX-512, 2 AVX2, 3 portable");
-  m.def("impl_supported", &ImplSupported, nb::arg("impl"));
+  // The codes of the `impl` attribute by ISA name (xnorjax.ops.implementations.ISAS).
+  nb::dict isa_codes;
+  isa_codes["auto"] = static_cast<int64_t>(XnorImpl::kAuto);
+  isa_codes["avx512"] = static_cast<int64_t>(XnorImpl::kAvx512);
+  isa_codes["avx2"] = static_cast<int64_t>(XnorImpl::kAvx2);
+  isa_codes["portable"] = static_cast<int64_t>(XnorImpl::kPortable);
+  m.attr("ISA_CODES") = isa_codes;
+  m.def("auto_isa", []() { return static_cast<int64_t>(ResolveImpl(0)); },
+        "The ISA code that ISA_CODES['auto'] dispatches to on this CPU");
+  m.def("isa_supported", &ImplSupported, nb::arg("code"),
+        "Whether this CPU runs the kernel of an ISA code (ISA_CODES['auto'] always)");
   m.def("popcount_ceiling", &PopcountCeiling, nb::arg("threads"), nb::arg("seconds"),
         nb::call_guard<nb::gil_scoped_release>(),
         "bit-MACs/s of XOR + VPOPCNTQ + add on 512-bit registers on `threads` threads (0: no "

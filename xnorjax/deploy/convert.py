@@ -86,7 +86,7 @@ def _batch_norm(b: _Builder, bn: nnx.BatchNorm, path: str):
 def _binarized_kernel(layer, path: str):
   """(bits packed along the input axis, per-output-channel scale) of a sign-like kernel."""
   kq = layer.kernel_quantizer
-  if not (quantizers.is_sign(kq) or quantizers.is_magnitude_aware_sign(kq)):
+  if not (quantizers.is_sign(kq) or quantizers.is_scaled_sign(kq)):
     raise ValueError(f"{path}: kernel_quantizer {kq!r} is not sign or magnitude_aware_sign")
   wb = kq(jnp.asarray(layer.kernel[...], jnp.float32))
   scale = jnp.max(jnp.abs(wb), axis=tuple(range(wb.ndim - 1)))  # as functional._channel_scale
@@ -96,7 +96,7 @@ def _binarized_kernel(layer, path: str):
 def _binary_input(b: _Builder, layer, path: str) -> bool:
   """Adds the input sign when the layer binarizes its input; True if its input is +-1."""
   iq, kq = layer.input_quantizer, layer.kernel_quantizer
-  if kq is None or not (quantizers.is_sign(kq) or quantizers.is_magnitude_aware_sign(kq)):
+  if kq is None or not (quantizers.is_sign(kq) or quantizers.is_scaled_sign(kq)):
     return False
   if iq is not None and functional.packable(iq, kq):
     b.add("sign", path)

@@ -195,7 +195,7 @@ OPS = {
     "sign": lambda x, a: quantizers.ste_sign(x),
     # XLA's packing fuses with the float ops before it (their output is never written out); the
     # C++ pack_bits kernel, a custom call, needs it materialised: 5x slower on bin_vgg16's stem.
-    "pack": lambda x, a: packing.pack_bits(x, axis=-1, implementation="xla"),
+    "pack": lambda x, a: packing.pack_bits(x, axis=-1, implementation="reference"),
     "xnor_conv": _xnor_conv,
     "xnor_dense": _xnor_dense,
     "packed_max_pool": _packed_max_pool,

@@ -47,10 +47,10 @@ class BinaryConv(nnx.Module):
   (sign(I) conv alpha sign(W)) * K, K = mean_c |I| convolved with the box filter 1/(kh*kw) at the
   layer's strides and padding (see `functional.activation_scale`).
 
-  `forward`: the implementation of the binarized product (see `xnorjax.nn.functional`): "xla"
+  `implementation`: how the binarized product runs (see `xnorjax.ops.implementations`): "float"
   (float conv), "packed" (XNOR-popcount kernels forward, the float conv's gradient backward), or
   "auto" (default: "packed" on the CPU backend, in training and inference, when the quantizers
-  are sign-like and the extension is built; "xla" otherwise). `formulation` is passed to
+  are sign-like and the extension is built; "float" otherwise). `formulation` is passed to
   `xnorjax.ops.conv2d` ("auto" chooses per shape and may pick "lax_im2col" or "lax_padded",
   custom_vjps: use "lax" or "im2col" if you need forward-mode AD).
 
@@ -61,7 +61,7 @@ class BinaryConv(nnx.Module):
                padding="SAME", input_quantizer=None, kernel_quantizer=None, pad_value: float = 0.0,
                activation_scaling: bool = False, use_bias: bool = False,
                kernel_init=default_kernel_init, bias_init=default_bias_init, dtype=None,
-               param_dtype=jnp.float32, forward: str = "auto", formulation: str = "auto",
+               param_dtype=jnp.float32, implementation: str = "auto", formulation: str = "auto",
                preferred_element_type=None, kernel_metadata: Mapping[str, Any] = _EMPTY,
                bias_metadata: Mapping[str, Any] = _EMPTY, rngs: nnx.Rngs):
     self.in_features = _check_features(in_features, "in_features")
@@ -77,8 +77,9 @@ class BinaryConv(nnx.Module):
     if activation_scaling and self.input_quantizer is None:
       raise ValueError("activation_scaling=True needs an input_quantizer (K rescales binarized inputs)")
     self.activation_scaling = bool(activation_scaling)
-    functional.resolve_forward(forward, self.input_quantizer, self.kernel_quantizer)  # validates
-    self.forward = forward  # resolved per call ("auto" depends on the backend)
+    functional.resolve_implementation(implementation, self.input_quantizer,
+                                      self.kernel_quantizer)  # validates
+    self.implementation = implementation  # resolved per call ("auto" depends on the backend)
     if formulation not in conv_lib.FORMULATIONS:
       raise ValueError(f"formulation must be one of {conv_lib.FORMULATIONS}, got {formulation!r}")
     self.formulation = formulation
@@ -96,8 +97,8 @@ class BinaryConv(nnx.Module):
         inputs, self.kernel[...], None if self.bias is None else self.bias[...],
         strides=self.strides, padding=self.padding, input_quantizer=self.input_quantizer,
         kernel_quantizer=self.kernel_quantizer, pad_value=self.pad_value,
-        activation_scaling=self.activation_scaling, dtype=self.dtype, forward=self.forward,
-        formulation=self.formulation,
+        activation_scaling=self.activation_scaling, dtype=self.dtype,
+        implementation=self.implementation, formulation=self.formulation,
         preferred_element_type=self.preferred_element_type)
 
 
@@ -106,15 +107,16 @@ class BinaryDense(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, *, input_quantizer=None,
                kernel_quantizer=None, use_bias: bool = False, kernel_init=default_kernel_init,
-               bias_init=default_bias_init, dtype=None, param_dtype=jnp.float32, forward: str = "auto",
-               preferred_element_type=None, kernel_metadata: Mapping[str, Any] = _EMPTY,
+               bias_init=default_bias_init, dtype=None, param_dtype=jnp.float32,
+               implementation: str = "auto", preferred_element_type=None, kernel_metadata: Mapping[str, Any] = _EMPTY,
                bias_metadata: Mapping[str, Any] = _EMPTY, rngs: nnx.Rngs):
     self.in_features = _check_features(in_features, "in_features")
     self.out_features = _check_features(out_features, "out_features")
     self.input_quantizer = quantizers.get(input_quantizer, argument="input_quantizer")
     self.kernel_quantizer = quantizers.get(kernel_quantizer, argument="kernel_quantizer")
-    functional.resolve_forward(forward, self.input_quantizer, self.kernel_quantizer)  # validates
-    self.forward = forward  # resolved per call ("auto" depends on the backend)
+    functional.resolve_implementation(implementation, self.input_quantizer,
+                                      self.kernel_quantizer)  # validates
+    self.implementation = implementation  # resolved per call ("auto" depends on the backend)
     self.use_bias = use_bias
     self.dtype = dtype
     self.param_dtype = param_dtype
@@ -128,4 +130,5 @@ class BinaryDense(nnx.Module):
     return functional.binary_dense(
         inputs, self.kernel[...], None if self.bias is None else self.bias[...],
         input_quantizer=self.input_quantizer, kernel_quantizer=self.kernel_quantizer,
-        dtype=self.dtype, forward=self.forward, preferred_element_type=self.preferred_element_type)
+        dtype=self.dtype, implementation=self.implementation,
+        preferred_element_type=self.preferred_element_type)

@@ -34,7 +34,7 @@ class BinaryConvBlock(nnx.Module):
                activation: Optional[Callable[[jax.Array], jax.Array]] = None,
                kernel_init=binary_layers.default_kernel_init,
                bias_init=binary_layers.default_bias_init, dtype=None, param_dtype=jnp.float32,
-               forward: str = "auto", formulation: str = "auto", rngs: nnx.Rngs):
+               implementation: str = "auto", formulation: str = "auto", rngs: nnx.Rngs):
     if activation is not None and not callable(activation):
       raise TypeError(f"activation must be a callable or None, got {type(activation).__name__}")
     self.batch_norm = (nnx.BatchNorm(in_features, momentum=batch_norm_momentum,
@@ -45,8 +45,8 @@ class BinaryConvBlock(nnx.Module):
         in_features, out_features, kernel_size, strides=strides, padding=padding,
         input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer, pad_value=pad_value,
         activation_scaling=activation_scaling, use_bias=use_bias, kernel_init=kernel_init,
-        bias_init=bias_init, dtype=dtype, param_dtype=param_dtype, forward=forward,
-        formulation=formulation, rngs=rngs)
+        bias_init=bias_init, dtype=dtype, param_dtype=param_dtype,
+        implementation=implementation, formulation=formulation, rngs=rngs)
     self.activation = activation
 
   def __call__(self, inputs: jax.Array) -> jax.Array:

@@ -5,20 +5,11 @@ Order of a binarized conv (XNOR-Net, Rastegari et al. 2016):
   Ib = input_quantizer(I), Wb = kernel_quantizer(W)    (e.g. sign(I), alpha * sign(W))
   O  = conv(pad(Ib, pad_value), Wb) * K (+ bias)
 
-`conv_binarized` / `dense_binarized` compute the product of already binarized operands and
-dispatch on `forward`:
-  "xla"     a float conv / dot on the +-1 and alpha values (`xnorjax.ops.conv2d`).
-  "packed"  the forward product by the packed XNOR-popcount kernels (`xnorjax.ops.xnor_conv` /
-            `xnor_dense`, alpha fused into the epilogue); the backward pass is the "xla" product's
-            vjp, so gradients (straight-through, through the quantizers) are unchanged. Needs a
-            sign input quantizer and a sign or alpha * sign kernel quantizer.
-  "auto"    "packed" when both quantizers are sign-like, the C++ extension is built and the
-            computation runs on the CPU backend, in training as in inference (there the packed
-            forward is far faster than XLA's float conv: bin_vgg16's training step 87 -> 104
-            images/s at batch 128, evaluation 4-5x); "xla" otherwise, and on GPUs until the CUDA
-            kernels have been verified on hardware (select them with "packed").
-"packed" and "xla" agree within float32 rounding (the kernel's integer dot is exact; "xla" sums
-+-alpha in floating point), for every pad_value.
+`conv_binarized` / `dense_binarized` compute the product of already binarized operands by
+`implementation` "float" or "packed"; the layer functions also take "auto", resolved by
+`resolve_implementation` (the values are defined in `xnorjax.ops.implementations`). "packed" and
+"float" agree within float32 rounding (the kernel's integer dot is exact; "float" sums +-alpha in
+floating point), for every pad_value.
 """
 
 from __future__ import annotations
@@ -32,39 +23,41 @@ import numpy as np
 from xnorjax import _native
 from xnorjax import quantizers
 from xnorjax.ops import conv as conv_lib
+from xnorjax.ops import implementations
 from xnorjax.ops import xnor as xnor_lib
 
-FORWARDS = ("auto", "xla", "packed")
+IMPLEMENTATIONS = implementations.LAYER_IMPLEMENTATIONS
 BINARY_PAD_VALUES = (0.0, -1.0, 1.0)
 
 
-def check_forward(forward: str) -> str:
-  if forward not in FORWARDS:
-    raise ValueError(f"forward must be one of {FORWARDS}, got {forward!r}")
-  return forward
+def check_implementation(implementation: str) -> str:
+  return implementations.check_choice(implementation, IMPLEMENTATIONS, "implementation")
 
 
 def packable(input_quantizer, kernel_quantizer) -> bool:
-  """True when the packed kernels reproduce this layer: sign(x) inputs and c_o * sign(W) kernels."""
+  """True when the packed kernels reproduce this layer: its quantizers are declared (see
+  `xnorjax.quantizers.sign_like`) sign(x) for the input and sign(W) or c_o * sign(W) for the kernel."""
   return (quantizers.is_sign(input_quantizer)
-          and (quantizers.is_sign(kernel_quantizer) or quantizers.is_magnitude_aware_sign(kernel_quantizer)))
+          and (quantizers.is_sign(kernel_quantizer) or quantizers.is_scaled_sign(kernel_quantizer)))
 
 
-def resolve_forward(forward: str, input_quantizer, kernel_quantizer) -> str:
-  """The concrete forward ("xla" or "packed") for a layer's options (see the module doc).
+def resolve_implementation(implementation: str, input_quantizer, kernel_quantizer) -> str:
+  """The concrete implementation ("float" or "packed") of a layer's product for its options
+  (see `xnorjax.ops.implementations`).
 
   Raises:
-    ValueError: forward="packed" with quantizers the packed kernels cannot reproduce.
+    ValueError: implementation="packed" with quantizers the packed kernels cannot reproduce.
   """
-  check_forward(forward)
-  if forward == "packed" and not packable(input_quantizer, kernel_quantizer):
-    raise ValueError("forward='packed' needs input_quantizer 'ste_sign' or 'approx_sign' and "
-                     "kernel_quantizer 'ste_sign' or 'magnitude_aware_sign' (any gradient variant)")
-  if forward == "auto":
+  check_implementation(implementation)
+  if implementation == "packed" and not packable(input_quantizer, kernel_quantizer):
+    raise ValueError("implementation='packed' needs input_quantizer 'ste_sign' or 'approx_sign' "
+                     "and kernel_quantizer 'ste_sign' or 'magnitude_aware_sign' (any gradient "
+                     "variant), or quantizers declared by xnorjax.quantizers.sign_like")
+  if implementation == "auto":
     use_packed = (packable(input_quantizer, kernel_quantizer) and _native.extension_available()
                   and jax.default_backend() == "cpu")
-    return "packed" if use_packed else "xla"
-  return forward
+    return "packed" if use_packed else "float"
+  return implementation
 
 
 def _channel_scale(wb: jax.Array) -> jax.Array:
@@ -72,8 +65,8 @@ def _channel_scale(wb: jax.Array) -> jax.Array:
   return jnp.max(jnp.abs(wb.astype(jnp.float32)), axis=tuple(range(wb.ndim - 1)))
 
 
-def _packed_with_xla_gradient(packed_fn, xla_fn, xb, wb):
-  """packed_fn(xb, wb) forward; the vjp of xla_fn (the same product in floating point) backward."""
+def _packed_with_float_gradient(packed_fn, float_fn, xb, wb):
+  """packed_fn(xb, wb) forward; the vjp of float_fn (the same product in floating point) backward."""
 
   @jax.custom_vjp
   def product(xb, wb):
@@ -83,7 +76,7 @@ def _packed_with_xla_gradient(packed_fn, xla_fn, xb, wb):
     return packed_fn(xb, wb), (xb, wb)
 
   def bwd(residuals, g):
-    _, vjp = jax.vjp(xla_fn, *residuals)
+    _, vjp = jax.vjp(float_fn, *residuals)
     return vjp(g)
 
   product.defvjp(fwd, bwd)
@@ -131,14 +124,14 @@ def activation_scale(x: jax.Array, kernel_size, *, strides=1, padding="SAME",
 
 
 def conv_binarized(xb: jax.Array, wb: jax.Array, *, strides=1, padding="SAME", pad_value=0.0,
-                   forward: str = "xla", formulation: str = "auto",
+                   implementation: str = "float", formulation: str = "auto",
                    preferred_element_type=None) -> jax.Array:
-  """Convolution of already-quantized operands, by `forward` ("xla" or "packed", see module doc).
+  """Convolution of already-quantized operands, by `implementation` ("float" or "packed").
 
   For "packed", xb must be +-1 and wb = c_o * sign(W) per output channel (c_o >= 0).
   """
   return _binarized_product(
-      "conv_binarized", forward, xb, wb, preferred_element_type,
+      "conv_binarized", implementation, xb, wb, preferred_element_type,
       lambda xb, wb: conv_lib.conv2d(xb, wb, strides=strides, padding=padding,
                                      pad_value=pad_value, formulation=formulation,
                                      preferred_element_type=preferred_element_type),
@@ -146,30 +139,32 @@ def conv_binarized(xb: jax.Array, wb: jax.Array, *, strides=1, padding="SAME", p
                                                pad_value=pad_value, scale=scale))
 
 
-def dense_binarized(xb: jax.Array, wb: jax.Array, *, forward: str = "xla",
+def dense_binarized(xb: jax.Array, wb: jax.Array, *, implementation: str = "float",
                     preferred_element_type=None) -> jax.Array:
-  """Matrix product of already-quantized operands (..., I) x (I, O), by `forward` (see module doc)."""
+  """Matrix product of already-quantized operands (..., I) x (I, O), by `implementation` ("float"
+  or "packed")."""
   return _binarized_product(
-      "dense_binarized", forward, xb, wb, preferred_element_type,
+      "dense_binarized", implementation, xb, wb, preferred_element_type,
       lambda xb, wb: jnp.dot(xb, wb, preferred_element_type=preferred_element_type),
       lambda xb, wb, scale: xnor_lib.xnor_dense(xb, wb, scale=scale))
 
 
-def _binarized_product(name: str, forward: str, xb, wb, preferred_element_type, xla_product,
-                       packed_kernel):
-  """xla_product(xb, wb) for "xla"; for "packed", packed_kernel(xb, wb, c_o) (c_o per output
-  channel, fused into the kernel's epilogue) forward and xla_product's vjp backward."""
-  check_forward(forward)
-  if forward == "xla":
-    return xla_product(xb, wb)
-  if forward != "packed":
-    raise ValueError(f"{name} needs a concrete forward ('xla' or 'packed'), got {forward!r}")
+def _binarized_product(name: str, implementation: str, xb, wb, preferred_element_type,
+                       float_product, packed_kernel):
+  """float_product(xb, wb) for "float"; for "packed", packed_kernel(xb, wb, c_o) (c_o per output
+  channel, fused into the kernel's epilogue) forward and float_product's vjp backward."""
+  check_implementation(implementation)
+  if implementation == "float":
+    return float_product(xb, wb)
+  if implementation != "packed":
+    raise ValueError(f"{name} needs a concrete implementation ('float' or 'packed'), got "
+                     f"{implementation!r}")
   out_dtype = jnp.result_type(xb, wb) if preferred_element_type is None else preferred_element_type
 
   def packed_product(xb, wb):
     return packed_kernel(xb, wb, _channel_scale(wb)).astype(out_dtype)
 
-  return _packed_with_xla_gradient(packed_product, xla_product, xb, wb)
+  return _packed_with_float_gradient(packed_product, float_product, xb, wb)
 
 
 def _promote(arrays, dtype):
@@ -180,18 +175,18 @@ def _promote(arrays, dtype):
 
 def binary_conv2d(inputs, kernel, bias=None, *, strides=1, padding="SAME", input_quantizer=None,
                   kernel_quantizer=None, pad_value: float = 0.0, activation_scaling: bool = False,
-                  dtype=None, forward: str = "auto", formulation: str = "auto",
+                  dtype=None, implementation: str = "auto", formulation: str = "auto",
                   preferred_element_type=None) -> jax.Array:
   """A (binarized) conv layer's forward pass: NHWC inputs, HWIO kernel, optional bias (O,).
 
   Quantizers are names, callables or None (see `xnorjax.quantizers.get`); with both None this is a
   plain float conv through `xnorjax.ops.conv2d`. `dtype` is the computation dtype (default: the
-  promoted dtype of inputs, kernel and bias), as in `nnx.Conv`. `forward` chooses the product's
-  implementation (`resolve_forward`).
+  promoted dtype of inputs, kernel and bias), as in `nnx.Conv`. `implementation` chooses how the
+  product runs (`resolve_implementation`).
   """
   input_quantizer = quantizers.get(input_quantizer, argument="input_quantizer")
   kernel_quantizer = quantizers.get(kernel_quantizer, argument="kernel_quantizer")
-  forward = resolve_forward(forward, input_quantizer, kernel_quantizer)
+  implementation = resolve_implementation(implementation, input_quantizer, kernel_quantizer)
   inputs = _check_float_input(inputs, "inputs", rank=4)
   kernel = _check_float_input(kernel, "kernel", rank=4)
   if inputs.shape[-1] != kernel.shape[2]:
@@ -207,8 +202,8 @@ def binary_conv2d(inputs, kernel, bias=None, *, strides=1, padding="SAME", input
                              formulation=formulation)
   xb = inputs if input_quantizer is None else input_quantizer(inputs)
   wb = kernel if kernel_quantizer is None else kernel_quantizer(kernel)
-  y = conv_binarized(xb, wb, strides=strides, padding=padding, pad_value=pad_value, forward=forward,
-                     formulation=formulation, preferred_element_type=preferred_element_type)
+  y = conv_binarized(xb, wb, strides=strides, padding=padding, pad_value=pad_value,
+                     implementation=implementation, formulation=formulation, preferred_element_type=preferred_element_type)
   if scale is not None:
     y = y * scale.astype(y.dtype)
   if bias is not None:
@@ -217,11 +212,11 @@ def binary_conv2d(inputs, kernel, bias=None, *, strides=1, padding="SAME", input
 
 
 def binary_dense(inputs, kernel, bias=None, *, input_quantizer=None, kernel_quantizer=None,
-                 dtype=None, forward: str = "auto", preferred_element_type=None) -> jax.Array:
+                 dtype=None, implementation: str = "auto", preferred_element_type=None) -> jax.Array:
   """A (binarized) dense layer's forward pass: inputs (..., I), kernel (I, O), optional bias (O,)."""
   input_quantizer = quantizers.get(input_quantizer, argument="input_quantizer")
   kernel_quantizer = quantizers.get(kernel_quantizer, argument="kernel_quantizer")
-  forward = resolve_forward(forward, input_quantizer, kernel_quantizer)
+  implementation = resolve_implementation(implementation, input_quantizer, kernel_quantizer)
   inputs = _check_float_input(inputs, "inputs")
   kernel = _check_float_input(kernel, "kernel", rank=2)
   if inputs.ndim < 1 or inputs.shape[-1] != kernel.shape[0]:
@@ -229,7 +224,8 @@ def binary_dense(inputs, kernel, bias=None, *, input_quantizer=None, kernel_quan
   inputs, kernel, bias = _promote([inputs, kernel, bias], dtype)
   xb = inputs if input_quantizer is None else input_quantizer(inputs)
   wb = kernel if kernel_quantizer is None else kernel_quantizer(kernel)
-  y = dense_binarized(xb, wb, forward=forward, preferred_element_type=preferred_element_type)
+  y = dense_binarized(xb, wb, implementation=implementation,
+                      preferred_element_type=preferred_element_type)
   if bias is not None:
     y = y + bias.astype(y.dtype)
   return y

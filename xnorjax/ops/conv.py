@@ -434,7 +434,7 @@ def _check_unrolled(input_hw, kernel_hw, strides, pads):
                      f"most {UNROLLED_MAX_BLOCKS}); use formulation='auto'")
 
 
-_IMPLEMENTATIONS = {"lax": _conv_lax, "im2col": _conv_im2col, "lax_im2col": _conv_lax_im2col}
+_FORMULATION_FNS = {"lax": _conv_lax, "im2col": _conv_im2col, "lax_im2col": _conv_lax_im2col}
 
 
 def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float = 0.0,
@@ -506,4 +506,4 @@ def conv2d(x, kernel, *, strides=1, padding: Padding = "SAME", pad_value: float 
   if formulation == "lax_padded":  # non-zero padding values: padded above, the conv itself VALID
     return _conv_lax_padded(x, kernel, strides, ((0, 0), (0, 0)), precision,
                             preferred_element_type)
-  return _IMPLEMENTATIONS[formulation](x, kernel, strides, precision, preferred_element_type)
+  return _FORMULATION_FNS[formulation](x, kernel, strides, precision, preferred_element_type)

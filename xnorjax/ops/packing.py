@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from xnorjax import _native
+from xnorjax.ops import implementations
 
 WORD_BITS = 32
-_IMPLEMENTATIONS = ("auto", "ffi", "xla")
+IMPLEMENTATIONS = implementations.OP_IMPLEMENTATIONS
 
 
 def packed_words(n: int) -> int:
@@ -43,8 +44,8 @@ def _as_sign_float32(x: jax.Array, name: str = "x") -> jax.Array:
   return jnp.asarray(x).astype(jnp.float32)
 
 
-def _pack_last_axis_xla(x: jax.Array) -> jax.Array:
-  """Pure-XLA packing along the last axis (any platform)."""
+def _pack_last_axis_reference(x: jax.Array) -> jax.Array:
+  """Pure-JAX packing along the last axis (any platform)."""
   n = x.shape[-1]
   words = packed_words(n)
   bits = (x >= 0).astype(jnp.uint32)
@@ -54,7 +55,7 @@ def _pack_last_axis_xla(x: jax.Array) -> jax.Array:
   return jnp.sum(bits << shifts, axis=-1, dtype=jnp.uint32)
 
 
-def _pack_last_axis_ffi(x: jax.Array) -> jax.Array:
+def _pack_last_axis_kernel(x: jax.Array) -> jax.Array:
   """Packing along the last axis by the C++ kernel `xnorjax_pack_bits` (CPU)."""
   _native.require_extension()
   out_type = jax.ShapeDtypeStruct(x.shape[:-1] + (packed_words(x.shape[-1]),), jnp.uint32)
@@ -62,14 +63,12 @@ def _pack_last_axis_ffi(x: jax.Array) -> jax.Array:
 
 
 def _pack_last_axis(x: jax.Array, implementation: str) -> jax.Array:
-  # "auto" is XLA: its compare-shift-sum fuses with whatever produced x (a BatchNorm, a sign, a
-  # transpose) and runs multi-threaded, while an FFI call is an opaque, single-threaded boundary.
-  # Measured on the 2-core Zen 5 (jitted, median of 20): 3x3x512x512 along axis -2 0.21 ms (XLA)
-  # vs 2.5 ms (FFI); 64x32x32x64 0.71 vs 2.0 ms; bin_vgg16 eval with packed layers, batch 64,
-  # 540 vs 239 images/s. The FFI kernels stay available (implementation="ffi") and tested.
-  if implementation in ("xla", "auto") or x.size == 0:
-    return _pack_last_axis_xla(x)
-  return _pack_last_axis_ffi(x)
+  # "auto" is the reference: its compare-shift-sum fuses with whatever produced x (a BatchNorm, a
+  # sign, a transpose) and runs multi-threaded, while an FFI call is an opaque, single-threaded
+  # boundary (slower, alone and inside the packed layers, wherever measured).
+  if implementation in ("reference", "auto") or x.size == 0:
+    return _pack_last_axis_reference(x)
+  return _pack_last_axis_kernel(x)
 
 
 def pack_bits(x, axis: int = -1, *, implementation: str = "auto") -> jax.Array:
@@ -78,14 +77,15 @@ def pack_bits(x, axis: int = -1, *, implementation: str = "auto") -> jax.Array:
   Args:
     x: float (any precision) or bool array. Floats pack as +1 where x >= 0; bools as +1 where True.
     axis: the axis to pack; in the result it has length ceil(x.shape[axis] / 32).
-    implementation: "auto" (currently XLA, the faster where measured: see `_pack_last_axis`),
-      "xla", or "ffi" (the C++ kernel on CPU, the CUDA kernel on GPU; raises `xnorjax.ExtensionNotBuiltError` if it is not built) or "xla".
+    implementation: "auto" (the reference, the faster where measured: see `_pack_last_axis`),
+      "reference" (pure JAX), or "kernel" (the C++ kernel on CPU, the CUDA kernel on GPU; raises
+      `xnorjax.ExtensionNotBuiltError` if the extension is not built). See
+      `xnorjax.ops.implementations`.
 
   Returns:
     uint32 array, x's shape with `axis` replaced by the number of words.
   """
-  if implementation not in _IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
+  implementations.check_choice(implementation, IMPLEMENTATIONS, "implementation")
   x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
   if x.ndim == 0:
     raise ValueError("x must have at least one axis to pack, got a scalar")

@@ -9,7 +9,8 @@ BatchNorm folded in by `fold_batch_norm`), or the packed signs of that (the next
 
 Where a kernel is registered for the platform (C++ on CPU: AVX-512 VPOPCNTDQ, AVX2 or portable,
 chosen at run time; CUDA when built) the op is an XLA FFI custom call; elsewhere, or with
-implementation="xla", a pure-JAX reference computes the same values with a float conv / matmul.
+implementation="reference", a pure-JAX reference computes the same values with a float conv /
+matmul (`implementation` and `isa`: see `xnorjax.ops.implementations`).
 
 The FFI contract (shared by ffi/cpu and ffi/cuda; the geometry is ffi/conv_geometry.h):
   bit 1 = +1; value j is bit j % 32 of word j // 32; tail bits of the last word are 0.
@@ -18,8 +19,9 @@ The FFI contract (shared by ffi/cpu and ffi/cuda; the geometry is ffi/conv_geome
     for f32 / packed scale f32[O], bias f32[O]. Results s32[N, OH, OW, O] (dot),
     f32[N, OH, OW, O] (dot * scale + bias), u32[N, OH, OW, ceil(O / 32)] (bits of that >= 0).
     int64 attributes: channels, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
-    pad_value (-1, 0, +1: the value padded positions hold), impl (0 auto, 1 AVX-512 VPOPCNTDQ,
-    2 AVX2, 3 portable; on CUDA 0-3 mean auto, 100-102 pick a path).
+    pad_value (-1, 0, +1: the value padded positions hold), impl (on CPU the ISA's code,
+    `_ffi.xnor.ISA_CODES[isa]`; on CUDA those all mean auto, and `_ffi_cuda.IMPL_SIMPLE`,
+    `IMPL_MMA`, `IMPL_WGMMA` pick a path).
   "xnorjax_xnor_dense_{i32,f32,packed}": x u32[M, Kw], w u32[N, Kw] (+ scale, bias f32[N]);
     results s32[M, N] / f32[M, N] / u32[M, ceil(N / 32)]; attributes features, impl.
   What this wrapper calls: "xnorjax_xnor_conv_{i32,f32,packed}_hwio" and
@@ -50,13 +52,14 @@ import numpy as np
 
 from xnorjax import _native
 from xnorjax.ops import conv as conv_lib
+from xnorjax.ops import implementations
 from xnorjax.ops import partitioning
 from xnorjax.ops.packing import pack_bits
 from xnorjax.ops.packing import packed_words
 from xnorjax.ops.packing import unpack_bits
 
-IMPLS = {"auto": 0, "avx512": 1, "avx2": 2, "portable": 3}
-IMPLEMENTATIONS = ("auto", "ffi", "xla")
+IMPLEMENTATIONS = implementations.OP_IMPLEMENTATIONS
+ISAS = implementations.ISAS
 PAD_VALUES = (-1.0, 0.0, 1.0)
 _OUTPUTS = ("i32", "f32", "packed")
 _EXACT_F32_BITS = 1 << 24  # float32 sums of +-1 are exact up to 2**24 terms
@@ -75,14 +78,14 @@ class _ConvParams(NamedTuple):
   pads: tuple[tuple[int, int], tuple[int, int]]
   pad_value: int
   output: str
-  impl: int
+  isa: str
   implementation: str
 
 
 class _DenseParams(NamedTuple):
   features: int
   output: str
-  impl: int
+  isa: str
   implementation: str
 
 
@@ -94,7 +97,7 @@ def _epilogue_reference(dot: jax.Array, scale: jax.Array, bias: jax.Array, outpu
   if output == "i32":
     return dot
   y = dot.astype(jnp.float32) * scale + bias
-  return y if output == "f32" else pack_bits(y, implementation="xla")
+  return y if output == "f32" else pack_bits(y, implementation="reference")
 
 
 def _conv_reference(x, w, scale, bias, p: _ConvParams):
@@ -160,7 +163,7 @@ def _conv_ffi(x, w, scale, bias, p: _ConvParams, input_major: bool, cuda: bool =
               stride_w=np.int64(p.strides[1]), pad_top=np.int64(p.pads[0][0]),
               pad_bottom=np.int64(p.pads[0][1]), pad_left=np.int64(p.pads[1][0]),
               pad_right=np.int64(p.pads[1][1]), pad_value=np.int64(p.pad_value),
-              impl=np.int64(p.impl))
+              impl=np.int64(isa_code(p.isa)))
 
 
 def _dense_ffi(x, w, scale, bias, p: _DenseParams, input_major: bool, cuda: bool = False):
@@ -172,7 +175,7 @@ def _dense_ffi(x, w, scale, bias, p: _DenseParams, input_major: bool, cuda: bool
                          (m, 1, 1, kw, 1, 1, n) if cuda else None)
   operands = (x, w if input_major else w.T) if p.output == "i32" else (
       x, w if input_major else w.T, scale, bias)
-  return call(*operands, features=np.int64(p.features), impl=np.int64(p.impl))
+  return call(*operands, features=np.int64(p.features), impl=np.int64(isa_code(p.isa)))
 
 
 @functools.cache
@@ -191,7 +194,7 @@ def _input_major_target(target: str) -> str:
 
 def _dispatch(ffi_fn, reference_fn, target: str, implementation: str, x, *args):
   """The CPU kernel, the CUDA kernel where registered, or the reference, per platform."""
-  if implementation == "xla":
+  if implementation == "reference":
     return reference_fn(x, *args)
   cpu_fn = functools.partial(ffi_fn, input_major=True)
   if implementation == "auto" and not _native.extension_available():
@@ -202,8 +205,8 @@ def _dispatch(ffi_fn, reference_fn, target: str, implementation: str, x, *args):
     kernels["cuda"] = functools.partial(ffi_fn, input_major=True, cuda=True)
   elif target in cuda:
     kernels["cuda"] = functools.partial(ffi_fn, input_major=False, cuda=True)
-  default = cpu_fn if implementation == "ffi" else reference_fn
-  if implementation == "ffi":
+  default = cpu_fn if implementation == "kernel" else reference_fn
+  if implementation == "kernel":
     _native.require_extension()
   return lax.platform_dependent(x, *args, default=default, **kernels)
 
@@ -244,19 +247,19 @@ def _batchable(call, params, sharding_rule: str):
 # Public API.
 
 
-def _check_choice(value, choices, name: str):
-  if value not in choices:
-    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-  return value
+def isa_code(isa: str) -> int:
+  """The extension's code of an ISA name (the FFI attribute `impl`); needs the extension."""
+  return _native.require_extension().xnor.ISA_CODES[isa]
 
 
-def _impl_code(impl: str) -> int:
-  code = IMPLS[_check_choice(impl, IMPLS, "impl")]
-  if code not in (0, 3) and _native.extension_available():
-    if not _native.require_extension().xnor.impl_supported(code):
-      raise ValueError(f"impl={impl!r} is not supported by this CPU "
-                       f"(features: {_native.require_extension().xnor.cpu_features()})")
-  return code
+def _check_isa(isa: str) -> str:
+  """isa if it is a valid name and, where the extension is built, one this CPU runs."""
+  implementations.check_choice(isa, ISAS, "isa")
+  if _native.extension_available():
+    xnor = _native.require_extension().xnor
+    if not xnor.isa_supported(isa_code(isa)):
+      raise ValueError(f"isa={isa!r} is not supported by this CPU (features: {xnor.cpu_features()})")
+  return isa
 
 
 def _as_float(a: jax.Array) -> jax.Array:
@@ -326,7 +329,7 @@ def _output_kind(scale, bias, pack_output: bool) -> str:
 
 
 def xnor_conv(x, kernel, *, strides=(1, 1), padding="SAME", pad_value=0.0, channels=None,
-              scale=None, bias=None, pack_output: bool = False, impl: str = "auto",
+              scale=None, bias=None, pack_output: bool = False, isa: str = "auto",
               implementation: str = "auto") -> jax.Array:
   """2-D convolution of +-1 values by XNOR and popcount, NHWC x HWIO -> NHWC.
 
@@ -345,16 +348,17 @@ def xnor_conv(x, kernel, *, strides=(1, 1), padding="SAME", pad_value=0.0, chann
       `fold_batch_norm`).
     pack_output: return the packed signs of dot * scale + bias (bit 1 where >= 0) as uint32
       [N, OH, OW, ceil(O / 32)], ready as the next layer's packed input.
-    impl: CPU path: "auto" (the fastest this CPU runs), "avx512" (VPOPCNTDQ), "avx2", "portable".
+    isa: the CPU kernel: "auto" (the fastest this CPU runs), "avx512" (VPOPCNTDQ), "avx2",
+      "portable".
     implementation: "auto" (the kernel where registered for the platform, else the pure-JAX
-      reference), "ffi" (the kernel, or an error) or "xla" (the reference).
+      reference), "kernel" (the kernel, or an error) or "reference".
 
   Returns:
     int32 [N, OH, OW, O] exact dot products of the +-1 values (with the padding), or the fused
     float32 / packed results above.
   """
-  _check_choice(implementation, IMPLEMENTATIONS, "implementation")
-  impl_code = _impl_code(impl)
+  implementations.check_choice(implementation, IMPLEMENTATIONS, "implementation")
+  _check_isa(isa)
   x = _check_operand(x, "x", rank=4)
   kernel = _check_operand(kernel, "kernel", rank=4)
   c = _bit_count(x, kernel, channels, None if _is_packed(x) else x.shape[-1],
@@ -375,12 +379,12 @@ def xnor_conv(x, kernel, *, strides=(1, 1), padding="SAME", pad_value=0.0, chann
 
   x = x if _is_packed(x) else _as_float(x)
   wp = kernel if _is_packed(kernel) else pack_bits(kernel, axis=-2)
-  params = _ConvParams(c, strides, pads, int(pad_value), output, impl_code, implementation)
+  params = _ConvParams(c, strides, pads, int(pad_value), output, isa, implementation)
   return _batchable(_conv_call, params, _CONV_RULE)(x, wp, scale, bias)
 
 
 def xnor_dense(x, kernel, *, features=None, scale=None, bias=None, pack_output: bool = False,
-               impl: str = "auto", implementation: str = "auto") -> jax.Array:
+               isa: str = "auto", implementation: str = "auto") -> jax.Array:
   """Matrix product of +-1 values by XNOR and popcount: (..., K) x (K, N) -> (..., N).
 
   Args:
@@ -388,14 +392,14 @@ def xnor_dense(x, kernel, *, features=None, scale=None, bias=None, pack_output: 
       `pack_bits(x)`.
     kernel: [K, N] float or bool, or uint32 [ceil(K / 32), N] packed by `pack_bits(kernel, axis=-2)`.
     features: the true K; required when x and kernel are both packed.
-    scale, bias, pack_output, impl, implementation: as in `xnor_conv` (per output feature).
+    scale, bias, pack_output, isa, implementation: as in `xnor_conv` (per output feature).
 
   Returns:
     int32 [..., N] exact dot products, float32 [..., N] dot * scale + bias, or uint32
     [..., ceil(N / 32)] packed signs of that.
   """
-  _check_choice(implementation, IMPLEMENTATIONS, "implementation")
-  impl_code = _impl_code(impl)
+  implementations.check_choice(implementation, IMPLEMENTATIONS, "implementation")
+  _check_isa(isa)
   x = _check_operand(x, "x", min_rank=1)
   kernel = _check_operand(kernel, "kernel", rank=2)
   k = _bit_count(x, kernel, features, None if _is_packed(x) else x.shape[-1],
@@ -410,7 +414,7 @@ def xnor_dense(x, kernel, *, features=None, scale=None, bias=None, pack_output: 
   wp = kernel if _is_packed(kernel) else pack_bits(kernel, axis=-2)
   leading = x.shape[:-1]
   rows = x.reshape((-1, x.shape[-1]))
-  params = _DenseParams(k, output, impl_code, implementation)
+  params = _DenseParams(k, output, isa, implementation)
   y = _batchable(_dense_call, params, _DENSE_RULE)(rows, wp, scale, bias)
   return y.reshape(leading + y.shape[-1:])
 
