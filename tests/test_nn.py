@@ -193,13 +193,13 @@ def test_binary_conv_block_train_and_eval(rng):
                            activation_scaling=False)
   xn = np.asarray(x, np.float64)
   mean, var = xn.mean(axis=(0, 1, 2)), xn.var(axis=(0, 1, 2))
-  expected = np.maximum(conv(_reference_batch_norm(xn, scale, bias, mean, var, 1e-4)), 0)
+  expected = np.maximum(conv(_reference_batch_norm(xn, scale, bias, mean, var, 1e-5)), 0)
   np.testing.assert_allclose(np.asarray(block(x)), expected, rtol=1e-5, atol=1e-5)
   # Flax momentum 0.9 = PyTorch's 0.1: running = 0.9 * running + 0.1 * batch.
   block.eval()
   run_mean, run_var = 0.1 * mean, 0.9 + 0.1 * var
   np.testing.assert_allclose(np.asarray(block.batch_norm.mean[...]), run_mean, rtol=1e-5, atol=1e-6)
-  expected_eval = np.maximum(conv(_reference_batch_norm(xn, scale, bias, run_mean, run_var, 1e-4)), 0)
+  expected_eval = np.maximum(conv(_reference_batch_norm(xn, scale, bias, run_mean, run_var, 1e-5)), 0)
   np.testing.assert_allclose(np.asarray(block(x)), expected_eval, rtol=1e-5, atol=1e-5)
 
   no_bn = xnn.BinaryConvBlock(3, 4, 3, use_batch_norm=False, rngs=nnx.Rngs(0))
