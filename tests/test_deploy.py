@@ -230,6 +230,124 @@ def test_sizes_binary_layers_shrink_more_than_25x(rng):
 
 
 # ------------------------------------------------------------------------------------------------
+# A model of the user's own, described by its inference_program.
+# ------------------------------------------------------------------------------------------------
+
+class _OwnNet(nnx.Module):
+  """Float stem, two binary conv blocks (40 channels: a word with tail bits), max-pooling, flatten,
+  a binary dense layer (the layers' default quantizers) and a float dense head, on 16x16 images."""
+
+  def __init__(self, rngs):
+    float_layer = dict(input_quantizer=None, kernel_quantizer=None)
+    self.stem = xnn.BinaryConv(3, 16, 3, use_bias=True, **float_layer, rngs=rngs)
+    self.stem_bn = nnx.BatchNorm(16, rngs=rngs)
+    self.block1 = xnn.BinaryConvBlock(16, 40, 3, output_batch_norm=True, activation=nnx.relu,
+                                      rngs=rngs)
+    self.block2 = xnn.BinaryConvBlock(40, 24, 3, strides=2, use_bias=True, activation=nnx.relu,
+                                      rngs=rngs)
+    self.flat_bn = nnx.BatchNorm(4 * 4 * 24, rngs=rngs)
+    self.hidden = xnn.BinaryDense(4 * 4 * 24, 32, rngs=rngs)
+    self.hidden_bn = nnx.BatchNorm(32, rngs=rngs)
+    self.head = xnn.BinaryDense(32, 10, use_bias=True, **float_layer, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.stem_bn(self.stem(x)))
+    x = nnx.max_pool(self.block1(x), (2, 2), strides=(2, 2))
+    x = self.flat_bn(self.block2(x).reshape(x.shape[0], -1))
+    return self.head(nnx.relu(self.hidden_bn(self.hidden(x))))
+
+  def inference_program(self):
+    return [self.stem, self.stem_bn, deploy.Relu(), self.block1, deploy.MaxPool(2), self.block2,
+            deploy.Flatten(), self.flat_bn, self.hidden, self.hidden_bn, deploy.Relu(), self.head]
+
+
+@requires_extension
+def test_own_model_exports_bit_exact_and_loads(rng, tmp_path):
+  """A model defined here, not in the zoo, exports through its inference_program alone."""
+  model = randomize_batch_norms(_OwnNet(nnx.Rngs(int(rng.integers(1 << 30)))), rng)
+  model.eval()
+  image = (16, 16, 3)
+  x = jnp.asarray(rng.normal(size=(6, *image)), jnp.float32)
+  layer_ops, layer_arrays = deploy.layer_program(model)
+  folded = deploy.fold_program(layer_ops, layer_arrays)
+  kinds = [op.kind for op in folded.program]
+  assert kinds.count("xnor_conv") == 2 and kinds.count("xnor_dense") == 1, kinds
+  assert "packed_max_pool" in kinds and "sign" not in kinds, kinds
+  want_bits, want = jax.jit(lambda a, x: binary_inputs(layer_ops, a, x))(layer_arrays, x)
+  got_bits, got = jax.jit(lambda a, x: binary_inputs(folded.program, a, x))(folded.arrays, x)
+  assert list(got_bits) == list(want_bits) and len(got_bits) == 3
+  for layer in want_bits:
+    np.testing.assert_array_equal(np.asarray(got_bits[layer]), np.asarray(want_bits[layer]),
+                                  err_msg=layer)
+  reference = export_cli.model_logits_fn(model)(x)
+  _close(want, reference, RTOL_EVAL)
+  _close(got, reference, RTOL_EVAL)
+  deploy.save(deploy.export_model(model, input_shape=image), str(tmp_path / "own"))
+  predict = deploy.load(str(tmp_path / "own"))
+  _close(predict(x), reference, RTOL_EVAL)
+  np.testing.assert_array_equal(np.asarray(predict(x)).argmax(-1),
+                                np.asarray(reference).argmax(-1))
+
+
+class _WithConv(nnx.Module):
+  """An nnx.Conv (not a layer export converts) inside an otherwise supported model."""
+
+  def __init__(self, rngs):
+    self.block = xnn.BinaryConvBlock(3, 8, 3, rngs=rngs)
+    self.features = nnx.List([nnx.Conv(8, 8, (3, 3), rngs=rngs)])
+
+  def __call__(self, x):
+    return self.features[0](self.block(x)).mean(axis=(1, 2))
+
+  def inference_program(self):
+    return [self.block, *self.features, deploy.GlobalAvgPool()]
+
+
+class _Steps(nnx.Module):
+  """A model whose inference_program is the given steps (built from its own submodules)."""
+
+  def __init__(self, make_steps, rngs):
+    self.block = xnn.BinaryConvBlock(3, 8, 3, activation=jax.nn.tanh, rngs=rngs)
+    self.make_steps = make_steps
+
+  def inference_program(self):
+    return self.make_steps(self)
+
+
+class _NoProgram(nnx.Module):
+
+  def __init__(self, rngs):
+    self.block = xnn.BinaryConvBlock(3, 8, 3, rngs=rngs)
+
+
+def _one_line_error(model, match):
+  with pytest.raises(ValueError, match=match) as info:
+    deploy.layer_program(model)
+  assert "\n" not in str(info.value), str(info.value)
+
+
+def test_unsupported_layers_of_an_own_model_are_named_in_one_line():
+  rngs = nnx.Rngs(0)
+  _one_line_error(_WithConv(rngs), r"^features\.0: export does not support Conv modules")
+  _one_line_error(_NoProgram(rngs), r"^the model \(_NoProgram\): export does not support "
+                  "_NoProgram modules")
+  _one_line_error(_Steps(lambda m: [m.block], rngs), r"^block: activation tanh has no inference step \(ReLU only\)")
+  _one_line_error(_Steps(lambda m: [jax.nn.relu], rngs), "step 0 of its inference_program is "
+                  ".*neither a submodule nor an op")
+  _one_line_error(_Steps(lambda m: [m], rngs), "contains the module itself")
+  outside = xnn.BinaryConv(3, 8, 3, rngs=rngs)
+  _one_line_error(_Steps(lambda m: [outside], rngs), "step 0 .* is not a submodule of the model")
+  with pytest.raises(TypeError, match="model must be a flax.nnx.Module"):
+    deploy.layer_program(lambda x: x)
+  with pytest.raises(ValueError, match="window must be a positive int"):
+    deploy.MaxPool(0)
+  with pytest.raises(ValueError, match="strides must be"):
+    deploy.AvgPool(3, strides=(2, 2, 2))
+  with pytest.raises(ValueError, match="padding must be 'VALID' or"):
+    deploy.MaxPool(3, padding="SAME")
+
+
+# ------------------------------------------------------------------------------------------------
 # Errors.
 # ------------------------------------------------------------------------------------------------
 
@@ -237,8 +355,8 @@ def test_unsupported_models_and_layers_are_named(rng):
   with pytest.raises(ValueError, match="bin_resnet18"):
     deploy.layer_program(models.create_model("bin_resnet18", width=0.125, rngs=nnx.Rngs(0)))
   model = models.create_model("bin_small_cnn", width=0.25, rngs=nnx.Rngs(0))
-  model.blocks[0].binary.conv.activation_scaling = True
-  with pytest.raises(ValueError, match="blocks.0.binary.conv: activation_scaling"):
+  model.blocks[0].conv.activation_scaling = True
+  with pytest.raises(ValueError, match="blocks.0.conv: activation_scaling"):
     deploy.layer_program(model)
   model = models.create_model("bin_small_cnn", width=0.25, dtype="bfloat16", rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="float32 models only"):

@@ -100,8 +100,8 @@ def test_binary_conv_matches_reference(rng, qset, strides, padding, pad_value):
 @pytest.mark.parametrize("strides", [1, 2])
 def test_float_binary_conv_is_a_drop_in_for_nnx_conv(rng, strides, padding):
   seed = _seed(rng)
-  ours = xnn.BinaryConv(4, 6, 3, strides=strides, padding=padding, use_bias=True,
-                        bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(seed))
+  ours = xnn.BinaryConv(4, 6, 3, strides=strides, padding=padding, input_quantizer=None,
+                        kernel_quantizer=None, use_bias=True, bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(seed))
   # nnx.Conv reads an int kernel_size as 1-D; ours as square (2-D only).
   theirs = nnx.Conv(4, 6, (3, 3), strides=strides, padding=padding, use_bias=True,
                     bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(seed))
@@ -193,13 +193,13 @@ def test_binary_conv_block_train_and_eval(rng):
                            activation_scaling=False)
   xn = np.asarray(x, np.float64)
   mean, var = xn.mean(axis=(0, 1, 2)), xn.var(axis=(0, 1, 2))
-  expected = np.maximum(conv(_reference_batch_norm(xn, scale, bias, mean, var, 1e-4)), 0)
+  expected = np.maximum(conv(_reference_batch_norm(xn, scale, bias, mean, var, 1e-5)), 0)
   np.testing.assert_allclose(np.asarray(block(x)), expected, rtol=1e-5, atol=1e-5)
   # Flax momentum 0.9 = PyTorch's 0.1: running = 0.9 * running + 0.1 * batch.
   block.eval()
   run_mean, run_var = 0.1 * mean, 0.9 + 0.1 * var
   np.testing.assert_allclose(np.asarray(block.batch_norm.mean[...]), run_mean, rtol=1e-5, atol=1e-6)
-  expected_eval = np.maximum(conv(_reference_batch_norm(xn, scale, bias, run_mean, run_var, 1e-4)), 0)
+  expected_eval = np.maximum(conv(_reference_batch_norm(xn, scale, bias, run_mean, run_var, 1e-5)), 0)
   np.testing.assert_allclose(np.asarray(block(x)), expected_eval, rtol=1e-5, atol=1e-5)
 
   no_bn = xnn.BinaryConvBlock(3, 4, 3, use_batch_norm=False, rngs=nnx.Rngs(0))
@@ -233,7 +233,8 @@ def test_bad_input_errors():
   with pytest.raises(ValueError, match="inputs have 2 channels"):
     layer(jnp.ones((1, 5, 5, 2)))
   with pytest.raises(ValueError, match="larger than the padded input.*kernel_size"):
-    xnn.BinaryConv(3, 4, 5, padding="VALID", rngs=rngs)(jnp.ones((1, 4, 4, 3)))
+    xnn.BinaryConv(3, 4, 5, padding="VALID", input_quantizer=None, kernel_quantizer=None,
+                   rngs=rngs)(jnp.ones((1, 4, 4, 3)))
   with pytest.raises(ValueError, match="input_quantizer='sgn' is not a known quantizer"):
     xnn.BinaryConv(3, 4, 3, input_quantizer="sgn", rngs=rngs)
   with pytest.raises(ValueError, match="kernel_quantizer='xnor' is not a known quantizer"):
@@ -250,7 +251,7 @@ def test_bad_input_errors():
   with pytest.raises(ValueError, match="implementation must be one of"):
     xnn.BinaryConv(3, 4, 3, implementation="popcount", rngs=rngs)
   with pytest.raises(ValueError, match="activation_scaling=True needs an input_quantizer"):
-    xnn.BinaryConv(3, 4, 3, activation_scaling=True, rngs=rngs)
+    xnn.BinaryConv(3, 4, 3, input_quantizer=None, activation_scaling=True, rngs=rngs)
   with pytest.raises(ValueError, match="in_features must be a positive int"):
     xnn.BinaryDense(0, 4, rngs=rngs)
   dense = xnn.BinaryDense(3, 4, rngs=rngs)

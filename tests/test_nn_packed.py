@@ -119,14 +119,16 @@ def test_block_eval_runs_packed_and_matches(rng):
 
 
 def test_auto_keeps_float_layers_float(rng):
-  layer = xnn.BinaryConv(8, 4, (3, 3), rngs=nnx.Rngs(0))  # no quantizers: a float conv
+  layer = xnn.BinaryConv(8, 4, (3, 3), input_quantizer=None, kernel_quantizer=None,
+                         rngs=nnx.Rngs(0))  # no quantizers: a float conv
   layer.eval()
   x = jnp.asarray(rng.standard_normal((1, 5, 5, 8)), jnp.float32)
   assert "xnorjax_xnor_conv" not in _hlo(lambda v: layer(v), x)
 
 
-@pytest.mark.parametrize("quantizers", [dict(kernel_quantizer="magnitude_aware_sign"),
-                                        dict(input_quantizer="ste_sign"),
+@pytest.mark.parametrize("quantizers", [dict(input_quantizer=None,
+                                             kernel_quantizer="magnitude_aware_sign"),
+                                        dict(input_quantizer="ste_sign", kernel_quantizer=None),
                                         dict(input_quantizer="ste_sign", kernel_quantizer=lambda w: w)])
 def test_packed_rejects_layers_it_cannot_reproduce(quantizers):
   with pytest.raises(ValueError, match="implementation='packed' needs input_quantizer"):

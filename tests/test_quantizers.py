@@ -231,9 +231,11 @@ def test_clip_latent_weights_masked_in_nnx_optimizer(rng):
   class Net(nnx.Module):
 
     def __init__(self, rngs):
-      self.stem = xnn.BinaryConv(3, 4, 3, use_bias=True, rngs=rngs)  # float
+      self.stem = xnn.BinaryConv(3, 4, 3, input_quantizer=None, kernel_quantizer=None,
+                                 use_bias=True, rngs=rngs)  # float
       self.block = xnn.BinaryConvBlock(4, 4, 3, rngs=rngs)  # XNOR
-      self.head = xnn.BinaryDense(4, 2, kernel_quantizer="ste_sign", rngs=rngs)  # BWN-like
+      self.head = xnn.BinaryDense(4, 2, input_quantizer=None, kernel_quantizer="ste_sign",
+                                  rngs=rngs)  # BWN-like
 
     def __call__(self, x):
       return self.head(self.block(self.stem(x)).mean(axis=(1, 2)))

@@ -69,7 +69,8 @@ class _Tiny(nnx.Module):
     self.bnn = xnn.BinaryConv(8, 4, (2, 3), padding="VALID", input_quantizer="ste_sign",
                               kernel_quantizer="ste_sign", use_bias=True, rngs=rngs)
     self.norm = nnx.BatchNorm(4, rngs=rngs)
-    self.bwn = xnn.BinaryDense(4, 6, kernel_quantizer="magnitude_aware_sign", rngs=rngs)
+    self.bwn = xnn.BinaryDense(4, 6, input_quantizer=None, kernel_quantizer="magnitude_aware_sign",
+                               rngs=rngs)
     self.head = nnx.Linear(6, 5, rngs=rngs)
 
   def __call__(self, x):

@@ -56,7 +56,7 @@ BYTES_PER_FLOAT = 4
 @dataclasses.dataclass(frozen=True)
 class LayerSummary:
   """One row: a module with its own variables (not its submodules') and its MACs per example."""
-  path: str                  # e.g. "stages.0.1.binary.conv"; "" for the root module.
+  path: str                  # e.g. "stages.0.1.conv"; "" for the root module.
   type: str                  # class name
   output_shape: Any          # shape tuple of the first call's output (pytree of them); None if not called.
   float_params: int

@@ -6,6 +6,11 @@
   predict = deploy.load("exported/bin_vgg16")       # jitted: images -> logits
   logits = predict(images)
 
+Any model built from BinaryConv, BinaryDense, BinaryConvBlock, nnx.BatchNorm, ReLU, pooling and
+flattening exports: a module other than those layers describes its evaluation-mode computation
+with an `inference_program()` method, a sequence of its submodules and of the ops `MaxPool`,
+`AvgPool`, `Relu`, `Sign`, `Flatten`, `GlobalAvgPool` (`xnorjax.nn.inference`, also here).
+
 How (each step a pure function of arrays):
   convert.layer_program   the model as a list of ops, one per layer, as it computes in eval mode.
   fold.fold_program       binary kernels bit-packed once; alpha, biases, BatchNorms, ReLU and the
@@ -18,7 +23,6 @@ python -m experiments.export writes a training run's selected checkpoint in this
 python -m experiments.bench.deploy measures it.
 """
 
-from xnorjax.deploy.convert import SUPPORTED_MODELS
 from xnorjax.deploy.convert import layer_program
 from xnorjax.deploy.export import Exported
 from xnorjax.deploy.export import Predictor
@@ -31,8 +35,15 @@ from xnorjax.deploy.fold import sign_thresholds
 from xnorjax.deploy.program import Op
 from xnorjax.deploy.program import packed_max_pool
 from xnorjax.deploy.program import run
+from xnorjax.nn.inference import AvgPool
+from xnorjax.nn.inference import Flatten
+from xnorjax.nn.inference import GlobalAvgPool
+from xnorjax.nn.inference import MaxPool
+from xnorjax.nn.inference import Relu
+from xnorjax.nn.inference import Sign
 
 __all__ = [
-    "Exported", "Op", "Predictor", "SUPPORTED_MODELS", "export_model", "fold_program",
-    "layer_program", "load", "packed_max_pool", "read_manifest", "run", "save", "sign_thresholds",
+    "AvgPool", "Exported", "Flatten", "GlobalAvgPool", "MaxPool", "Op", "Predictor", "Relu", "Sign",
+    "export_model", "fold_program", "layer_program", "load", "packed_max_pool", "read_manifest",
+    "run", "save", "sign_thresholds",
 ]

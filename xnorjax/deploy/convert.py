@@ -6,10 +6,11 @@ identity). Binary convs become `sign` + `xnor_conv` with the kernel binarized by
 bit-packed once, and its per-channel scale (alpha for magnitude_aware_sign, 1 for sign) in the
 float epilogue, which is how `model.eval()` runs them; a conv bias follows as `add_bias`.
 
-Supported: bin_vgg16, bin_small_cnn and bin_nin (and their float twins), i.e. models built from
-`xnorjax.nn` BinaryConv / BinaryDense / BinaryConvBlock, `nnx.BatchNorm`, ReLU and pooling in the
-layouts of `xnorjax.models.vgg`, `small` and `nin`. Other models (bin_resnet18, whose real-valued
-shortcuts keep every activation in float) raise a ValueError naming them.
+The walk knows the layers `BinaryConv`, `BinaryDense` and `nnx.BatchNorm`; every other module
+(`BinaryConvBlock`, the zoo's models, a user's own model) describes its computation with an
+`inference_program` method (`xnorjax.nn.inference`), whose submodules are walked in turn. A module
+without one, or a layer setting that the packed kernels cannot run (activation_scaling, bfloat16,
+a non-sign input quantizer), raises a ValueError naming its path.
 """
 
 from __future__ import annotations
@@ -25,17 +26,13 @@ import numpy as np
 from xnorjax import nn as xnn
 from xnorjax import quantizers
 from xnorjax.deploy import program as program_lib
-from xnorjax.models import layers
-from xnorjax.models import nin as nin_lib
-from xnorjax.models import small as small_lib
-from xnorjax.models import vgg as vgg_lib
 from xnorjax.nn import functional
+from xnorjax.nn import inference
 from xnorjax.ops import packing
 
-SUPPORTED_MODELS = ("bin_vgg16", "vgg16", "bin_small_cnn", "small_cnn", "bin_nin", "nin")
-_RELUS = (jax.nn.relu, nnx.relu)
-_HALVING_POOL = dict(window=(2, 2), strides=(2, 2), padding="VALID")  # layers.max_pool
-_NIN_POOL = dict(window=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+_KINDS = {inference.MaxPool: "max_pool", inference.AvgPool: "avg_pool", inference.Relu: "relu",
+          inference.Sign: "sign", inference.Flatten: "flatten",
+          inference.GlobalAvgPool: "global_avg_pool"}
 
 
 class _Builder:
@@ -46,7 +43,12 @@ class _Builder:
     self.arrays: dict[str, dict[str, jax.Array]] = {}
 
   def add(self, kind: str, path: str, arrays: Optional[dict[str, Any]] = None, **attrs):
-    name = re.sub(r"[^a-z0-9]+", "_", f"{path}_{kind}".lower()).strip("_")
+    base = re.sub(r"[^a-z0-9]+", "_", f"{path}_{kind}".lower()).strip("_")
+    names = {op.name for op in self.ops}
+    name, n = base, 1
+    while name in names:
+      n += 1
+      name = f"{base}_{n}"
     self.ops.append(program_lib.Op(kind, name, attrs))
     if arrays:
       self.arrays[name] = {k: jnp.asarray(v) for k, v in arrays.items() if v is not None}
@@ -145,106 +147,76 @@ def _dense(b: _Builder, dense: xnn.BinaryDense, path: str):
                      "kernels cannot run this layer")
 
 
-def _activation(b: _Builder, activation, path: str):
-  if activation is None:
-    return
-  if activation not in _RELUS:
-    raise ValueError(f"{path}: activation {activation!r} is not supported by export (ReLU only)")
-  b.add("relu", path)
+def _step(b: _Builder, step, path: str):
+  """An op without parameters (`xnorjax.nn.inference`)."""
+  kind = _KINDS[type(step)]
+  if kind in ("max_pool", "avg_pool"):
+    b.add(kind, path, window=step.window, strides=step.strides,
+          padding=_json_padding(step.padding))
+  else:
+    b.add(kind, path)
 
 
-def _module(b: _Builder, module, path: str):
-  """The ops of one layer or block, in call order."""
+def _module(b: _Builder, module, paths: dict[int, str], active: tuple = ()):
+  """The ops of one layer, or of a module's inference program, in call order."""
+  path = paths[id(module)]
   if isinstance(module, xnn.BinaryConv):
     _conv(b, module, path)
   elif isinstance(module, xnn.BinaryDense):
     _dense(b, module, path)
   elif isinstance(module, nnx.BatchNorm):
     _batch_norm(b, module, path)
-  elif isinstance(module, layers.ConvBNReLU):
-    _conv(b, module.conv, f"{path}.conv")
-    _batch_norm(b, module.bn, f"{path}.bn")
-    b.add("relu", path)
-  elif isinstance(module, layers.XnorConvBlock):
-    _module(b, module.binary, f"{path}.binary")
-    _batch_norm(b, module.bn_out, f"{path}.bn_out")
-    b.add("relu", path)
-  elif isinstance(module, xnn.BinaryConvBlock):
-    if module.batch_norm is not None:
-      _batch_norm(b, module.batch_norm, f"{path}.batch_norm")
-    _conv(b, module.conv, f"{path}.conv")
-    _activation(b, module.activation, path)
-  elif isinstance(module, nin_lib.NinDropoutBlock):
-    _batch_norm(b, module.bn, f"{path}.bn")
-    if module.input_quantizer is not None:
-      iq = quantizers.get(module.input_quantizer, argument="input_quantizer")
-      if not quantizers.is_sign(iq):
-        raise ValueError(f"{path}: input_quantizer {module.input_quantizer!r} is not a sign")
-      b.add("sign", path)
-    _conv(b, module.conv, f"{path}.conv")  # dropout: the identity in evaluation mode
-    b.add("relu", path)
   else:
-    raise ValueError(f"{path}: export does not support {type(module).__name__} modules")
+    _program(b, module, paths, active)
 
 
-# ----------------------------------------------------------------------------------------------
-# Models.
+def _program(b: _Builder, module, paths: dict[int, str], active: tuple):
+  """The ops of the steps of `module.inference_program()`.
 
-
-def _vgg16(b: _Builder, model: vgg_lib.VGG16):
-  if model.stem is not None:
-    _module(b, model.stem, "stem")
-  for s, stage in enumerate(model.stages):
-    for i, block in enumerate(stage):
-      _module(b, block, f"stages.{s}.{i}")
-    b.add("max_pool", f"stages.{s}.pool", **_HALVING_POOL)
-  b.add("flatten", "classifier")
-  _module(b, model.classifier, "classifier")
-
-
-def _small_cnn(b: _Builder, model: small_lib.SmallCNN):
-  _module(b, model.stem, "stem")
-  b.add("max_pool", "stem.pool", **_HALVING_POOL)
-  for i, block in enumerate(model.blocks):
-    _module(b, block, f"blocks.{i}")
-    b.add("max_pool", f"blocks.{i}.pool", **_HALVING_POOL)
-  b.add("global_avg_pool", "classifier")
-  _module(b, model.classifier, "classifier")
-
-
-def _nin(b: _Builder, model: nin_lib.NIN):
-  _module(b, model.stem, "stem")
-  _module(b, model.stem_bn, "stem_bn")
-  b.add("relu", "stem")
-  for i, layer in enumerate(model.body):
-    if isinstance(layer, str):
-      b.add(f"{layer}_pool", f"body.{i}", **_NIN_POOL)
+  An op without parameters is named after the module, or at the top level after the step before it
+  (e.g. "stages.0.1" then its max-pooling).
+  """
+  path = paths[id(module)]
+  where = path or f"the model ({type(module).__name__})"
+  previous = "input"
+  if not callable(getattr(module, "inference_program", None)):
+    raise ValueError(f"{where}: export does not support {type(module).__name__} modules (it "
+                     "converts BinaryConv, BinaryDense, nnx.BatchNorm and modules with an "
+                     "inference_program, see xnorjax.nn.inference)")
+  if id(module) in active:
+    raise ValueError(f"{where}: its inference_program contains the module itself")
+  try:
+    steps = list(module.inference_program())
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from e
+  for k, step in enumerate(steps):
+    if isinstance(step, nnx.Module):
+      if id(step) not in paths:
+        raise ValueError(f"{where}: step {k} of its inference_program, a {type(step).__name__}, "
+                         "is not a submodule of the model")
+      _module(b, step, paths, active + (id(module),))
+      previous = paths[id(step)]
+    elif type(step) in _KINDS:
+      _step(b, step, path or previous)
     else:
-      _module(b, layer, f"body.{i}")
-  _module(b, model.head_bn, "head_bn")
-  _module(b, model.head, "head")
-  b.add("relu", "head")
-  b.add("global_avg_pool", "head")
-
-
-_MODELS = ((vgg_lib.VGG16, _vgg16), (small_lib.SmallCNN, _small_cnn), (nin_lib.NIN, _nin))
+      raise ValueError(f"{where}: step {k} of its inference_program is {step!r}, neither a "
+                       "submodule nor an op of xnorjax.nn.inference")
 
 
 def layer_program(model: nnx.Module):
   """(ops, arrays): the layer program of `model` (see the module docstring).
 
   Raises:
-    ValueError: a model or layer that export does not support, named.
+    TypeError: `model` is not an nnx.Module.
+    ValueError: a module or layer that export does not support, named by its path.
   """
-  for cls, walk in _MODELS:
-    if isinstance(model, cls):
-      b = _Builder()
-      walk(b, model)
-      program_lib.check_program(b.ops, b.arrays)
-      return b.ops, b.arrays
-  raise ValueError(f"export supports the models {', '.join(SUPPORTED_MODELS)}; got a "
-                   f"{type(model).__name__} (bin_resnet18's real-valued shortcuts keep its "
-                   "activations in float, so it has no packed form here)")
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
+  paths = {id(m): ".".join(str(p) for p in path) for path, m in nnx.iter_modules(model)}
+  b = _Builder()
+  _module(b, model, paths)
+  program_lib.check_program(b.ops, b.arrays)
+  return b.ops, b.arrays
 
 
 def model_bytes(model: nnx.Module) -> int:

@@ -65,7 +65,7 @@ def export_model(model, *, input_shape: Sequence[int], mean=None, std=None,
   """The deployed form of `model` (its parameters and BatchNorm statistics as in evaluation mode).
 
   Args:
-    model: a supported model (`xnorjax.deploy.convert.SUPPORTED_MODELS`), float32.
+    model: a float32 model that `xnorjax.deploy.layer_program` converts (see there).
     input_shape: (H, W, C) of one input image.
     mean, std: per-channel normalisation of uint8 images on the 0..1 scale, as in training (the
       loaded predictor applies it to uint8 inputs); default 0 and 1.

@@ -1,5 +1,6 @@
 """Building blocks shared by the models: every conv is an `xnorjax.nn.BinaryConv` (quantizers None
-for float convs), so that all of them run through `xnorjax.ops.conv2d`'s per-shape formulation."""
+for float convs), so that all of them run through `xnorjax.ops.conv2d`'s per-shape formulation;
+the XNOR blocks are `xnorjax.nn.BinaryConvBlock`s; BatchNorms take its defaults (PyTorch's)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xnorjax import nn as xnn
-
-# PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), as the reference code uses.
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
+from xnorjax.nn import blocks
+from xnorjax.nn import inference
 
 
 def scale_channels(channels: int, width: float) -> int:
@@ -34,7 +33,8 @@ def resolve_dtype(dtype):
 
 
 def batch_norm(features: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.BatchNorm:
-  return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
+  return nnx.BatchNorm(features, momentum=blocks.BATCH_NORM_MOMENTUM,
+                       epsilon=blocks.BATCH_NORM_EPSILON, dtype=dtype, rngs=rngs)
 
 
 def conv(in_features: int, out_features: int, kernel_size: int, *, strides: int = 1,
@@ -65,25 +65,22 @@ class ConvBNReLU(nnx.Module):
   def __call__(self, x):
     return jax.nn.relu(self.bn(self.conv(x)))
 
+  def inference_program(self):
+    return [self.conv, self.bn, inference.Relu()]
 
-class XnorConvBlock(nnx.Module):
+
+def xnor_conv_block(in_features: int, out_features: int, kernel_size: int = 3, *,
+                    input_quantizer="ste_sign", kernel_quantizer="magnitude_aware_sign",
+                    dtype=None, rngs: nnx.Rngs) -> xnn.BinaryConvBlock:
   """XNOR-Net VGG block: BatchNorm -> sign -> alpha * sign(W) conv -> BatchNorm -> ReLU.
 
-  The first two steps are `xnorjax.nn.BinaryConvBlock`; the second BatchNorm rescales the conv's
-  output, as in the reference XNOR-Net PyTorch VGG.
+  The second BatchNorm rescales the conv's output, as in the reference XNOR-Net PyTorch VGG.
+  He-normal init (fan in), as `conv`.
   """
-
-  def __init__(self, in_features, out_features, kernel_size=3, *, input_quantizer="ste_sign",
-               kernel_quantizer="magnitude_aware_sign", dtype=None, rngs):
-    self.binary = xnn.BinaryConvBlock(
-        in_features, out_features, kernel_size, input_quantizer=input_quantizer,
-        kernel_quantizer=kernel_quantizer, batch_norm_momentum=BN_MOMENTUM,
-        batch_norm_epsilon=BN_EPSILON, kernel_init=nnx.initializers.kaiming_normal(), dtype=dtype,
-        rngs=rngs)
-    self.bn_out = batch_norm(out_features, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x):
-    return jax.nn.relu(self.bn_out(self.binary(x)))
+  return xnn.BinaryConvBlock(
+      in_features, out_features, kernel_size, input_quantizer=input_quantizer,
+      kernel_quantizer=kernel_quantizer, output_batch_norm=True, activation=jax.nn.relu,
+      kernel_init=nnx.initializers.kaiming_normal(), dtype=dtype, rngs=rngs)
 
 
 def max_pool(x, size: int = 2):

@@ -21,18 +21,22 @@ from flax import nnx
 from xnorjax import nn as xnn
 from xnorjax import quantizers
 from xnorjax.models import layers
+from xnorjax.nn import blocks
+from xnorjax.nn import inference
 
-NIN_EPSILON = 1e-4
+NIN_EPSILON = 1e-4  # the reference NIN's BatchNorms (the zoo's others: PyTorch's 1e-5)
 # (kernel, out channels, dropout) of each block; "max"/"avg" are the 3x3/2 pools between groups.
 NIN_LAYOUT = ((1, 160, 0.0), (1, 96, 0.0), "max",
               (5, 192, 0.5), (1, 192, 0.0), (1, 192, 0.0), "avg",
               (3, 192, 0.5), (1, 192, 0.0))
 STEM_CHANNELS = 192
+POOLS = {"max": inference.MaxPool, "avg": inference.AvgPool}
+POOL = dict(window=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 def _nin_bn(features, *, affine=True, dtype, rngs):
-  return nnx.BatchNorm(features, momentum=layers.BN_MOMENTUM, epsilon=NIN_EPSILON, use_bias=affine,
-                       use_scale=affine, dtype=dtype, rngs=rngs)
+  return nnx.BatchNorm(features, momentum=blocks.BATCH_NORM_MOMENTUM, epsilon=NIN_EPSILON,
+                       use_bias=affine, use_scale=affine, dtype=dtype, rngs=rngs)
 
 
 class NinDropoutBlock(nnx.Module):
@@ -57,6 +61,15 @@ class NinDropoutBlock(nnx.Module):
       x = quantizers.get(self.input_quantizer, argument="input_quantizer")(x)
     return jax.nn.relu(self.conv(self.dropout(x)))
 
+  def inference_program(self):
+    steps = [self.bn]
+    if self.input_quantizer is not None:
+      iq = quantizers.get(self.input_quantizer, argument="input_quantizer")
+      if not quantizers.is_sign(iq):
+        raise ValueError(f"input_quantizer {self.input_quantizer!r} is not a sign")
+      steps.append(inference.Sign())
+    return steps + [self.conv, inference.Relu()]  # dropout: the identity in evaluation mode
+
 
 def nin_block(in_features, out_features, kernel_size, *, dropout, input_quantizer, kernel_quantizer,
               dtype, rngs):
@@ -67,8 +80,8 @@ def nin_block(in_features, out_features, kernel_size, *, dropout, input_quantize
                            dtype=dtype, rngs=rngs)
   return xnn.BinaryConvBlock(
       in_features, out_features, kernel_size, input_quantizer=input_quantizer,
-      kernel_quantizer=kernel_quantizer, use_bias=True, batch_norm_momentum=layers.BN_MOMENTUM,
-      batch_norm_epsilon=NIN_EPSILON, activation=jax.nn.relu,
+      kernel_quantizer=kernel_quantizer, use_bias=True, batch_norm_epsilon=NIN_EPSILON,
+      activation=jax.nn.relu,
       kernel_init=nnx.initializers.kaiming_normal(), dtype=dtype, rngs=rngs)
 
 
@@ -106,13 +119,18 @@ class NIN(nnx.Module):
     x = jax.nn.relu(self.stem_bn(self.stem(x)))
     for layer in self.body:
       if layer == "max":
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = nnx.max_pool(x, POOL["window"], strides=POOL["strides"], padding=POOL["padding"])
       elif layer == "avg":
-        x = nnx.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = nnx.avg_pool(x, POOL["window"], strides=POOL["strides"], padding=POOL["padding"])
       else:
         x = layer(x)
     x = jax.nn.relu(self.head(self.head_bn(x)))
     return x.mean(axis=(1, 2))
+
+  def inference_program(self):
+    body = [POOLS[layer](**POOL) if isinstance(layer, str) else layer for layer in self.body]
+    return [self.stem, self.stem_bn, inference.Relu(), *body, self.head_bn, self.head,
+            inference.Relu(), inference.GlobalAvgPool()]
 
 
 def nin(*, num_classes: int = 10, width: float = 1.0, dtype=None, rngs: nnx.Rngs) -> NIN:

@@ -123,6 +123,12 @@ class ResNet18(nnx.Module):
       x = block(x)
     return self.classifier(x.mean(axis=(1, 2)))
 
+  def inference_program(self):
+    name = "bin_resnet18" if self.binary else "resnet18"
+    reason = (": its real-valued shortcuts keep every activation in float" if self.binary else "")
+    raise ValueError(f"{name} has no inference program: each block adds a shortcut branch, which "
+                     f"a sequence of steps cannot express{reason}")
+
 
 def resnet18(*, num_classes: int = 10, width: float = 1.0, dtype=None, rngs: nnx.Rngs) -> ResNet18:
   """Float CIFAR ResNet-18."""

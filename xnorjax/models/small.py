@@ -11,6 +11,7 @@ from __future__ import annotations
 from flax import nnx
 
 from xnorjax.models import layers
+from xnorjax.nn import inference
 
 CHANNELS = (32, 64, 128)
 
@@ -25,7 +26,7 @@ class SmallCNN(nnx.Module):
     self.stem = layers.ConvBNReLU(3, c[0], dtype=dtype, rngs=rngs)
     if binary:
       q = dict(input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer)
-      self.blocks = nnx.List([layers.XnorConvBlock(a, b, **q, dtype=dtype, rngs=rngs)
+      self.blocks = nnx.List([layers.xnor_conv_block(a, b, **q, dtype=dtype, rngs=rngs)
                               for a, b in zip(c[:-1], c[1:])])
     else:
       self.blocks = nnx.List([layers.ConvBNReLU(a, b, dtype=dtype, rngs=rngs)
@@ -37,6 +38,12 @@ class SmallCNN(nnx.Module):
     for block in self.blocks:
       x = layers.max_pool(block(x))
     return self.classifier(x.mean(axis=(1, 2)))
+
+  def inference_program(self):
+    steps = [self.stem, inference.MaxPool(2)]  # layers.max_pool
+    for block in self.blocks:
+      steps += [block, inference.MaxPool(2)]
+    return steps + [inference.GlobalAvgPool(), self.classifier]
 
 
 def small_cnn(*, num_classes: int = 10, width: float = 1.0, dtype=None, rngs: nnx.Rngs) -> SmallCNN:

@@ -17,6 +17,7 @@ import dataclasses
 from flax import nnx
 
 from xnorjax.models import layers
+from xnorjax.nn import inference
 
 # Output channels of the 3x3 convs of each VGG16 stage; a 2x2 max-pool follows every stage.
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -76,7 +77,7 @@ class VGG16(nnx.Module):
     if binary:
       stem_channels = layers.scale_channels(STEM_CHANNELS, width)
       if binarize_first_layer:
-        self.stem = layers.XnorConvBlock(3, stem_channels, **quant, dtype=dtype, rngs=rngs)
+        self.stem = layers.xnor_conv_block(3, stem_channels, **quant, dtype=dtype, rngs=rngs)
       else:
         self.stem = layers.ConvBNReLU(3, stem_channels, dtype=dtype, rngs=rngs)
       in_channels = stem_channels
@@ -86,7 +87,8 @@ class VGG16(nnx.Module):
     stages = []
     for _, convs in _stage_layout(width, in_channels):
       if binary:
-        blocks = [layers.XnorConvBlock(cin, cout, **quant, dtype=dtype, rngs=rngs) for cin, cout in convs]
+        blocks = [layers.xnor_conv_block(cin, cout, **quant, dtype=dtype, rngs=rngs)
+                  for cin, cout in convs]
       else:
         blocks = [layers.ConvBNReLU(cin, cout, dtype=dtype, rngs=rngs) for cin, cout in convs]
       stages.append(nnx.List(blocks))
@@ -107,6 +109,12 @@ class VGG16(nnx.Module):
                        f"{x.shape[1:3]} after the last pool")
     x = x.reshape(x.shape[0], -1)
     return self.classifier(x)
+
+  def inference_program(self):
+    steps = [] if self.stem is None else [self.stem]
+    for stage in self.stages:
+      steps += [*stage, inference.MaxPool(2)]  # layers.max_pool
+    return steps + [inference.Flatten(), self.classifier]
 
 
 def vgg16(*, num_classes: int = 10, width: float = 1.0, dtype=None, rngs: nnx.Rngs) -> VGG16:

@@ -2,10 +2,11 @@
 
 Constructor and parameter names follow `nnx.Conv` / `nnx.Linear` (latent weights in `kernel`, HWIO
 or IO; `bias`), so that a model swaps them in. One class covers the usual binary networks:
-  XNOR-Net: input_quantizer="ste_sign", kernel_quantizer="magnitude_aware_sign"
+  XNOR-Net: input_quantizer="ste_sign", kernel_quantizer="magnitude_aware_sign"  (the default)
   BWN:      input_quantizer=None,       kernel_quantizer="magnitude_aware_sign"
   BNN:      input_quantizer="ste_sign", kernel_quantizer="ste_sign"  (no alpha)
-  float:    both None (a plain conv through `xnorjax.ops.conv2d`'s per-shape formulation).
+  float:    both None, passed explicitly (a plain conv through `xnorjax.ops.conv2d`'s per-shape
+            formulation).
 The math lives in `xnorjax.nn.functional`; these classes hold the parameters and options.
 """
 
@@ -36,6 +37,9 @@ def _check_features(value, name: str) -> int:
 class BinaryConv(nnx.Module):
   """2-D convolution (NHWC inputs, HWIO `kernel`) with optional input and kernel binarization.
 
+  Binarizes by default, as XNOR-Net ("ste_sign" inputs, "magnitude_aware_sign" kernel); a float
+  conv passes input_quantizer=None, kernel_quantizer=None.
+
   Padding: `padding` ("SAME", "VALID", an int, or ((top, bottom), (left, right))) is applied to the
   (binarized) input explicitly with `pad_value`, then the conv runs VALID. With pad_value=0 (the
   default, as in float training) a binarized input sees {-1, 0, +1} at the border, which one bit
@@ -58,7 +62,8 @@ class BinaryConv(nnx.Module):
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size, *, strides=1,
-               padding="SAME", input_quantizer=None, kernel_quantizer=None, pad_value: float = 0.0,
+               padding="SAME", input_quantizer="ste_sign", kernel_quantizer="magnitude_aware_sign",
+               pad_value: float = 0.0,
                activation_scaling: bool = False, use_bias: bool = False,
                kernel_init=default_kernel_init, bias_init=default_bias_init, dtype=None,
                param_dtype=jnp.float32, implementation: str = "auto", formulation: str = "auto",
@@ -103,12 +108,16 @@ class BinaryConv(nnx.Module):
 
 
 class BinaryDense(nnx.Module):
-  """Dense layer (inputs (..., in_features), IO `kernel`) with optional input and kernel binarization."""
+  """Dense layer (inputs (..., in_features), IO `kernel`) with optional input and kernel binarization.
 
-  def __init__(self, in_features: int, out_features: int, *, input_quantizer=None,
-               kernel_quantizer=None, use_bias: bool = False, kernel_init=default_kernel_init,
-               bias_init=default_bias_init, dtype=None, param_dtype=jnp.float32,
-               implementation: str = "auto", preferred_element_type=None, kernel_metadata: Mapping[str, Any] = _EMPTY,
+  Binarizes by default, as BinaryConv (XNOR-Net); a float layer passes both quantizers as None.
+  """
+
+  def __init__(self, in_features: int, out_features: int, *, input_quantizer="ste_sign",
+               kernel_quantizer="magnitude_aware_sign", use_bias: bool = False,
+               kernel_init=default_kernel_init, bias_init=default_bias_init, dtype=None,
+               param_dtype=jnp.float32, implementation: str = "auto", preferred_element_type=None,
+               kernel_metadata: Mapping[str, Any] = _EMPTY,
                bias_metadata: Mapping[str, Any] = _EMPTY, rngs: nnx.Rngs):
     self.in_features = _check_features(in_features, "in_features")
     self.out_features = _check_features(out_features, "out_features")
