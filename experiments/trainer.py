@@ -366,7 +366,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx = optim.create_optimizer(config.optim, labels, schedule)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  state = {"params": parts.params, "rest": parts.rest, "opt_state": tx.init(parts.params)}
+  params = optim.initial_params(config.optim, parts.params, labels)
+  state = {"params": params, "rest": parts.rest, "opt_state": tx.init(params)}
   state = jax.device_put(state, replicated)
   num_params = sum(x.size for x in jax.tree.leaves(parts.params))
   logging.info("Model %s: %d parameters; %d steps (%d per epoch) on %d device(s)",
