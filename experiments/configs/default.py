@@ -77,6 +77,13 @@ def get_config(model: str = "bin_vgg16") -> ml_collections.ConfigDict:
   config.optim.bop_threshold = 1e-8   # Bop's flip threshold (larq's default)
   config.label_smoothing = 0.0
 
+  # Knowledge distillation (experiments/distill.py), on when teacher_workdir names a training run:
+  # loss = (1 - weight) * CE + weight * temperature^2 * KL(teacher || student), softened by T.
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher_workdir = ""
+  config.distill.weight = 0.9
+  config.distill.temperature = 4.0
+
   # Devices: data-parallel over local devices (-1: all); multi-host via jax.distributed.
   config.num_devices = -1
   config.distributed = False
