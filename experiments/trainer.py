@@ -348,6 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   the run's config.json did (else ConfigChangedError, unless `allow_config_change`). Writes
   config.json, metrics.jsonl (and TensorBoard events), checkpoints and results.json into `workdir`.
   """
+  if config.get("two_stage", False):
+    from experiments import two_stage  # pylint: disable=g-import-not-at-top (it calls back here)
+    return two_stage.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
   distributed = distributed_arguments(config)  # Checked whether or not config.distributed.
   if config.distributed and not jax.distributed.is_initialized():
     jax.distributed.initialize(**distributed)
@@ -384,8 +387,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx = optim.create_optimizer(config.optim, labels, schedule)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  params = optim.initial_params(config.optim, parts.params, labels)
-  state = {"params": params, "rest": parts.rest, "opt_state": tx.init(params)}
+  params, rest = parts.params, parts.rest
+  if config.get("init_from_workdir", ""):  # Stage 2 of experiments/two_stage.py.
+    from experiments import two_stage  # pylint: disable=g-import-not-at-top
+    params, rest = two_stage.initial_weights(config.init_from_workdir, params, rest)
+  params = optim.initial_params(config.optim, params, labels)
+  state = {"params": params, "rest": rest, "opt_state": tx.init(params)}
   state = jax.device_put(state, replicated)
   num_params = sum(x.size for x in jax.tree.leaves(parts.params))
   logging.info("Model %s: %d parameters; %d steps (%d per epoch) on %d device(s)",

@@ -84,6 +84,11 @@ def get_config(model: str = "bin_vgg16") -> ml_collections.ConfigDict:
   config.distill.weight = 0.9
   config.distill.temperature = 4.0
 
+  # Two-stage training (experiments/two_stage.py): binary activations with float weights into
+  # <workdir>/stage1, then the binary model from it into <workdir>/stage2.
+  config.two_stage = False
+  config.init_from_workdir = ""  # start from this run's selected checkpoint (stage 2 sets it)
+
   # Devices: data-parallel over local devices (-1: all); multi-host via jax.distributed.
   config.num_devices = -1
   config.distributed = False
