@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from experiments import checkpointing
+from experiments import distill
 from experiments import input_pipeline
 from experiments import metrics as metrics_lib
 from experiments import optim
@@ -110,21 +111,37 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def train_step(state, images, labels, *, graphdef, tx, mean, std, label_smoothing):
-  """One optimisation step on a (global) batch; returns the new state and batch metrics."""
+def train_step(state, images, labels, teacher_state=None, *, graphdef, tx, mean, std,
+               label_smoothing, teacher_graphdef=None, distill_weight=0.0, distill_temperature=1.0):
+  """One optimisation step on a (global) batch; returns the new state and batch metrics.
+
+  With a teacher (`teacher_state`, its variables, and `teacher_graphdef`, eval mode) the loss is
+  `distill.distillation_loss`'s, and the metrics add "ce_loss" and "distill_loss".
+  """
+  inputs = normalize(images, mean, std)
+  soft_targets = (None if teacher_state is None
+                  else distill.teacher_logits(teacher_graphdef, teacher_state, inputs))
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state["rest"])
-    logits = model(normalize(images, mean, std))
-    loss = cross_entropy(logits, labels, label_smoothing).mean()
+    logits = model(inputs)
+    ce = cross_entropy(logits, labels, label_smoothing)
+    terms = {}
+    if soft_targets is None:
+      loss = ce.mean()
+    else:
+      loss, soft = distill.distillation_loss(logits, soft_targets, ce, weight=distill_weight,
+                                             temperature=distill_temperature)
+      loss, terms = loss.mean(), {"ce_loss": ce.mean(), "distill_loss": soft.mean()}
     rest = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
-    return loss, (logits, rest)
+    return loss, (logits, rest, terms)
 
-  (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  (loss, (logits, rest, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  return {"params": params, "rest": rest, "opt_state": opt_state}, {"loss": loss, "accuracy": accuracy}
+  return ({"params": params, "rest": rest, "opt_state": opt_state},
+          {"loss": loss, "accuracy": accuracy, **terms})
 
 
 def eval_step(params, rest, images, labels, mask, *, graphdef, mean, std):
@@ -260,6 +277,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int):
     raise ValueError(f"config.optim.schedule={config.optim.schedule!r} is not one of "
                      f"{', '.join(optim.SCHEDULES)}")
   input_pipeline.resolve_source(config.data)  # Unknown source: ValueError.
+  distill.check_config(config.distill)
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
   if config.log_every_steps < 1:
@@ -330,6 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   the run's config.json did (else ConfigChangedError, unless `allow_config_change`). Writes
   config.json, metrics.jsonl (and TensorBoard events), checkpoints and results.json into `workdir`.
   """
+  if config.get("two_stage", False):
+    from experiments import two_stage  # pylint: disable=g-import-not-at-top (it calls back here)
+    return two_stage.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
   distributed = distributed_arguments(config)  # Checked whether or not config.distributed.
   if config.distributed and not jax.distributed.is_initialized():
     jax.distributed.initialize(**distributed)
@@ -366,17 +387,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx = optim.create_optimizer(config.optim, labels, schedule)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  state = {"params": parts.params, "rest": parts.rest, "opt_state": tx.init(parts.params)}
+  params, rest = parts.params, parts.rest
+  if config.get("init_from_workdir", ""):  # Stage 2 of experiments/two_stage.py.
+    from experiments import two_stage  # pylint: disable=g-import-not-at-top
+    params, rest = two_stage.initial_weights(config.init_from_workdir, params, rest)
+  params = optim.initial_params(config.optim, params, labels)
+  state = {"params": params, "rest": rest, "opt_state": tx.init(params)}
   state = jax.device_put(state, replicated)
   num_params = sum(x.size for x in jax.tree.leaves(parts.params))
   logging.info("Model %s: %d parameters; %d steps (%d per epoch) on %d device(s)",
                config.model.name, num_params, total_steps, steps_per_epoch, mesh.size)
 
   mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
-  train_fn = jax.jit(
+  teacher = None
+  if config.distill.teacher_workdir:
+    teacher = distill.load_teacher(config, input_pipeline.fingerprint(data.train, data.validation))
+    logging.info("Distilling from %s (%s, %s): weight %g, temperature %g",
+                 config.distill.teacher_workdir, teacher.model_name, teacher.checkpoint,
+                 config.distill.weight, config.distill.temperature)
+  train_jit = jax.jit(
       functools.partial(train_step, graphdef=parts.train_graphdef, tx=tx, mean=mean, std=std,
-                        label_smoothing=config.label_smoothing),
+                        label_smoothing=config.label_smoothing,
+                        teacher_graphdef=None if teacher is None else teacher.graphdef,
+                        distill_weight=config.distill.weight,
+                        distill_temperature=config.distill.temperature),
       donate_argnums=0, out_shardings=(replicated, replicated))
+  teacher_state = None if teacher is None else jax.device_put(teacher.state, replicated)
+  train_fn = functools.partial(train_jit, teacher_state=teacher_state)
   eval_fn = jax.jit(functools.partial(eval_step, graphdef=parts.eval_graphdef, mean=mean, std=std),
                     out_shardings=replicated)
 
@@ -470,6 +507,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
               "learning_rate": float(schedule(step)),
               "train_loss": float(np.mean([m["loss"] for m in host])),
               "train_accuracy": float(np.mean([m["accuracy"] for m in host])),
+              **{f"train_{k}": float(np.mean([m[k] for m in host]))
+                 for k in host[0] if k not in ("loss", "accuracy")},
               "images_per_second": interval["steps"] * config.batch_size / max(elapsed, 1e-9),
               "input_images_per_second": (produced * config.batch_size / producer
                                           if producer > 0 else float("inf")),

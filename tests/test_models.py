@@ -11,7 +11,8 @@ from xnorjax import optim as xnorjax_optim
 
 # name -> number of binarized kernels at the default settings (first and last layers float).
 BINARY_KERNELS = {"vgg16": 0, "bin_vgg16": 13, "nin": 0, "bin_nin": 7, "resnet18": 0,
-                  "bin_resnet18": 16, "small_cnn": 0, "bin_small_cnn": 2}
+                  "bin_resnet18": 16, "small_cnn": 0, "bin_small_cnn": 2,
+                  "bin_reactnet18": 16}
 
 
 @nnx.jit

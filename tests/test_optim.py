@@ -39,8 +39,8 @@ def test_step_schedule_with_warmup():
 
 
 def test_unknown_optimizer_and_schedule_are_named():
-  with pytest.raises(ValueError, match="schedule='linear'"):
-    optim.learning_rate_schedule(_optim_config(schedule="linear"), 10, 100)
+  with pytest.raises(ValueError, match="schedule='exponential'"):
+    optim.learning_rate_schedule(_optim_config(schedule="exponential"), 10, 100)
   with pytest.raises(ValueError, match="name='rmsprop'"):
     optim.create_optimizer(_optim_config(name="rmsprop"), {}, optax_constant(0.1))
 

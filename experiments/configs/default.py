@@ -59,7 +59,7 @@ def get_config(model: str = "bin_vgg16") -> ml_collections.ConfigDict:
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
   config.optim.eps = 1e-8
-  config.optim.schedule = "cosine"   # cosine | step | constant
+  config.optim.schedule = "cosine"   # cosine | linear | step | constant
   config.optim.warmup_epochs = 1.0
   config.optim.step_epochs = (100, 150)  # step schedule: multiply by step_factor at these epochs
   config.optim.step_factor = 0.1
@@ -71,7 +71,23 @@ def get_config(model: str = "bin_vgg16") -> ml_collections.ConfigDict:
   config.optim.weight_decay_norm_bias = 0.0
   config.optim.clip_latent_weights = 1.0  # keep latent binary kernels in [-c, c]; 0: off
   config.optim.grad_clip_norm = 0.0       # > 0: clip the global gradient norm
+  # "bop": train the binary kernels with Bop (xnorjax/bop.py) instead of the optimizer above.
+  config.optim.binary_optimizer = ""
+  config.optim.bop_gamma = 1e-4       # Bop's adaptivity rate (larq's default)
+  config.optim.bop_threshold = 1e-8   # Bop's flip threshold (larq's default)
   config.label_smoothing = 0.0
+
+  # Knowledge distillation (experiments/distill.py), on when teacher_workdir names a training run:
+  # loss = (1 - weight) * CE + weight * temperature^2 * KL(teacher || student), softened by T.
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher_workdir = ""
+  config.distill.weight = 0.9
+  config.distill.temperature = 4.0
+
+  # Two-stage training (experiments/two_stage.py): binary activations with float weights into
+  # <workdir>/stage1, then the binary model from it into <workdir>/stage2.
+  config.two_stage = False
+  config.init_from_workdir = ""  # start from this run's selected checkpoint (stage 2 sets it)
 
   # Devices: data-parallel over local devices (-1: all); multi-host via jax.distributed.
   config.num_devices = -1

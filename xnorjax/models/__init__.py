@@ -6,6 +6,7 @@ Names and the module that defines each (`xnorjax.models.<module>.<name>`):
   vgg16, bin_vgg16          VGG16 for CIFAR; the binary one as the reference XNOR-Net PyTorch code.
   nin, bin_nin              Network-in-Network of the XNOR-Net CIFAR port (jiecaoyu/XNOR-Net-PyTorch).
   resnet18, bin_resnet18    CIFAR ResNet-18; the binary one Bi-Real style (a real shortcut per conv).
+  bin_reactnet18            ReActNet-18: bin_resnet18's units with RSign before and RPReLU after each conv.
   small_cnn, bin_small_cnn  three convs (two XNOR blocks in the binary one): smoke tests, quick runs.
 
 `bin_vgg16_conv_shapes()` lists the binary conv layer shapes of bin_vgg16 (for kernel benchmarks).
@@ -28,6 +29,7 @@ _REGISTRY = {
     "bin_resnet18": "resnet",
     "small_cnn": "small",
     "bin_small_cnn": "small",
+    "bin_reactnet18": "reactnet",
 }
 
 MODEL_NAMES = tuple(_REGISTRY)
