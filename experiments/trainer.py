@@ -37,6 +37,7 @@ from experiments import distill
 from experiments import input_pipeline
 from experiments import metrics as metrics_lib
 from experiments import optim
+from experiments.configs import default as default_config
 import xnorjax
 from xnorjax import models
 from xnorjax import optim as xnorjax_optim
@@ -286,12 +287,23 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int):
 
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """The fields outside RESUMABLE_CHANGES on which `config` differs from the `saved` config.json
-  of a run, as 'field: old -> new' (sorted)."""
+  of a run, as 'field: old -> new' (sorted).
+
+  A field the saved config lacks (added to the trainer after that run started) counts as unchanged
+  while `config` holds the default configuration's value for it: that run trained with the
+  behaviour the default reproduces.
+  """
   old = _flat(saved)
   new = _flat(json.loads(config.to_json_best_effort()))
+  defaults = _flat(json.loads(default_config.get_config().to_json_best_effort()))
+
+  def changed(key):
+    if key not in old and key in defaults and new.get(key) == defaults[key]:
+      return False
+    return old.get(key) != new.get(key)
+
   return [f"{key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')}"
-          for key in sorted(set(old) | set(new))
-          if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key)]
+          for key in sorted(set(old) | set(new)) if key not in RESUMABLE_CHANGES and changed(key)]
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool):

@@ -518,3 +518,14 @@ def test_bench_train_roofline_bounds_images_per_second_at_the_matmul_ceiling():
   assert row["target_images_per_second"] == 150.0
   assert row["target_over_ceiling"] == 0.75
   assert row["float_gmac_per_second"] == 50.0
+
+
+def test_config_changes_ignore_fields_added_since_the_run_while_they_hold_their_default():
+  config = default.get_config()
+  saved = json.loads(config.to_json_best_effort())
+  del saved["distill"]  # a run saved before distillation existed
+  assert trainer.config_changes(saved, config) == []
+  config.distill.weight = 0.5  # but a non-default value of such a field is a change
+  assert trainer.config_changes(saved, config) == ["distill.weight: (absent) -> 0.5"]
+  saved_seed = dict(saved, seed=saved["seed"] + 1)  # present fields compare as before
+  assert trainer.config_changes(saved_seed, config)[-1].startswith("seed: ")
