@@ -9,7 +9,12 @@ One readable loop (big_vision / Flax examples style):
     its share of the global batch);
   * checkpoints (experiments/checkpointing.py): the latest few for resuming, the best on the
     held-out validation split; the test set is evaluated at the end, from the best checkpoint;
-  * SIGTERM / SIGINT finish the current step, save a checkpoint and return;
+  * the batches are assembled on the host (experiments/input_pipeline.py, a prefetching thread)
+    or, with config.data.on_device, on the devices from the host's indices (experiments/
+    device_pipeline.py: the same batches; `_train_on_device` scans config.steps_per_dispatch steps
+    per dispatch and evaluates on the devices too);
+  * SIGTERM / SIGINT finish the current step (on device: the current chunk of steps), save a
+    checkpoint and return;
   * a non-finite loss stops the run before anything is saved from it, naming the step.
 """
 
