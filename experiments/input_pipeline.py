@@ -254,24 +254,36 @@ class TrainBatchSpec:
   process_count: int = 1
 
 
-def train_batch(split: Split, spec: TrainBatchSpec, step: int, order: Optional[np.ndarray] = None):
-  """This host's share (images, labels) of training batch `step`.
+def train_batch_indices(num_examples: int, spec: TrainBatchSpec, step: int,
+                        order: Optional[np.ndarray] = None):
+  """What global training batch `step` is made of: (indices into the split [B], crop offsets
+  [B, 2] and flip flags [B]; the augmentation is None without `spec.augment`).
 
-  Epochs have len(split) // batch_size steps (the remainder is dropped); `order` may pass the
-  epoch's `epoch_permutation` to save recomputing it.
+  Epochs have num_examples // batch_size steps (the remainder is dropped); `order` may pass the
+  epoch's `epoch_permutation` to save recomputing it. The host pipeline (`train_batch`) and the
+  on-device one (experiments/device_pipeline.py) both build their batches from these.
   """
-  steps_per_epoch = len(split) // spec.batch_size
+  steps_per_epoch = num_examples // spec.batch_size
   epoch, b = divmod(step, steps_per_epoch)
   if order is None:
-    order = epoch_permutation(len(split), spec.seed, epoch)
+    order = epoch_permutation(num_examples, spec.seed, epoch)
+  idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
+  if not spec.augment:
+    return idx, None, None
+  offsets, flips = augmentation_params(spec.batch_size, spec.seed, epoch, b, padding=spec.padding,
+                                       flip=spec.flip)
+  return idx, offsets, flips
+
+
+def train_batch(split: Split, spec: TrainBatchSpec, step: int, order: Optional[np.ndarray] = None):
+  """This host's share (images, labels) of training batch `step` (see `train_batch_indices`)."""
+  idx, offsets, flips = train_batch_indices(len(split), spec, step, order)
   local = spec.batch_size // spec.process_count
-  lo = spec.process_index * local
-  idx = order[b * spec.batch_size:(b + 1) * spec.batch_size][lo:lo + local]
+  share = slice(spec.process_index * local, (spec.process_index + 1) * local)
+  idx = idx[share]
   images = split.images[idx]
   if spec.augment:
-    offsets, flips = augmentation_params(spec.batch_size, spec.seed, epoch, b, padding=spec.padding,
-                                         flip=spec.flip)
-    images = crop_and_flip(images, offsets[lo:lo + local], flips[lo:lo + local], spec.padding)
+    images = crop_and_flip(images, offsets[share], flips[share], spec.padding)
   return images, split.labels[idx]
 
 

@@ -9,7 +9,12 @@ One readable loop (big_vision / Flax examples style):
     its share of the global batch);
   * checkpoints (experiments/checkpointing.py): the latest few for resuming, the best on the
     held-out validation split; the test set is evaluated at the end, from the best checkpoint;
-  * SIGTERM / SIGINT finish the current step, save a checkpoint and return;
+  * the batches are assembled on the host (experiments/input_pipeline.py, a prefetching thread)
+    or, with config.data.on_device, on the devices from the host's indices (experiments/
+    device_pipeline.py: the same batches; `_train_on_device` scans config.steps_per_dispatch steps
+    per dispatch and evaluates on the devices too);
+  * SIGTERM / SIGINT finish the current step (on device: the current chunk of steps), save a
+    checkpoint and return;
   * a non-finite loss stops the run before anything is saved from it, naming the step.
 """
 
@@ -33,6 +38,7 @@ import numpy as np
 import optax
 
 from experiments import checkpointing
+from experiments import device_pipeline
 from experiments import distill
 from experiments import input_pipeline
 from experiments import metrics as metrics_lib
@@ -40,7 +46,7 @@ from experiments import optim
 from experiments.configs import default as default_config
 import xnorjax
 from xnorjax import models
-from xnorjax import optim as xnorjax_optim
+from xnorjax import quantizers
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
@@ -57,11 +63,12 @@ class ConfigChangedError(ValueError):
 # Fields that may differ between an interrupted run and its resumption: where the data and caches
 # are and which source reads them (the images themselves are checked by their fingerprint,
 # `check_same_data`), how often to log, evaluate and checkpoint, evaluation batch size, devices and
-# processes (data parallelism matches one device within float rounding). Every other field
+# processes (data parallelism matches one device within float rounding), where the batches are
+# assembled (host or device: the same batches) and how many steps run per dispatch. Every other field
 # changes what is trained (schedule, model, data split and augmentation, seed, ...).
 RESUMABLE_CHANGES = frozenset({
     "data.source", "data.path", "data.cache_dir", "data.tfds_name", "data.tfds_data_dir",
-    "data.tfds_download", "data.prefetch",
+    "data.tfds_download", "data.prefetch", "data.on_device", "steps_per_dispatch",
     "eval_batch_size", "eval_every_steps", "eval_test_during_training", "log_every_steps",
     "checkpoint_every_steps", "keep_checkpoints", "num_devices", "distributed",
     "coordinator_address", "num_processes", "process_id", "tensorboard",
@@ -86,11 +93,11 @@ class ModelParts:
   eval_graphdef: Any
   params: Any        # pure dict of nnx.Param values
   rest: Any          # pure dict of everything else (BatchNorm statistics, RNG state)
-  binary_mask: Any   # xnorjax.optim.binary_kernel_mask(model)
+  binary_mask: Any   # xnorjax.quantizers.binary_kernel_mask(model)
 
 
 def split_model(model) -> ModelParts:
-  binary_mask = xnorjax_optim.binary_kernel_mask(model)
+  binary_mask = quantizers.binary_kernel_mask(model)
   model.eval()
   eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
   model.train()
@@ -211,9 +218,7 @@ def evaluate(eval_fn, state, split: input_pipeline.Split, batch_size: int, shard
       split, batch_size, process_index=jax.process_index(), process_count=jax.process_count()):
     out = eval_fn(state["params"], state["rest"], *_global_batch(sharding, images, labels, mask))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
-  count = int(totals["count"])
-  return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count}
+  return device_pipeline.mean_metrics(totals)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,6 +288,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int):
     raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
   if config.log_every_steps < 1:
     raise ValueError(f"config.log_every_steps must be >= 1, got {config.log_every_steps}")
+  if config.steps_per_dispatch < 1:
+    raise ValueError(f"config.steps_per_dispatch must be >= 1, got {config.steps_per_dispatch}")
 
 
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
@@ -417,17 +424,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("Distilling from %s (%s, %s): weight %g, temperature %g",
                  config.distill.teacher_workdir, teacher.model_name, teacher.checkpoint,
                  config.distill.weight, config.distill.temperature)
-  train_jit = jax.jit(
-      functools.partial(train_step, graphdef=parts.train_graphdef, tx=tx, mean=mean, std=std,
-                        label_smoothing=config.label_smoothing,
-                        teacher_graphdef=None if teacher is None else teacher.graphdef,
-                        distill_weight=config.distill.weight,
-                        distill_temperature=config.distill.temperature),
-      donate_argnums=0, out_shardings=(replicated, replicated))
+  # The teacher's variables are an argument of the jitted steps (not constants folded into them).
   teacher_state = None if teacher is None else jax.device_put(teacher.state, replicated)
-  train_fn = functools.partial(train_jit, teacher_state=teacher_state)
-  eval_fn = jax.jit(functools.partial(eval_step, graphdef=parts.eval_graphdef, mean=mean, std=std),
-                    out_shardings=replicated)
+  step_fn = functools.partial(train_step, graphdef=parts.train_graphdef, tx=tx, mean=mean, std=std,
+                              label_smoothing=config.label_smoothing,
+                              teacher_graphdef=None if teacher is None else teacher.graphdef,
+                              distill_weight=config.distill.weight,
+                              distill_temperature=config.distill.temperature)
+  train_fn = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+  eval_step_fn = functools.partial(eval_step, graphdef=parts.eval_graphdef, mean=mean, std=std)
+  if config.data.on_device:
+    evaluate_split = device_pipeline.Evaluator(eval_step_fn, config.eval_batch_size, mesh)
+  else:
+    eval_fn = jax.jit(eval_step_fn, out_shardings=replicated)
+    evaluate_split = functools.partial(_evaluate_split, eval_fn, config.eval_batch_size,
+                                       batch_sharding)
 
   # ---- Checkpoints: resume ----
   ckpts = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
@@ -450,13 +461,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return {"step": step, "epoch": step / steps_per_epoch, "data_fingerprint": data_fingerprint,
             "best_val_accuracy": best["val_accuracy"], "best_step": best["step"]}
 
-  def run_evaluation(step):
+  def run_evaluation(step, state):
     scalars = {"epoch": step / steps_per_epoch}
     if data.validation is not None:
-      val = evaluate(eval_fn, state, data.validation, config.eval_batch_size, batch_sharding)
+      val = evaluate_split(state, data.validation)
       scalars.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
     if config.eval_test_during_training:
-      test = evaluate(eval_fn, state, data.test, config.eval_batch_size, batch_sharding)
+      test = evaluate_split(state, data.test)
       scalars.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
     return scalars
 
@@ -465,14 +476,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       batch_size=config.batch_size, seed=config.seed, padding=config.data.crop_padding,
       flip=config.data.flip, augment=config.data.augment, process_index=jax.process_index(),
       process_count=jax.process_count())
-  batches = input_pipeline.Prefetcher(
-      input_pipeline.train_batches(data.train, spec, start_step, total_steps), config.data.prefetch)
   progress = metrics_lib.Progress(total_steps, start_step, every_steps=config.log_every_steps)
   interrupted = None
-  pending = None          # (step, loss) of the last dispatched step, checked one step later.
   last_good_step = start_step
-  interval = {"metrics": [], "start": time.perf_counter(), "steps": 0,
-              "producer": batches.producer_seconds, "wait": batches.wait_seconds, "items": 0}
 
   def check_finite(entry):
     nonlocal last_good_step
@@ -488,80 +494,109 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           "config.optim.grad_clip_norm")
     last_good_step = s
 
+  def write_train_scalars(done, host_metrics, steps, elapsed, produced, producer, waited):
+    """Logs the training metrics of the steps since the last log (`steps` of them timed over
+    `elapsed` seconds; the input pipeline made `produced` batches in `producer` seconds and the
+    loop waited `waited` seconds for them)."""
+    scalars = {
+        "epoch": done / steps_per_epoch,
+        "learning_rate": float(schedule(done - 1)),
+        "train_loss": float(np.mean([m["loss"] for m in host_metrics])),
+        "train_accuracy": float(np.mean([m["accuracy"] for m in host_metrics])),
+        **{f"train_{k}": float(np.mean([m[k] for m in host_metrics]))
+           for k in host_metrics[0] if k not in ("loss", "accuracy")},
+        "images_per_second": steps * config.batch_size / max(elapsed, 1e-9),
+        "input_images_per_second": (produced * config.batch_size / producer
+                                    if producer > 0 else float("inf")),
+        "input_wait_fraction": waited / max(elapsed, 1e-9),
+    }
+    writer.write_scalars(done, scalars)
+    progress.update(done, config.batch_size, force=True, extra=(
+        f"loss {scalars['train_loss']:.4f}, acc {scalars['train_accuracy']:.4f}, "
+        f"input {scalars['input_images_per_second']:.0f} img/s"))
+
+  def end_of_steps(done, state, settle, stop) -> Optional[str]:
+    """Evaluation and checkpoint when `done` steps end an interval, and the checkpoint of a stop
+    request; `settle()` first checks the losses not checked yet. Returns the stopping signal."""
+    nonlocal best, last_eval
+    is_last = done == total_steps
+    if done % eval_every == 0 or is_last:
+      settle()
+      scalars = run_evaluation(done, state)
+      if "val_accuracy" in scalars and scalars["val_accuracy"] > best["val_accuracy"]:
+        best = {"val_accuracy": scalars["val_accuracy"], "step": done}
+        ckpts.save_best(done, state, record_for(done), scalars["val_accuracy"])
+      scalars["best_val_accuracy"] = best["val_accuracy"]
+      last_eval = {"step": done, **scalars}
+      writer.write_scalars(done, scalars)
+      logging.info("Evaluation at step %d: %s", done,
+                   ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+    if done % checkpoint_every == 0 or is_last:
+      settle()
+      ckpts.save(done, state, record_for(done))
+    if stop.requested():
+      settle()
+      ckpts.save(done, state, record_for(done))
+      logging.warning("Stopped by %s after step %d; checkpoint saved in %s. Rerun the same "
+                      "command to resume.", stop.signal_name, done, ckpts.latest_dir)
+      return stop.signal_name
+    return None
+
   done = start_step
   last_eval = {}
+  batches = None
   try:
     with StopRequest() as stop:
-      for step, images, labels_np in batches:
-        images, labels_np = _global_batch(batch_sharding, images, labels_np)
-        state, step_metrics = train_fn(state, images, labels_np)
-        if pending is not None:
-          check_finite(pending)
-        pending = (step + 1, step_metrics["loss"])
-        interval["metrics"].append(step_metrics)
-        interval["steps"] += 1
-        done = step + 1
-        if done == start_step + 1:  # Leave compilation out of the throughput.
-          jax.block_until_ready(step_metrics)
-          interval.update(start=time.perf_counter(), steps=0, producer=batches.producer_seconds,
-                          wait=batches.wait_seconds, items=batches.items)
-        is_last = done == total_steps
-
-        if done % config.log_every_steps == 0 or is_last:
-          check_finite(pending)
-          host = jax.device_get(interval["metrics"])
-          elapsed = time.perf_counter() - interval["start"]
-          produced = batches.items - interval["items"]
-          producer = batches.producer_seconds - interval["producer"]
-          waited = batches.wait_seconds - interval["wait"]
-          scalars = {
-              "epoch": done / steps_per_epoch,
-              "learning_rate": float(schedule(step)),
-              "train_loss": float(np.mean([m["loss"] for m in host])),
-              "train_accuracy": float(np.mean([m["accuracy"] for m in host])),
-              **{f"train_{k}": float(np.mean([m[k] for m in host]))
-                 for k in host[0] if k not in ("loss", "accuracy")},
-              "images_per_second": interval["steps"] * config.batch_size / max(elapsed, 1e-9),
-              "input_images_per_second": (produced * config.batch_size / producer
-                                          if producer > 0 else float("inf")),
-              "input_wait_fraction": waited / max(elapsed, 1e-9),
-          }
-          writer.write_scalars(done, scalars)
-          progress.update(done, config.batch_size, force=True, extra=(
-              f"loss {scalars['train_loss']:.4f}, acc {scalars['train_accuracy']:.4f}, "
-              f"input {scalars['input_images_per_second']:.0f} img/s"))
-          interval = {"metrics": [], "start": time.perf_counter(), "steps": 0,
-                      "producer": batches.producer_seconds, "wait": batches.wait_seconds,
-                      "items": batches.items}
-        else:
-          progress.update(done, config.batch_size)
-
-        if done % eval_every == 0 or is_last:
-          check_finite(pending)
-          scalars = run_evaluation(done)
-          if "val_accuracy" in scalars and scalars["val_accuracy"] > best["val_accuracy"]:
-            best = {"val_accuracy": scalars["val_accuracy"], "step": done}
-            ckpts.save_best(done, state, record_for(done), scalars["val_accuracy"])
-          scalars["best_val_accuracy"] = best["val_accuracy"]
-          last_eval = {"step": done, **scalars}
-          writer.write_scalars(done, scalars)
-          logging.info("Evaluation at step %d: %s", done,
-                       ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
-        if done % checkpoint_every == 0 or is_last:
-          check_finite(pending)
-          ckpts.save(done, state, record_for(done))
-        if stop.requested():
-          check_finite(pending)
-          ckpts.save(done, state, record_for(done))
-          interrupted = stop.signal_name
-          logging.warning("Stopped by %s after step %d; checkpoint saved in %s. Rerun the same "
-                          "command to resume.", interrupted, done, ckpts.latest_dir)
-          break
+      if config.data.on_device:
+        state, done, interrupted = _train_on_device(
+            state, config=config, mesh=mesh, train=data.train, spec=spec, step_fn=step_fn,
+            teacher_state=teacher_state,
+            start_step=start_step, total_steps=total_steps, intervals=(eval_every, checkpoint_every),
+            check_finite=check_finite, write_train_scalars=write_train_scalars,
+            end_of_steps=functools.partial(end_of_steps, stop=stop), progress=progress)
       else:
-        if pending is not None:
-          check_finite(pending)
+        batches = input_pipeline.Prefetcher(
+            input_pipeline.train_batches(data.train, spec, start_step, total_steps),
+            config.data.prefetch)
+        pending = None          # (step, loss) of the last dispatched step, checked one step later.
+        interval = {"metrics": [], "start": time.perf_counter(), "steps": 0,
+                    "producer": batches.producer_seconds, "wait": batches.wait_seconds, "items": 0}
+        settle = lambda: check_finite(pending)
+        for step, images, labels_np in batches:
+          images, labels_np = _global_batch(batch_sharding, images, labels_np)
+          state, step_metrics = train_fn(state, images, labels_np, teacher_state)
+          if pending is not None:
+            check_finite(pending)
+          pending = (step + 1, step_metrics["loss"])
+          interval["metrics"].append(step_metrics)
+          interval["steps"] += 1
+          done = step + 1
+          if done == start_step + 1:  # Leave compilation out of the throughput.
+            jax.block_until_ready(step_metrics)
+            interval.update(start=time.perf_counter(), steps=0, producer=batches.producer_seconds,
+                            wait=batches.wait_seconds, items=batches.items)
+
+          if done % config.log_every_steps == 0 or done == total_steps:
+            check_finite(pending)
+            write_train_scalars(done, jax.device_get(interval["metrics"]), interval["steps"],
+                                time.perf_counter() - interval["start"],
+                                batches.items - interval["items"],
+                                batches.producer_seconds - interval["producer"],
+                                batches.wait_seconds - interval["wait"])
+            interval = {"metrics": [], "start": time.perf_counter(), "steps": 0,
+                        "producer": batches.producer_seconds, "wait": batches.wait_seconds,
+                        "items": batches.items}
+          else:
+            progress.update(done, config.batch_size)
+          interrupted = end_of_steps(done, state, settle, stop)
+          if interrupted:
+            break
+        else:
+          if pending is not None:
+            check_finite(pending)
   finally:
-    batches.close()
+    if batches is not None:
+      batches.close()
     progress.close()
     ckpts.wait()
     writer.flush()
@@ -574,11 +609,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if last_eval.get("step") == done and "test_accuracy" in last_eval:
       final = {"accuracy": last_eval["test_accuracy"], "loss": last_eval["test_loss"]}
     else:
-      final = evaluate(eval_fn, state, data.test, config.eval_batch_size, batch_sharding)
+      final = evaluate_split(state, data.test)
     results.update(test_accuracy_last=final["accuracy"], test_loss_last=final["loss"])
     if data.validation is not None and best["step"] is not None and best["step"] != done:
       best_state, _ = ckpts.restore_best(state)
-      selected = evaluate(eval_fn, best_state, data.test, config.eval_batch_size, batch_sharding)
+      selected = evaluate_split(best_state, data.test)
       results.update(test_accuracy=selected["accuracy"], test_loss=selected["loss"])
     else:
       results.update(test_accuracy=final["accuracy"], test_loss=final["loss"])
@@ -594,6 +629,76 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpts.close()
   results["state"] = state
   return results
+
+
+def _evaluate_split(eval_fn, batch_size, sharding, state, split):
+  return evaluate(eval_fn, state, split, batch_size, sharding)
+
+
+def _train_on_device(state, *, config, mesh, train, spec, step_fn, teacher_state, start_step,
+                     total_steps, intervals, check_finite, write_train_scalars, end_of_steps,
+                     progress):
+  """The training loop of config.data.on_device (experiments/device_pipeline.py): the training
+  split on the devices, `jax.lax.scan` over chunks of up to config.steps_per_dispatch steps.
+
+  Chunks end at every multiple of config.log_every_steps and of `intervals` (evaluation and
+  checkpoint), so those land on the steps of the host loop; a stop request (SIGTERM / SIGINT) is
+  seen after the chunk in flight, at most config.steps_per_dispatch steps later (the resumed run
+  continues from that step with the same batches). The losses of a chunk are checked after the
+  next chunk is dispatched (before anything is saved). Returns (state, steps done, the stopping
+  signal or None).
+  """
+  length = config.steps_per_dispatch
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  chunk_fn = jax.jit(device_pipeline.make_train_chunk(step_fn, padding=spec.padding,
+                                                      batch_sharding=batch_sharding),
+                     donate_argnums=0, out_shardings=(replicated, replicated))
+  train_split = device_pipeline.to_device(train, mesh)
+  pending = None    # (first step, metrics, number of valid steps) of the last dispatched chunk.
+
+  def check(entry):
+    if entry is not None:
+      first, metrics, count = entry
+      for i, loss in enumerate(np.asarray(jax.device_get(metrics["loss"]))[:count]):
+        check_finite((first + i + 1, loss))
+
+  def settle():
+    check(pending)
+
+  done = start_step
+  interval = {"metrics": [], "start": time.perf_counter(), "steps": 0, "input": 0.0}
+  while done < total_steps:
+    t = time.perf_counter()
+    end = device_pipeline.chunk_end(done, total_steps, length, config.log_every_steps, *intervals)
+    chunk = device_pipeline.put_chunk(
+        device_pipeline.chunk_inputs(len(train), spec, done, end - done, length), mesh)
+    interval["input"] += time.perf_counter() - t
+    state, metrics = chunk_fn(state, train_split, chunk, teacher_state)
+    check(pending)
+    pending = (done, metrics, end - done)
+    interval["metrics"].append((metrics, end - done))
+    interval["steps"] += end - done
+    if done == start_step:  # Leave compilation out of the throughput.
+      jax.block_until_ready(metrics)
+      interval.update(start=time.perf_counter(), steps=0, input=0.0)
+    done = end
+    if done % config.log_every_steps == 0 or done == total_steps:
+      settle()
+      host = [{k: v[i] for k, v in m.items()}
+              for m, count in jax.device_get(interval["metrics"]) for i in range(count)]
+      # The main thread builds and sends the index arrays while the previous chunk runs: their
+      # time bounds the device's wait for input from above.
+      write_train_scalars(done, host, interval["steps"], time.perf_counter() - interval["start"],
+                          interval["steps"], interval["input"], interval["input"])
+      interval = {"metrics": [], "start": time.perf_counter(), "steps": 0, "input": 0.0}
+    else:
+      progress.update(done, config.batch_size)
+    interrupted = end_of_steps(done, state, settle)
+    if interrupted:
+      return state, done, interrupted
+  settle()
+  return state, done, None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

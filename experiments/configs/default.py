@@ -36,6 +36,9 @@ def get_config(model: str = "bin_vgg16") -> ml_collections.ConfigDict:
   config.data.crop_padding = 4
   config.data.flip = True
   config.data.prefetch = 2
+  # True: the splits are copied to the accelerators once and the batches assembled there (the
+  # same batches; experiments/device_pipeline.py), for accelerators the host pipeline cannot feed.
+  config.data.on_device = False
   config.data.synthetic_train_size = 2048
   config.data.synthetic_test_size = 512
 
@@ -49,6 +52,7 @@ def get_config(model: str = "bin_vgg16") -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = -1  # -1: at every evaluation
   config.keep_checkpoints = 2
+  config.steps_per_dispatch = 50     # data.on_device: training steps per dispatch (lax.scan)
 
   # Optimisation (experiments/optim.py).
   config.optim = ml_collections.ConfigDict()
