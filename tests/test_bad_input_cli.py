@@ -53,6 +53,8 @@ def _program_cases(tmp):
   return {
       "train: wrong type": ("train", ["--workdir=" + os.path.join(tmp, "w1"),
                                       "--config.batch_size=abc"], "--config.batch_size=abc"),
+      "train: unknown field": ("train", ["--workdir=" + os.path.join(tmp, "w2"),
+                                         "--config.batch_sise=3"], "batch_sise"),
       "train: work directory is a file": ("train", ["--workdir=" + a_file,
                                                     "--config.data.source=synthetic"],
                                           "--workdir="),
