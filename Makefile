@@ -13,7 +13,7 @@ PYTEST_FLAGS ?=
 
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find ffi -name '*.cc' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: all install build train test bench clean
+.PHONY: all install build train test bench sanitize clean
 
 all: install
 
@@ -41,6 +41,22 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_FLAGS)
+
+# The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (build/sanitize), and the
+# kernel tests run against a copy of the package (build/sanitize/pkg) holding that module; the normal
+# build is left alone (python -P: the worktree root is not put first on the path). Leak detection
+# is off: the Python interpreter itself leaks at exit.
+SANITIZE_TESTS ?= tests/test_xnor_ops.py tests/test_packing.py tests/test_float_conv.py tests/test_winograd.py tests/test_conv_geometry.py
+SANITIZE_DIR := build/sanitize
+sanitize: | $(PY)
+	cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython_EXECUTABLE=$(abspath $(PY)) -DXNORJAX_CUDA=OFF -DXNORJAX_SANITIZE=ON
+	cmake --build $(SANITIZE_DIR) -j2 --target _ffi
+	rm -rf $(SANITIZE_DIR)/pkg && mkdir -p $(SANITIZE_DIR)/pkg
+	cp -r xnorjax $(SANITIZE_DIR)/pkg/ && rm -f $(SANITIZE_DIR)/pkg/xnorjax/_ffi*.so
+	cp $(SANITIZE_DIR)/_ffi*.so $(SANITIZE_DIR)/pkg/xnorjax/
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  PYTHONPATH=$(abspath $(SANITIZE_DIR)/pkg) $(PY) -P -m pytest -q -p no:randomly -p no:cacheprovider $(PYTEST_FLAGS) $(SANITIZE_TESTS)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
