@@ -18,7 +18,7 @@ PIP_INSTALL := $(PIP) install -c $(CONSTRAINTS)
 
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find ffi -name '*.cc' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: all install build train test install-check clean
+.PHONY: all install build train test install-check sanitize clean
 
 all: install
 
@@ -63,6 +63,30 @@ install-check:
 	  assert xnorjax.__file__.startswith('$(abspath $(INSTALL_CHECK_DIR))'), xnorjax.__file__; \
 	  assert (np.asarray(xnor_dense(x, x.T)) == (x @ x.T).astype(np.int32)).all(); \
 	  print('pip install . OK:', xnorjax.__file__)"
+
+# The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (build/sanitize), and the
+# kernel tests run against a copy of the package (build/sanitize/pkg) holding that module; the normal
+# build is left alone. The tests run in a small venv that sees .venv's packages through a .pth line
+# (so the editable install's import hook, which would load the normal build, is not installed) and
+# first check that the sanitized module is the one imported. Leak detection is off: the Python
+# interpreter itself leaks at exit.
+SANITIZE_TESTS ?= tests/test_xnor_ops.py tests/test_packing.py tests/test_float_conv.py tests/test_winograd.py tests/test_conv_geometry.py
+SANITIZE_DIR := build/sanitize
+SANITIZE_PY := $(SANITIZE_DIR)/venv/bin/python
+sanitize: $(VENV)/.installed
+	cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython_EXECUTABLE=$(abspath $(PY)) -DXNORJAX_CUDA=OFF -DXNORJAX_SANITIZE=ON
+	cmake --build $(SANITIZE_DIR) -j2 --target _ffi
+	rm -rf $(SANITIZE_DIR)/pkg $(SANITIZE_DIR)/venv && mkdir -p $(SANITIZE_DIR)/pkg
+	cp -r xnorjax $(SANITIZE_DIR)/pkg/ && rm -f $(SANITIZE_DIR)/pkg/xnorjax/*.so
+	cp $(SANITIZE_DIR)/_ffi*.so $(SANITIZE_DIR)/pkg/xnorjax/
+	$(PYTHON) -m venv $(SANITIZE_DIR)/venv
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+	  "$$($(SANITIZE_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/xnorjax_deps.pth"
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  PYTHONPATH=$(abspath $(SANITIZE_DIR)/pkg) sh -c '$(SANITIZE_PY) -P -c "import xnorjax._ffi as f; \
+	  assert f.__file__.startswith(\"$(abspath $(SANITIZE_DIR)/pkg)\"), f.__file__; print(\"sanitized:\", f.__file__)" && \
+	  $(SANITIZE_PY) -P -m pytest -q -p no:randomly -p no:cacheprovider $(PYTEST_FLAGS) $(SANITIZE_TESTS)'
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

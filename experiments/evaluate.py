@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging as pylogging
 import os
-import sys
 from typing import Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from sklearn import metrics as skm
 
+from experiments import cli
 from experiments import huge_pages
 from experiments import input_pipeline
 from experiments import plots
@@ -243,7 +241,6 @@ def default_output_dir(workdir: str, split: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (ValueError, FileNotFoundError, ImportError, RuntimeError)
 
 
 def define_flags():
@@ -259,29 +256,10 @@ def define_flags():
   flags.DEFINE_string("output_dir", None, "Where to write (default: <workdir>/evaluation/<split>).")
 
 
-class _OwnInfoOnly(pylogging.Filter):
-  """Passes warnings and errors, and INFO records from experiments/ only (not orbax's or JAX's)."""
-
-  def filter(self, record):
-    return record.levelno >= pylogging.WARNING or f"{os.sep}experiments{os.sep}" in record.pathname
-
-
-def quiet_libraries():
-  """Keeps library INFO chatter (orbax, XLA backends) out of the output unless --verbosity is given."""
-  if not FLAGS["verbosity"].present:
-    logging.get_absl_handler().addFilter(_OwnInfoOnly())
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  quiet_libraries()
-  try:
-    evaluation = evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.batch_size)
-  except USER_ERRORS as e:
-    logging.debug("Traceback:", exc_info=True)
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-    sys.exit(1)
+  evaluation = evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.batch_size)
   paths = write_evaluation(evaluation, FLAGS.output_dir or default_output_dir(FLAGS.workdir,
                                                                              FLAGS.split))
   print(format_report(evaluation))
@@ -291,4 +269,4 @@ def main(argv):
 if __name__ == "__main__":
   huge_pages.reexec_with_huge_pages()
   define_flags()
-  app.run(main)
+  cli.run_main(main)

@@ -21,17 +21,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from typing import Optional
 
 from absl import app
 from absl import flags
-from absl import logging
 from flax import nnx
 import jax
 import numpy as np
 
 from experiments import evaluate
+from experiments import cli
 from experiments import huge_pages
 from experiments import input_pipeline
 from experiments import restore
@@ -167,7 +166,6 @@ def format_summary(manifest: dict, agreements, out: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError)
 
 
 def define_flags():
@@ -185,18 +183,13 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    manifest, agreements = export_workdir(
-        FLAGS.workdir, FLAGS.out, checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite,
-        verify_images=FLAGS.verify_images, batch_size=FLAGS.batch_size)
-  except USER_ERRORS as e:
-    logging.debug("Traceback:", exc_info=True)
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-    sys.exit(1)
+  manifest, agreements = export_workdir(
+      FLAGS.workdir, FLAGS.out, checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite,
+      verify_images=FLAGS.verify_images, batch_size=FLAGS.batch_size)
   print(format_summary(manifest, agreements, FLAGS.out))
 
 
 if __name__ == "__main__":
   huge_pages.reexec_with_huge_pages()
   define_flags()
-  app.run(main)
+  cli.run_main(main)

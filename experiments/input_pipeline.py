@@ -135,6 +135,8 @@ def _load_tfds(cfg):
 
 
 def _check_split(name, images, labels, image_size, num_classes):
+  if len(images) == 0:
+    raise ValueError(f"the {name} split has no images")
   if images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
     raise ValueError(f"{name} images have shape {images.shape}, expected "
                      f"[N, {image_size}, {image_size}, 3] (config.data.image_size={image_size})")
@@ -184,8 +186,22 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np
   return mean.astype(np.float32), std.astype(np.float32)
 
 
+def check_data_config(cfg):
+  """Rejects sizes that cannot describe a data set (config.data.*), before anything is loaded."""
+  source, _ = resolve_source(cfg)
+  minimums = {"image_size": 1, "num_classes": 1, "num_validation": 0, "crop_padding": 0,
+              "prefetch": 0}
+  if source == "synthetic":
+    minimums.update(synthetic_train_size=1, synthetic_test_size=1)
+  for field, minimum in minimums.items():
+    value = cfg[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      raise ValueError(f"config.data.{field}={value!r} must be an integer >= {minimum}")
+
+
 def load_data(cfg, *, seed: int) -> Data:
   """Loads the configured source, checks it and holds out the validation split."""
+  check_data_config(cfg)
   source, path = resolve_source(cfg)
   if source == "synthetic":
     splits, names = synthetic_splits(cfg.synthetic_train_size, cfg.synthetic_test_size,

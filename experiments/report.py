@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 from typing import Optional, Sequence
 
 from absl import app
@@ -30,6 +29,7 @@ import ml_collections
 import numpy as np
 
 import xnorjax
+from experiments import cli
 from experiments import evaluate
 from experiments import plots
 from experiments import report_render
@@ -319,17 +319,11 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  evaluate.quiet_libraries()
-  try:
-    paths = build_report(FLAGS.workdirs, FLAGS.out, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
-                         title=FLAGS.title)
-  except evaluate.USER_ERRORS as e:
-    logging.debug("Traceback:", exc_info=True)
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-    sys.exit(1)
+  paths = build_report(FLAGS.workdirs, FLAGS.out, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
+                       title=FLAGS.title)
   print(f"Wrote {paths[HTML_FILE]} and {paths[MARKDOWN_FILE]} ({len(paths)} files in {FLAGS.out})")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run_main(main)

@@ -10,16 +10,17 @@ field can be overridden as --config.<field>=<value>. Rerunning the same command 
 newest checkpoint in the work directory.
 """
 
-import logging as pylogging
 import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
+from experiments import configs
 from experiments import huge_pages
+from experiments import input_pipeline
 from experiments import trainer
 
 _CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -60,19 +61,17 @@ except (AttributeError, KeyError, TypeError, ValueError) as e:
   _message = " ".join(str(e).replace("\\n", " ").replace("\\", "").replace("'", "").split())
   sys.exit(f"error: bad --config override: no field {_message}")
 
-# Errors that come from the user's configuration or data: printed as one clear line, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, ImportError, FloatingPointError, RuntimeError)
 
-
-class _QuietLibraries(pylogging.Filter):
-  """Drops orbax's per-save INFO chatter from the log (its warnings and errors stay)."""
-
-  def filter(self, record):
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+def check_command_line(config, workdir: str):
+  """Rejects settings that cannot be run and a --workdir that cannot hold a run, before any data
+  or model is loaded."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir!r} is a file, not a directory")
+  configs.check_settings(config)
+  input_pipeline.check_data_config(config.data)
 
 
 def main(argv):
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
@@ -82,13 +81,9 @@ def main(argv):
                             for a in sys.argv) and config.model.name != _MODEL.value:
     raise app.UsageError(f"--model={_MODEL.value} contradicts the config file's model "
                          f"{config.model.name!r}; give one of them")
-  try:
-    results = trainer.train_and_evaluate(config, _WORKDIR.value,
-                                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except USER_ERRORS as e:
-    logging.debug("Traceback:", exc_info=True)
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-    sys.exit(1)
+  check_command_line(config, _WORKDIR.value)
+  results = trainer.train_and_evaluate(config, _WORKDIR.value,
+                                       allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   if results.get("interrupted_by"):
     print(f"Interrupted by {results['interrupted_by']} after step {results['last_step']}; "
           f"checkpoint saved. Rerun the same command to resume.")
@@ -100,4 +95,4 @@ def main(argv):
 
 if __name__ == "__main__":
   huge_pages.reexec_with_huge_pages()
-  app.run(main)
+  cli.run_main(main)

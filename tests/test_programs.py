@@ -14,6 +14,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench.train", "bench.conv_policy",
                  "bench.profile_step"]
 ARGPARSE_PROGRAMS = ["bench.kernels", "bench.deploy", "bench.conv_formulations"]
+STARTUP_NOISE = ("Unable to initialize backend 'tpu'", "Platform 'tpu' is experimental",
+                 "TF_ENABLE_ONEDNN_OPTS", "oneDNN custom operations")
 
 
 @pytest.mark.parametrize("program", ABSL_PROGRAMS + ARGPARSE_PROGRAMS)
@@ -21,6 +23,8 @@ def test_program_prints_its_usage(program):
   done = subprocess.run([sys.executable, "-m", f"experiments.{program}", "--help"], cwd=_ROOT,
                         capture_output=True, text=True, timeout=300, check=False)
   assert "Traceback" not in done.stderr, done.stderr[-2000:]
+  for noise in STARTUP_NOISE:  # experiments.cli keeps these out of every command's output
+    assert noise not in done.stderr + done.stdout, done.stderr[-2000:]
   if program in ABSL_PROGRAMS:  # absl prints the docstring and the flags, then exits with 1
     assert done.returncode in (0, 1) and "Try --helpfull" in done.stdout, done.stdout[-2000:]
   else:

@@ -134,7 +134,8 @@ _ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
 def ste_sign(x, clip_value: float = 1.0) -> jax.Array:
   """Sign with the straight-through estimator (BNN, XNOR-Net inputs).
 
-  Forward: +1 where x >= 0, else -1 (sign(0) = +1). Backward: g * 1{|x| <= clip_value}, the
+  Forward: +1 where x >= 0, else -1 (sign(0) = +1; NaN compares false, so sign(NaN) = -1, as
+  `xnorjax.ops.pack_bits` packs it; +-inf give +-1). Backward: g * 1{|x| <= clip_value}, the
   gradient of hard_tanh for clip_value = 1. Output dtype = input dtype.
   """
   return _ste_sign(_check_float(x, "x"), check_clip_value(clip_value))
@@ -224,7 +225,8 @@ def magnitude_aware_sign(w, gradient: str = "exact", clip_value: float = 1.0) ->
 
   The output channel is the last axis (Flax HWIO conv kernels, IO dense kernels); alpha averages
   over the n = fan-in entries of all other axes. alpha is computed in float32 and the result cast to
-  w's dtype, so bfloat16 weights get a float32-accurate alpha rounded once.
+  w's dtype, so bfloat16 weights get a float32-accurate alpha rounded once. A NaN in w makes its
+  channel's alpha, hence that whole output channel, NaN (other channels are unaffected).
 
   Gradients (per output channel, g = dC/dWb the gradient reaching Wb = alpha * sign(W), STE the
   indicator 1{|W_i| <= clip_value}):

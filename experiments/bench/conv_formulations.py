@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import cli
 from experiments import huge_pages
 from experiments.bench import timing
 from xnorjax.ops import conv as conv_lib
@@ -94,4 +95,4 @@ def main():
 
 if __name__ == "__main__":
   huge_pages.reexec_with_huge_pages()
-  main()
+  cli.run_main(main, absl_flags=False)

@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 import jax
 
+from experiments import cli
 from experiments import huge_pages
 from experiments.bench import synthetic_steps
 from experiments.bench import timing
@@ -98,4 +99,4 @@ def main(argv):
 if __name__ == "__main__":
   huge_pages.reexec_with_huge_pages()
   define_flags()
-  app.run(main)
+  cli.run_main(main)

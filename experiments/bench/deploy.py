@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import export as export_lib
+from experiments import cli
 from experiments import huge_pages
 from experiments.bench import timing
 from xnorjax import deploy
@@ -153,4 +154,4 @@ def main():
 
 if __name__ == "__main__":
   huge_pages.reexec_with_huge_pages()
-  main()
+  cli.run_main(main, absl_flags=False)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+from experiments import cli
 from experiments import huge_pages
 from experiments.bench import timing
 import xnorjax
@@ -188,4 +189,4 @@ def _cpu_model() -> str:
 
 if __name__ == "__main__":
   huge_pages.reexec_with_huge_pages()
-  main()
+  cli.run_main(main, absl_flags=False)

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import cli
 from experiments import huge_pages
 from experiments import input_pipeline
 from experiments.bench import synthetic_steps
@@ -248,4 +249,4 @@ def main(argv):
 
 if __name__ == "__main__":
   huge_pages.reexec_with_huge_pages()
-  app.run(main)
+  cli.run_main(main)

@@ -113,6 +113,6 @@ def unpack_bits(words, n: int, axis: int = -1, dtype=jnp.float32) -> jax.Array:
   moved = jnp.moveaxis(words, axis, -1)
   shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)
   bits = (moved[..., :, None] >> shifts) & 1
-  bits = bits.reshape(*moved.shape[:-1], -1)[..., :n]
+  bits = bits.reshape(*moved.shape[:-1], moved.shape[-1] * WORD_BITS)[..., :n]  # no -1: 0-size axes
   values = jnp.where(bits == 1, 1, -1).astype(dtype)
   return jnp.moveaxis(values, -1, axis)

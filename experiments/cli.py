@@ -1,0 +1,97 @@
+"""Shared command-line plumbing of the experiments programs: which errors are the user's, how they
+are reported, and which library log lines are kept out of the output.
+
+Import this module before anything that imports TensorFlow: it sets TensorFlow's C++ log level
+default (INFO lines such as the oneDNN banner are dropped; warnings and errors stay) when the user
+has not set it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging as pylogging
+import os
+import sys
+import tarfile
+from typing import Callable
+
+# TensorFlow (tfds source) prints INFO banners ("oneDNN custom operations are on ...") on import;
+# level 1 drops INFO only. A user's own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+# Errors that come from the user's configuration, data or files: printed as one clear line, no
+# traceback (the traceback is logged at DEBUG, shown with --verbosity=1 for absl programs).
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError, FloatingPointError,
+               RuntimeError, tarfile.TarError)
+
+# JAX's probe of backends that are not there (a TPU plugin without a TPU): harmless on every
+# machine without that hardware, and printed on every command.
+_PROBE_MESSAGES = ("Unable to initialize backend 'tpu'", "Platform 'tpu' is experimental")
+
+
+def error_line(error: BaseException) -> str:
+  """The one line a user sees for `error`: its type and message, newlines folded."""
+  message = " ".join(str(error).split()) if not isinstance(error, KeyError) else repr(error.args[0])
+  return f"error: {type(error).__name__}: {message}"
+
+
+class QuietLibraries(pylogging.Filter):
+  """Passes warnings and errors, and INFO records from experiments/ only (not orbax's per-save
+  chatter nor JAX's backend messages); drops JAX's probe messages for absent TPU backends."""
+
+  def __init__(self, own_info_only: bool = True):
+    super().__init__()
+    self.own_info_only = own_info_only
+
+  def filter(self, record):
+    if record.name.startswith("jax") and record.getMessage().startswith(_PROBE_MESSAGES):
+      return False
+    if record.levelno >= pylogging.WARNING or not self.own_info_only:
+      return True
+    return f"{os.sep}experiments{os.sep}" in record.pathname
+
+
+def quiet_libraries():
+  """Installs `QuietLibraries` on the absl and root handlers: library INFO chatter is dropped unless
+  --verbosity is given (the probe messages always are)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  verbose = "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present
+  quiet = QuietLibraries(own_info_only=not verbose)
+  handlers = [logging.get_absl_handler(), *pylogging.getLogger().handlers]
+  for handler in handlers:
+    if not any(isinstance(f, QuietLibraries) for f in handler.filters):
+      handler.addFilter(quiet)
+  # Records logged before absl's handler exists (the backend probe can run at import) go through
+  # logging.lastResort, which has no filters: filter the probe at its logger too.
+  jax_logger = pylogging.getLogger("jax._src.xla_bridge")
+  if not any(isinstance(f, QuietLibraries) for f in jax_logger.filters):
+    jax_logger.addFilter(QuietLibraries(own_info_only=False))
+
+
+def report_user_errors(main: Callable) -> Callable:
+  """Wraps a program's main: a USER_ERRORS exception becomes one line on stderr (`error_line`) and
+  exit status 1, with the library log filters installed first."""
+
+  @functools.wraps(main)
+  def wrapped(*args, **kwargs):
+    quiet_libraries()
+    try:
+      return main(*args, **kwargs)
+    except USER_ERRORS as e:
+      from absl import logging  # pylint: disable=g-import-not-at-top
+      logging.debug("Traceback:", exc_info=True)
+      print(error_line(e), file=sys.stderr)
+      sys.exit(1)
+
+  return wrapped
+
+
+def run_main(main: Callable, *, absl_flags: bool = True):
+  """Runs a program's main: through absl's `app.run` (absl_flags) or directly (argparse programs),
+  with user errors reported as one line (`report_user_errors`)."""
+  if absl_flags:
+    from absl import app  # pylint: disable=g-import-not-at-top
+    app.run(report_user_errors(main))
+  else:
+    report_user_errors(main)()
