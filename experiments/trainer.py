@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from experiments import checkpointing
+from experiments import configs
 from experiments import device_pipeline
 from experiments import distill
 from experiments import input_pipeline
@@ -284,6 +285,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int):
                      f"{', '.join(optim.SCHEDULES)}")
   input_pipeline.resolve_source(config.data)  # Unknown source: ValueError.
   distill.check_config(config.distill)
+  configs.check_settings(config)  # intervals, counts and rates (the command line checks it too)
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
   if config.log_every_steps < 1:
