@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import socket
@@ -198,12 +199,30 @@ class Checkpoints:
             max_to_keep=keep, create=True,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix=LATEST_DIR)))
-    self.best = ocp.CheckpointManager(
-        self.best_dir, options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m["val_accuracy"], best_mode="max",
-            multiprocessing_options=ocp.options.MultiprocessingOptions(
-                barrier_sync_key_prefix=BEST_DIR)))
+    self.best = self._open_best()
     self._pending = {}  # id(manager) -> the step of its save in flight
+
+  def _open_best(self):
+    """The best-on-validation manager. It reads every checkpoint's metrics when it starts: those
+    whose metrics are unreadable are moved aside first (logged), as they cannot be ranked."""
+    def open_manager():
+      return ocp.CheckpointManager(
+          self.best_dir, options=ocp.CheckpointManagerOptions(
+              max_to_keep=1, create=True, best_fn=lambda m: m["val_accuracy"], best_mode="max",
+              multiprocessing_options=ocp.options.MultiprocessingOptions(
+                  barrier_sync_key_prefix=BEST_DIR)))
+    try:
+      return open_manager()
+    except Exception:  # pylint: disable=broad-except
+      for step in scan(self.best_dir)[0]:
+        path = os.path.join(self.best_dir, str(step))
+        try:
+          with open(os.path.join(path, "metrics", "metrics"), encoding="utf-8") as f:
+            json.load(f)
+        except (OSError, ValueError) as e:
+          logging.warning("Checkpoint %s has unreadable metrics (%s); moved it aside to %s",
+                          path, brief(e), move_aside(path))
+      return open_manager()
 
   @staticmethod
   def _args(state, record):

@@ -131,6 +131,14 @@ def _restore_step(manager, step: int, target, where: str):
   return restored.state["params"], restored.state["rest"], dict(restored.record or {})
 
 
+def _open_manager(directory: str, kind: str):
+  best_options = dict(best_fn=lambda m: m["val_accuracy"], best_mode="max") if kind == "best" else {}
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True,
+                                                      **best_options),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(), "record": ocp.JsonCheckpointHandler()})
+
+
 def _candidate_steps(manager, kind: str, finished: list[int]) -> list[int]:
   """The steps to try, preferred first: the best one (if its metrics read) or all, newest first."""
   if kind == "latest":
@@ -165,12 +173,14 @@ def restore_model(workdir: str, checkpoint: str = "best",
     if not os.path.isdir(directory):
       continue
     finished, unfinished = checkpointing.scan(directory)
-    best_options = dict(best_fn=lambda m: m["val_accuracy"], best_mode="max") if kind == "best" else {}
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True,
-                                                        **best_options),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                       "record": ocp.JsonCheckpointHandler()})
+    try:
+      manager = _open_manager(directory, kind)
+    except Exception as e:  # pylint: disable=broad-except  # best/: orbax reads all metrics
+      if kind == "latest":
+        raise
+      logging.warning("The best checkpoint in %s is unreadable (%s); using the latest checkpoint",
+                      directory, checkpointing.brief(e))
+      continue
     try:
       steps = _candidate_steps(manager, kind, finished)
       if not steps and kind == "best":

@@ -358,7 +358,7 @@ def test_failing_save_is_one_clear_line_and_the_previous_checkpoint_stays_restor
   workdir = str(tmp_path / "run")
   latest = os.path.join(workdir, checkpointing.LATEST_DIR)
   # From step 7 on (once checkpoint 4 is committed), the step-8 save fails.
-  rc, _, err = train(env, workdir, fault=fault, at_step=6,
+  rc, _, err = train(env, workdir, kind=fault, at_step=6,
                      after_path=os.path.join(latest, "4"), root=workdir + os.sep)
   assert rc == 1, err[-3000:]
   (line,) = error_lines(err)
@@ -397,7 +397,7 @@ def test_infinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(env, b
   workdir = str(tmp_path / "run")
   shutil.copytree(baseline[0], workdir)
   rc, _, err = train(env, workdir, "--config.num_train_steps=24", "--allow_config_change",
-                     fault="inf_loss")
+                     kind="inf_loss")
   assert rc == 1
   good = os.path.join(workdir, checkpointing.LATEST_DIR, "16")
   (line,) = error_lines(err)
@@ -497,3 +497,16 @@ def test_save_that_cannot_be_written_names_the_step_and_the_intact_checkpoint(tm
   assert checkpointing.scan(latest)[0] == [8, 4]
   state, record = ckpts.restore_latest(TINY_STATE)
   assert record["step"] == 8
+
+
+def test_unreadable_best_metrics_are_moved_aside_when_training_opens_its_checkpoints(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  ckpts = _tiny_checkpoints(tmp_path)
+  ckpts.save_best(8, jax.tree.map(lambda x: x + 8, TINY_STATE), {"step": 8}, 0.5)
+  ckpts.close()
+  bad = str(tmp_path / checkpointing.BEST_DIR / "8")
+  _garbage(bad)
+  ckpts = checkpointing.Checkpoints(str(tmp_path), keep=3)
+  assert ckpts.best_step() is None and ckpts.best_steps() == []
+  assert os.path.isdir(bad + checkpointing.UNREADABLE_SUFFIX)
+  ckpts.close()
