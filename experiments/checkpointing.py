@@ -201,6 +201,7 @@ class Checkpoints:
                 barrier_sync_key_prefix=LATEST_DIR)))
     self.best = self._open_best()
     self._pending = {}  # id(manager) -> the step of its save in flight
+    self._failed = False  # a save failed: the run stops, later saves and waits are skipped
 
   def _open_best(self):
     """The best-on-validation manager. It reads every checkpoint's metrics when it starts: those
@@ -257,6 +258,10 @@ class Checkpoints:
       raise self._save_error(manager, step, e) from e
 
   def _wait(self, manager):
+    if self._failed:
+      # After a failed save orbax's background threads may wait for a signal that never comes
+      # (a step directory that could not be created): waiting would hang until their timeout.
+      return
     try:
       manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
@@ -264,6 +269,7 @@ class Checkpoints:
 
   def _save_error(self, manager, step: Optional[int], error: BaseException) -> CheckpointSaveError:
     """The error for a failed save of `step` by `manager`, naming the checkpoint to resume from."""
+    self._failed = True
     directory = str(manager.directory)
     kept = [s for s in scan(self.latest_dir)[0] if manager is not self.latest or s != step]
     intact = (f"the latest checkpoint {self.step_dir(kept[0])} is intact" if kept

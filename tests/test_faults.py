@@ -30,7 +30,7 @@ from experiments import metrics as metrics_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 16
 CHECKPOINT_EVERY = 4
-TIMEOUT = 300  # seconds per subprocess; a warm run takes about 15 s on a loaded 2-core machine
+TIMEOUT = 600  # seconds per subprocess (a warm run: 15 s alone, 60-150 s at load 20 on 2 cores)
 
 TINY_RUN = [
     "--model=bin_small_cnn", "--config.data.source=synthetic",
@@ -374,7 +374,9 @@ def test_failing_save_is_one_clear_line_and_the_previous_checkpoint_stays_restor
 
 def test_second_process_on_a_workdir_refuses_and_the_lock_dies_with_the_first(env, tmp_path):
   workdir = str(tmp_path / "run")
-  first = start(env, workdir, step_delay=0.5)
+  # A minute per step: the first still holds the lock when the second one, which needs a minute
+  # to start on a loaded machine, gets there (it is killed once the check is done).
+  first = start(env, workdir, step_delay=60)
   try:
     wait_for_step(first, workdir, 1)
     rc, out, err = train(env, workdir)
@@ -493,6 +495,9 @@ def test_save_that_cannot_be_written_names_the_step_and_the_intact_checkpoint(tm
                      rf"the latest checkpoint {latest}/8 is intact"):
     ckpts.save(12, TINY_STATE, {"step": 12})
     ckpts.wait()
+  started = time.monotonic()
+  ckpts.wait()  # After the failure: returns at once instead of waiting for orbax's threads.
+  assert time.monotonic() - started < 5
   monkeypatch.setattr(os, "mkdir", real_mkdir)
   assert checkpointing.scan(latest)[0] == [8, 4]
   state, record = ckpts.restore_latest(TINY_STATE)
