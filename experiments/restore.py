@@ -17,6 +17,7 @@ import json
 import os
 from typing import Any, Optional
 
+from absl import logging
 from flax import nnx
 import jax
 import ml_collections
@@ -107,13 +108,48 @@ def _check_shapes(target, saved, where: str):
   want, have = _flat_shapes(target), _flat_shapes(saved)
   missing = sorted(set(want) - set(have))
   if missing:
-    raise ValueError(f"checkpoint {where} lacks {len(missing)} variable(s) of the model, e.g. "
-                     f"{missing[0]}: config.json and the checkpoint describe different models")
+    raise checkpointing.ModelMismatchError(
+        f"checkpoint {where} lacks {len(missing)} variable(s) of the model, e.g. {missing[0]}: "
+        "config.json and the checkpoint describe different models")
   wrong = [(k, want[k], have[k]) for k in want if want[k] != have[k]]
   if wrong:
     k, w, h = wrong[0]
-    raise ValueError(f"checkpoint {where}: {k} has shape {h}, the model built from config.json "
-                     f"expects {w} ({len(wrong)} mismatched variable(s))")
+    raise checkpointing.ModelMismatchError(
+        f"checkpoint {where}: {k} has shape {h}, the model built from config.json expects {w} "
+        f"({len(wrong)} mismatched variable(s))")
+
+
+def _restore_step(manager, step: int, target, where: str):
+  """(params, rest, record) of checkpoint `step`: a partial restore (no optimiser state)."""
+  _check_shapes(target, manager.item_metadata(step)["state"], where)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True),
+      record=ocp.args.JsonRestore()))
+  return restored.state["params"], restored.state["rest"], dict(restored.record or {})
+
+
+def _open_manager(directory: str, kind: str):
+  best_options = dict(best_fn=lambda m: m["val_accuracy"], best_mode="max") if kind == "best" else {}
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True,
+                                                      **best_options),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(), "record": ocp.JsonCheckpointHandler()})
+
+
+def _candidate_steps(manager, kind: str, finished: list[int]) -> list[int]:
+  """The steps to try, preferred first: the best one (if its metrics read) or all, newest first."""
+  if kind == "latest":
+    return finished
+  try:
+    best = manager.best_step()
+  except Exception as e:  # pylint: disable=broad-except  # unreadable metrics: use the latest
+    logging.warning("The best checkpoint in %s is unreadable (%s); using the latest checkpoint",
+                    manager.directory, checkpointing.brief(e))
+    return []
+  return [best] if best in finished else []
 
 
 def restore_model(workdir: str, checkpoint: str = "best",
@@ -121,7 +157,9 @@ def restore_model(workdir: str, checkpoint: str = "best",
   """The model of `workdir` with the weights of its best (on validation) or latest checkpoint.
 
   checkpoint="best" falls back to the latest checkpoint when the run has no best one (training
-  without a validation split); the result says which was used.
+  without a validation split) or it is unreadable; an unreadable or unfinished checkpoint newer
+  than the one used is skipped with one warning naming its directory (nothing is changed on
+  disk); the result says which was used. UnreadableCheckpointError when none is readable.
   """
   if checkpoint not in CHECKPOINTS:
     raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
@@ -129,34 +167,51 @@ def restore_model(workdir: str, checkpoint: str = "best",
   config = load_config(workdir) if config is None else config
   candidates = [("best", checkpointing.BEST_DIR)] if checkpoint == "best" else []
   candidates.append(("latest", checkpointing.LATEST_DIR))
+  parts = None
   for kind, name in candidates:
     directory = os.path.join(workdir, name)
     if not os.path.isdir(directory):
       continue
-    best_options = dict(best_fn=lambda m: m["val_accuracy"], best_mode="max") if kind == "best" else {}
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False, **best_options),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                       "record": ocp.JsonCheckpointHandler()})
+    finished, unfinished = checkpointing.scan(directory)
     try:
-      step = manager.best_step() if kind == "best" else manager.latest_step()
-      if step is None:
+      manager = _open_manager(directory, kind)
+    except Exception as e:  # pylint: disable=broad-except  # best/: orbax reads all metrics
+      if kind == "latest":
+        raise
+      logging.warning("The best checkpoint in %s is unreadable (%s); using the latest checkpoint",
+                      directory, checkpointing.brief(e))
+      continue
+    try:
+      steps = _candidate_steps(manager, kind, finished)
+      if not steps and kind == "best":
+        for _, path in unfinished:
+          logging.warning("The best checkpoint %s is unfinished (an interrupted save or partial "
+                          "copy); using the latest checkpoint", path)
         continue
-      model = trainer.create_model(config, config.seed)
-      parts = trainer.split_model(model)
+      if parts is None:
+        parts = trainer.split_model(trainer.create_model(config, config.seed))
       target = {"params": parts.params, "rest": parts.rest}
-      where = os.path.join(directory, str(step))
-      _check_shapes(target, manager.item_metadata(step)["state"], where)
-      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(
-              abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-              partial_restore=True),
-          record=ocp.args.JsonRestore()))
+      step, restored, failures = checkpointing.restore_newest_readable(
+          directory, steps,
+          lambda s: _restore_step(manager, s, target, os.path.join(directory, str(s))))
+    except checkpointing.UnreadableCheckpointError as e:
+      if kind == "best":
+        logging.warning("%s; using the latest checkpoint", e)
+        continue
+      raise
     finally:
       manager.close()
-    model = nnx.merge(parts.eval_graphdef, restored.state["params"], restored.state["rest"])
-    return RestoredModel(model, config, kind, int(step), where, dict(restored.record or {}))
+    if step is None:
+      continue
+    for _, path, reason in failures:
+      logging.warning("Checkpoint %s is unreadable (%s); using step %d instead", path, reason, step)
+    for bad_step, path in unfinished:
+      if bad_step > step:
+        logging.warning("Checkpoint %s is unfinished (an interrupted save or partial copy); "
+                        "using step %d instead", path, step)
+    params, rest, record = restored
+    model = nnx.merge(parts.eval_graphdef, params, rest)
+    return RestoredModel(model, config, kind, int(step), os.path.join(directory, str(step)), record)
   raise FileNotFoundError(
       f"workdir {workdir} has no checkpoint in {checkpointing.BEST_DIR}/ or "
       f"{checkpointing.LATEST_DIR}/: train first (python -m experiments.train --workdir=...)")

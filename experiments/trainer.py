@@ -365,9 +365,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict:
   """Trains config.model on config.data, checkpointing into `workdir`; returns the results.
 
-  Resumes from the newest checkpoint in `workdir` if there is one, provided `config` trains as
-  the run's config.json did (else ConfigChangedError, unless `allow_config_change`). Writes
-  config.json, metrics.jsonl (and TensorBoard events), checkpoints and results.json into `workdir`.
+  Resumes from the newest readable checkpoint in `workdir` if there is one, provided `config`
+  trains as the run's config.json did (else ConfigChangedError, unless `allow_config_change`).
+  Writes config.json, metrics.jsonl (and TensorBoard events), checkpoints and results.json into
+  `workdir`, holding its lock (checkpointing.workdir_lock: a second process on the same
+  directory gets WorkdirBusyError).
   """
   if config.get("two_stage", False):
     from experiments import two_stage  # pylint: disable=g-import-not-at-top (it calls back here)
@@ -375,10 +377,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   distributed = distributed_arguments(config)  # Checked whether or not config.distributed.
   if config.distributed and not jax.distributed.is_initialized():
     jax.distributed.initialize(**distributed)
-  mesh = make_mesh(config.num_devices)
-  check_config(config, mesh.size)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  with checkpointing.workdir_lock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, allow_config_change)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        allow_config_change: bool) -> dict:
+  mesh = make_mesh(config.num_devices)
+  check_config(config, mesh.size)
   check_resumable(config, workdir, allow_config_change)
   chief = jax.process_index() == 0
   if chief:
@@ -453,6 +461,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     allow_config_change)
     state, start_step = restored, ckpts.latest_step()
     best = {"val_accuracy": record.get("best_val_accuracy", -1.0), "step": record.get("best_step")}
+    if best["step"] is not None and best["step"] not in ckpts.best_steps():
+      logging.warning("The best checkpoint (step %d) was not saved completely (the run was killed "
+                      "while saving it); selecting among the evaluations from here on",
+                      best["step"])
+      best = {"val_accuracy": -1.0, "step": None}
     logging.info("Resumed from %s at step %d (epoch %.2f)", ckpts.latest_dir, start_step,
                  start_step / steps_per_epoch)
   writer = metrics_lib.create_writer(workdir, tensorboard=config.tensorboard, enabled=chief)
@@ -488,8 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     loss = float(loss)
     if not np.isfinite(loss):
       saved = ckpts.latest_step()
-      where = (f"the last good checkpoint is step {saved} in {ckpts.latest_dir}" if saved is not None
-               else "no checkpoint was saved before it")
+      where = (f"the last good checkpoint is step {saved} in {ckpts.step_dir(saved)}"
+               if saved is not None else "no checkpoint was saved before it")
       raise NonFiniteLossError(
           f"training loss is {loss} at step {s} (epoch {s / steps_per_epoch:.2f}); stopped "
           f"without saving; {where}. Lower config.optim.learning_rate or enable "
