@@ -47,7 +47,7 @@ from experiments import optim
 from experiments.configs import default as default_config
 import xnorjax
 from xnorjax import models
-from xnorjax import quantizers
+from xnorjax import optim as xnorjax_optim
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
@@ -94,11 +94,11 @@ class ModelParts:
   eval_graphdef: Any
   params: Any        # pure dict of nnx.Param values
   rest: Any          # pure dict of everything else (BatchNorm statistics, RNG state)
-  binary_mask: Any   # xnorjax.quantizers.binary_kernel_mask(model)
+  binary_mask: Any   # xnorjax.optim.binary_kernel_mask(model)
 
 
 def split_model(model) -> ModelParts:
-  binary_mask = quantizers.binary_kernel_mask(model)
+  binary_mask = xnorjax_optim.binary_kernel_mask(model)
   model.eval()
   eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
   model.train()
