@@ -70,7 +70,7 @@ install-check:
 # (so the editable install's import hook, which would load the normal build, is not installed) and
 # first check that the sanitized module is the one imported. Leak detection is off: the Python
 # interpreter itself leaks at exit.
-SANITIZE_TESTS ?= tests/test_xnor_ops.py tests/test_packing.py tests/test_float_conv.py tests/test_winograd.py tests/test_conv_geometry.py
+SANITIZE_TESTS ?= tests/kernels/test_xnor_ops.py tests/kernels/test_packing.py tests/kernels/test_float_conv.py tests/kernels/test_winograd.py tests/kernels/test_conv_geometry.py
 SANITIZE_DIR := build/sanitize
 SANITIZE_PY := $(SANITIZE_DIR)/venv/bin/python
 sanitize: $(VENV)/.installed

@@ -1,12 +1,12 @@
-"""Shared pytest fixtures and markers for the xnorjax suite."""
+"""Shared pytest fixtures of the xnorjax suite (markers and other helpers: tests/helpers/).
+
+Layout: tests/library (quantizers, layers, models, deploy, summary), tests/kernels (the packed and
+float C++ / CUDA kernels and the build), tests/experiments (training, data, evaluation, reports,
+command lines, benchmarks' and GPU scripts' logic).
+"""
 
 import numpy as np
 import pytest
-
-import xnorjax
-
-requires_extension = pytest.mark.skipif(
-    not xnorjax.extension_available(), reason="xnorjax C++ extension not built (run `make install`)")
 
 
 @pytest.fixture

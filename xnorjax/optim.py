@@ -20,7 +20,7 @@ def _land_in_box(p, u, lo, hi):
   """Updates u' close to u such that p + u' (rounded as optax.apply_updates does) lies in [lo, hi].
 
   p + (target - p) can round one ulp outside the box when target - p is inexact; nudging u' one
-  ulp at a time fixes it (two rounds cover every float case; see tests/test_quantizers.py).
+  ulp at a time fixes it (two rounds cover every float case; see tests/library/test_quantizers.py).
   """
   for _ in range(2):
     landed = (p + u).astype(p.dtype)

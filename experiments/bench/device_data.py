@@ -28,7 +28,7 @@ import numpy as np
 from experiments import device_pipeline
 from experiments import input_pipeline
 from experiments import optim
-from experiments import synthetic_steps
+from experiments.bench import synthetic_steps
 from experiments import trainer
 
 _MODEL = flags.DEFINE_string("model", "bin_vgg16", "Model preset (experiments/configs/<model>.py).")

@@ -31,7 +31,7 @@ import jax
 
 from experiments import cli
 from experiments import huge_pages
-from experiments import synthetic_steps
+from experiments.bench import synthetic_steps
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ")
 _FFI_TARGET = re.compile(r"custom_call_target=\"(\w+)\"")

@@ -4,7 +4,7 @@
 #   2. experiments/gpu/check.py: exactness against XLA on every bin_vgg16 layer shape and odd
 #      shapes, on every CUDA path, then xnor_conv timed against XLA's bfloat16 and int8 convs at
 #      batch 128 and 1 (table in OUTDIR/gpu_check.{txt,json}),
-#   3. the GPU tests (tests/test_cuda_kernels.py, tests/test_build.py, tests/test_xnor_ops.py) in
+#   3. the GPU tests (tests/kernels/test_cuda_kernels.py, tests/kernels/test_build.py, tests/kernels/test_xnor_ops.py) in
 #      the time left, then the short table again, last.
 #
 # Usage: experiments/gpu/check.sh [OUTDIR]        (default: $OUT, else /tmp/xnorjax_gpu_check)
@@ -78,7 +78,7 @@ TEST_S=$(( TOTAL_S - $(elapsed) - 10 ))
 [ "$TEST_S" -lt 30 ] && TEST_S=30
 log "GPU tests (timeout ${TEST_S}s; log: $OUTDIR/pytest.log)"
 timeout "$TEST_S" "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" -rfEs \
-  tests/test_cuda_kernels.py tests/test_build.py tests/test_xnor_ops.py 2>&1 \
+  tests/kernels/test_cuda_kernels.py tests/kernels/test_build.py tests/kernels/test_xnor_ops.py 2>&1 \
   | tee "$OUTDIR/pytest.log" | tail -25
 PYTEST_RC=${PIPESTATUS[0]}
 

@@ -23,7 +23,7 @@
 # ml-collections, orbax-checkpoint, clu, pillow, scikit-learn; default .venv/bin/python if it sees a
 # GPU, else python3), EPOCHS_VGG16 (default 30), EPOCHS_BIN_VGG16 (default 30), BUDGET_S (270),
 # BATCH_SIZE (128), EXTRA_FLAGS (more --config.* overrides), MODELS (default "vgg16 bin_vgg16"),
-# ALLOW_CPU=1 (run without a GPU: how tests/test_gpu_scripts.py checks this script on tiny runs).
+# ALLOW_CPU=1 (run without a GPU: how tests/experiments/test_gpu_scripts.py checks this script on tiny runs).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUTDIR=${1:-${OUT:-runs/gpu}}

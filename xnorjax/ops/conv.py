@@ -29,8 +29,8 @@ the kernel reshaped to (kh*kw*C, O)) has no such pathology. Formulations:
                 of the batch. A custom_vjp: reverse mode only. Strides > 1 take lax.conv's own
                 gradient.
 All compute the same sum and differ only in summation order or, for "winograd", in the order and
-form of the arithmetic (results agree within float rounding; tests/test_conv.py,
-tests/test_float_conv.py, tests/test_winograd.py). `choose_formulation` is the single policy that
+form of the arithmetic (results agree within float rounding; tests/library/test_conv.py,
+tests/kernels/test_float_conv.py, tests/kernels/test_winograd.py). `choose_formulation` is the single policy that
 `formulation="auto"` applies; experiments/bench/conv_formulations.py measures it.
 
 Padding is explicit: the input is padded with `pad_value` (0, or +-1 for binarized inputs whose

@@ -27,7 +27,7 @@ import pytest
 from experiments import checkpointing
 from experiments import metrics as metrics_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOTAL_STEPS = 16
 CHECKPOINT_EVERY = 4
 TIMEOUT = 600  # seconds per subprocess (a warm run: 15 s alone, 60-150 s at load 20 on 2 cores)

@@ -17,9 +17,9 @@ import pytest
 from experiments import report
 from experiments import restore
 from experiments import trainer
-import tiny_runs
+from helpers import tiny_runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -18,7 +18,7 @@ from experiments import restore
 from experiments import trainer
 from xnorjax import models
 
-import tiny_runs
+from helpers import tiny_runs
 
 
 def _softmax(z):

@@ -31,7 +31,7 @@ from experiments import train as train_main
 from experiments.configs import default
 from xnorjax import models
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CIFAR10 = os.environ.get(input_pipeline.CIFAR10_ENV_VAR, "")
 PRESETS = ("vgg16", "bin_vgg16", "nin", "bin_nin", "resnet18", "bin_resnet18")
 
@@ -62,12 +62,6 @@ def tiny_config(model="bin_small_cnn", **overrides):
 
 def _params(results):
   return jax.tree.map(np.asarray, jax.device_get(results["state"]["params"]))
-
-
-def float_leaves(state) -> list[np.ndarray]:
-  """The floating-point arrays of a trained state: parameters, then BatchNorm statistics."""
-  leaves = jax.tree.leaves(jax.device_get({"params": state["params"], "rest": state["rest"]}))
-  return [np.asarray(x) for x in leaves if np.issubdtype(np.asarray(x).dtype, np.floating)]
 
 
 def _read_jsonl(workdir):
@@ -257,8 +251,9 @@ def test_four_simulated_devices_match_one_device(tmp_path):
   script = textwrap.dedent(f"""
       import json, sys
       import jax, numpy as np
-      sys.path.insert(0, {REPO!r})
-      from tests.test_train import float_leaves, tiny_config
+      sys.path[:0] = [{REPO!r}, {os.path.join(REPO, "tests")!r}]
+      from helpers.trees import float_leaves
+      from tests.experiments.test_train import tiny_config
       from experiments import trainer
       assert jax.device_count() == 4, jax.devices()
       out = {{}}
@@ -290,8 +285,9 @@ def test_four_simulated_devices_match_one_device(tmp_path):
 _RUN_AND_SAVE_PARAMETERS = textwrap.dedent("""
     import sys
     import jax, numpy as np
-    sys.path.insert(0, sys.argv[1])
-    from tests.test_train import float_leaves, tiny_config
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+    from helpers.trees import float_leaves
+    from tests.experiments.test_train import tiny_config
     from experiments import trainer
     workdir, out, process_id, num_processes, address = sys.argv[2:7]
     c = tiny_config("bin_small_cnn", num_epochs=1, eval_test_during_training=False)

@@ -7,7 +7,7 @@ kernels) has no CUDA implementation, and experiments/gpu/run.sh would fail to co
 """
 
 import jax
-import lowering
+from helpers import lowering
 import pytest
 
 from experiments.bench import synthetic_steps

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench.train", "bench.conv_policy",
                  "bench.profile_step"]
 ARGPARSE_PROGRAMS = ["bench.kernels", "bench.deploy", "bench.conv_formulations"]

@@ -15,7 +15,7 @@ from experiments import two_stage
 from xnorjax import models
 from xnorjax import optim as xnorjax_optim
 
-import tiny_runs
+from helpers import tiny_runs
 
 
 def _config():

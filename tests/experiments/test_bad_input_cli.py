@@ -34,7 +34,7 @@ from experiments import train
 from experiments import trainer
 from experiments.configs import default
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_S = 420  # all programs together, on a loaded 2-core machine
 # Start-up lines a user should not see on every command (JAX's TPU probe, TensorFlow's banners).
 NOISE = ("Unable to initialize backend 'tpu'", "Platform 'tpu' is experimental",

@@ -1,6 +1,6 @@
 """conv2d's "native" formulation (the extension's float32 conv, xnorjax/ops/float_conv.py):
 forward against a float64 numpy loop, gradients against jax.grad of lax.conv, its policy and
-its errors; the empty batch and the errors it shares with "winograd" (tests/test_winograd.py)
+its errors; the empty batch and the errors it shares with "winograd" (tests/kernels/test_winograd.py)
 for both."""
 
 import jax
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import xnorjax
-from tests.test_conv import formulation_grads
-from tests.test_conv import numpy_conv2d
-from tests.test_conv import run_data_parallel_script
+from helpers.conv_reference import formulation_grads
+from helpers.conv_reference import numpy_conv2d
+from helpers.conv_reference import run_data_parallel_script
 from xnorjax.ops import conv as conv_lib
 from xnorjax.ops import conv2d
 from xnorjax.ops import float_conv
@@ -90,7 +90,7 @@ def test_extension_formulations_with_an_empty_batch(formulation):
 
 
 def test_choose_formulation_takes_native_where_it_runs():
-  """Stride-1 float32 convs on the CPU, but 3x3 kernels (Winograd: tests/test_winograd.py)."""
+  """Stride-1 float32 convs on the CPU, but 3x3 kernels (Winograd: tests/kernels/test_winograd.py)."""
   same = lambda n: conv_lib.normalize_padding("SAME", (n, n), (5, 5), (1, 1))
   choose = lambda shape, **kw: conv_lib.choose_formulation(
       shape, (5, 5, shape[3], 64), (1, 1), same(shape[1]), backend="cpu", **kw)

@@ -7,7 +7,7 @@ import pytest
 
 import xnorjax
 from xnorjax.ops import pack_bits, packed_words, unpack_bits
-from conftest import requires_extension
+from helpers.markers import requires_extension
 
 
 def numpy_pack_bits(x: np.ndarray, axis: int) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Two tiny training runs shared by the evaluation and report tests (tests/test_evaluate.py,
-tests/test_report.py): float `small_cnn` and XNOR `bin_small_cnn` on synthetic data, 12 steps each.
+"""Two tiny training runs shared by the evaluation and report tests (tests/experiments/test_evaluate.py,
+tests/experiments/test_report.py): float `small_cnn` and XNOR `bin_small_cnn` on synthetic data, 12 steps each.
 
 They are trained once per pytest session into its temporary directory (a marker file records a
 finished run, so the second test module reuses the first one's runs).

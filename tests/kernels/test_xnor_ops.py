@@ -19,7 +19,7 @@ from xnorjax.ops import fold_batch_norm, pack_bits, xnor_conv, xnor_dense
 from xnorjax.ops import conv as conv_lib
 from xnorjax.ops import implementations
 from xnorjax.ops.xnor import isa_code
-from conftest import requires_extension
+from helpers.markers import requires_extension
 
 pytestmark = requires_extension
 

@@ -9,7 +9,7 @@ import pytest
 
 import xnorjax.nn as xnn
 from xnorjax.nn import react
-from conftest import requires_extension
+from helpers.markers import requires_extension
 
 
 def _rsign(rng, channels=5, quantizer="ste_sign"):

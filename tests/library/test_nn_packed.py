@@ -14,7 +14,7 @@ from flax import nnx
 import xnorjax.nn as xnn
 from xnorjax import quantizers as xquantizers
 from xnorjax.nn import functional
-from conftest import requires_extension
+from helpers.markers import requires_extension
 
 pytestmark = requires_extension
 

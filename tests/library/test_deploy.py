@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import requires_extension
-import lowering
+from helpers.markers import requires_extension
+from helpers import lowering
 from experiments import export as export_cli
 from experiments import input_pipeline
 from experiments import trainer
@@ -38,7 +38,7 @@ from xnorjax.deploy import fold as fold_lib
 from xnorjax.deploy import program as program_lib
 from xnorjax.ops import pack_bits
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CIFAR10 = os.environ.get(input_pipeline.CIFAR10_ENV_VAR, "")
 RTOL_EVAL = 1e-5
 RTOL_XLA = 1e-3

@@ -9,7 +9,7 @@ import pytest
 import xnorjax
 from xnorjax import _native
 from xnorjax.ops import pack_bits
-from conftest import requires_extension
+from helpers.markers import requires_extension
 
 has_gpu = jax.default_backend() == "gpu"
 

@@ -8,7 +8,7 @@ import pytest
 
 from experiments import huge_pages
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _NEW = "glibc.malloc.hugetlb=1"
 
 

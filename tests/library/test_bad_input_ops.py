@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import requires_extension
+from helpers.markers import requires_extension
 from xnorjax import deploy
 from xnorjax import ops
 from xnorjax import quantizers

@@ -11,7 +11,7 @@ from jax.test_util import check_grads
 import numpy as np
 import pytest
 
-from test_conv import numpy_same_pads
+from helpers.conv_reference import numpy_same_pads
 from xnorjax import nn as xnn
 from xnorjax.nn import functional
 

@@ -14,9 +14,9 @@ from experiments import evaluate
 from experiments import input_pipeline
 from experiments import restore
 from experiments import trainer
-import tiny_runs
+from helpers import tiny_runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ("--config.data.source=synthetic --config.data.synthetic_train_size=256 "
         "--config.data.synthetic_test_size=64 --config.data.num_validation=64 "
         "--config.model.options.width=0.25 --config.tensorboard=False")

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_conv import formulation_grads
-from tests.test_conv import numpy_conv2d
-from tests.test_conv import run_data_parallel_script
+from helpers.conv_reference import formulation_grads
+from helpers.conv_reference import numpy_conv2d
+from helpers.conv_reference import run_data_parallel_script
 from xnorjax.ops import conv as conv_lib
 from xnorjax.ops import conv2d
 from xnorjax.ops import float_conv
@@ -149,7 +149,7 @@ def test_auto_runs_winograd_on_the_cpu(rng):
 
 
 def test_winograd_needs_a_3x3_kernel():
-  """(The errors it shares with "native" are tested in tests/test_float_conv.py.)"""
+  """(The errors it shares with "native" are tested in tests/kernels/test_float_conv.py.)"""
   with pytest.raises(ValueError, match=r"needs a 3x3 kernel, got \(5, 5\)"):
     conv2d(jnp.ones((1, 6, 6, 4)), jnp.ones((5, 5, 4, 8)), formulation="winograd")
   with pytest.raises(ValueError, match=r"needs a 3x3 kernel, got \(5, 5\)"):  # not a reshape error

@@ -13,7 +13,7 @@ from xnorjax import bop
 from xnorjax import models
 from flax import nnx
 
-import tiny_runs
+from helpers import tiny_runs
 
 
 def _numpy_bop(w, grads, gamma, threshold):

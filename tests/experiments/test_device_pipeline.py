@@ -19,9 +19,9 @@ from experiments import device_pipeline
 from experiments import input_pipeline
 from experiments import trainer
 from experiments.configs import default
-from tests.test_train import float_leaves
+from helpers.trees import float_leaves
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A run of seconds: bin_small_cnn on synthetic data, 2 epochs of 8 SGD steps; chunks of 3 steps do
 # not divide the logging (4) and evaluation (8) intervals, so chunks are cut short and padded.
@@ -189,9 +189,9 @@ def test_device_run_sharded_over_four_devices_matches_one_device(device_run, tmp
   script = textwrap.dedent(f"""
       import sys
       import jax, numpy as np
-      sys.path.insert(0, {REPO!r})
-      from tests.test_device_pipeline import device_config
-      from tests.test_train import float_leaves
+      sys.path[:0] = [{REPO!r}, {os.path.join(REPO, "tests")!r}]
+      from helpers.trees import float_leaves
+      from tests.experiments.test_device_pipeline import device_config
       from experiments import trainer
       assert jax.device_count() == 4, jax.devices()
       r = trainer.train_and_evaluate(device_config(num_devices=4), {str(tmp_path / "run")!r})
@@ -206,7 +206,7 @@ def test_device_run_sharded_over_four_devices_matches_one_device(device_run, tmp
   assert len(sharded.files) == len(one)
   # 16 SGD steps; only the summation order of the batch reductions differs (per device, then
   # across devices), measured relative to max(|leaf|, 1) as in
-  # tests/test_train.py::test_four_simulated_devices_match_one_device.
+  # tests/experiments/test_train.py::test_four_simulated_devices_match_one_device.
   for i, a in enumerate(one):
     np.testing.assert_allclose(sharded[f"arr_{i}"], a, rtol=0,
                                atol=1e-4 * max(float(np.max(np.abs(a))), 1.0))

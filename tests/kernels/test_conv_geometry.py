@@ -9,7 +9,7 @@ import pytest
 
 import xnorjax
 from xnorjax.ops import pack_bits
-from conftest import requires_extension
+from helpers.markers import requires_extension
 
 pytestmark = requires_extension
 
