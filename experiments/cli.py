@@ -27,6 +27,9 @@ USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError, FloatingPo
 # JAX's probe of backends that are not there (a TPU plugin without a TPU): harmless on every
 # machine without that hardware, and printed on every command.
 _PROBE_MESSAGES = ("Unable to initialize backend 'tpu'", "Platform 'tpu' is experimental")
+# orbax's own error for a checkpoint whose metadata cannot be read: experiments/checkpointing.py
+# and restore.py report such a checkpoint in one line naming it (and fall back past it).
+_ORBAX_UNREADABLE = "Failed to read Metadata file"
 
 
 def error_line(error: BaseException) -> str:
@@ -37,7 +40,8 @@ def error_line(error: BaseException) -> str:
 
 class QuietLibraries(pylogging.Filter):
   """Passes warnings and errors, and INFO records from experiments/ only (not orbax's per-save
-  chatter nor JAX's backend messages); drops JAX's probe messages for absent TPU backends."""
+  chatter nor JAX's backend messages); drops JAX's probe messages for absent TPU backends and
+  orbax's error for an unreadable checkpoint (reported once by the project, naming it)."""
 
   def __init__(self, own_info_only: bool = True):
     super().__init__()
@@ -45,6 +49,8 @@ class QuietLibraries(pylogging.Filter):
 
   def filter(self, record):
     if record.name.startswith("jax") and record.getMessage().startswith(_PROBE_MESSAGES):
+      return False
+    if "orbax" in record.pathname and record.getMessage().startswith(_ORBAX_UNREADABLE):
       return False
     if record.levelno >= pylogging.WARNING or not self.own_info_only:
       return True

@@ -626,8 +626,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     else:
       final = evaluate_split(state, data.test)
     results.update(test_accuracy_last=final["accuracy"], test_loss_last=final["loss"])
+    best_state = None
     if data.validation is not None and best["step"] is not None and best["step"] != done:
-      best_state, _ = ckpts.restore_best(state)
+      try:
+        best_state, _ = ckpts.restore_best(state)
+      except Exception as e:  # pylint: disable=broad-except  # damaged after it was selected
+        logging.warning("The best checkpoint (step %d) in %s is unreadable (%s: %s); the test "
+                        "accuracy reported is the last step's", best["step"], ckpts.best_dir,
+                        type(e).__name__, " ".join(str(e).split())[:300])
+        results.update(best_step=None, best_val_accuracy=None)
+    if best_state is not None:
       selected = evaluate_split(best_state, data.test)
       results.update(test_accuracy=selected["accuracy"], test_loss=selected["loss"])
     else:

@@ -56,7 +56,6 @@ def install_fault():
   while after and not os.path.isdir(after):  # e.g. until the previous checkpoint is committed
     time.sleep(0.05)
   if fault == "disk_full":  # files may not grow past 16 KiB: writes fail with EFBIG
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (16384, resource.RLIM_INFINITY))
   elif fault == "read_only":
     # chmod cannot make a directory read-only for root (it ignores permission bits) and a
@@ -77,6 +76,8 @@ def train_batches(*args):
     yield item
 
 input_pipeline.train_batches = train_batches
+if fault == "disk_full":  # install_fault runs in the input pipeline's thread: no signal() there
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 if fault == "inf_loss":
   real_cross_entropy = trainer.cross_entropy
   trainer.cross_entropy = lambda *a, **k: real_cross_entropy(*a, **k) * float("inf")
