@@ -2,8 +2,8 @@
 kernel runs, or a documented result (NaN signs, empty batches); never a crash.
 
 Covers `xnorjax.ops.pack_bits`, `xnor_conv`, `xnor_dense`, `conv2d`, `xnorjax.nn.BinaryConv`,
-`BinaryDense`, the quantizers and `xnorjax.deploy.load`, on both the kernel ("ffi") and the
-pure-JAX ("xla") paths.
+`BinaryDense`, the quantizers and `xnorjax.deploy.load`, on both the kernel ("kernel") and the
+pure-JAX ("reference") paths.
 """
 
 import json
@@ -24,9 +24,9 @@ from xnorjax import quantizers
 from xnorjax.nn import BinaryConv
 from xnorjax.nn import BinaryDense
 
-IMPLEMENTATIONS = [pytest.param("ffi", marks=requires_extension), "xla"]
+IMPLEMENTATIONS = [pytest.param("kernel", marks=requires_extension), "reference"]
 BINARY = {"input_quantizer": "ste_sign", "kernel_quantizer": "magnitude_aware_sign"}
-FORWARDS = [pytest.param("packed", marks=requires_extension), "xla"]
+FORWARDS = [pytest.param("packed", marks=requires_extension), "float"]
 
 
 def f32(*shape):
@@ -115,8 +115,8 @@ OP_CASES = {
     "xnor_dense unknown implementation": (lambda i: ops.xnor_dense(f32(2, 3), f32(3, 4),
                                                                    implementation="cuda"),
                                           ValueError, "implementation"),
-    "xnor_dense unknown impl": (lambda i: ops.xnor_dense(f32(2, 3), f32(3, 4), impl="avx9",
-                                                         implementation=i), ValueError, "impl"),
+    "xnor_dense unknown isa": (lambda i: ops.xnor_dense(f32(2, 3), f32(3, 4), isa="avx9",
+                                                         implementation=i), ValueError, "isa"),
 }
 
 
@@ -163,37 +163,37 @@ def test_float_ops_give_empty_results_for_an_empty_batch():
 
 
 LAYER_CASES = {
-    "BinaryConv channels differ": (lambda fw: BinaryConv(3, 8, 3, forward=fw, rngs=nnx.Rngs(0),
+    "BinaryConv channels differ": (lambda fw: BinaryConv(3, 8, 3, implementation=fw, rngs=nnx.Rngs(0),
                                                          **BINARY)(f32(1, 4, 4, 5)),
                                    ValueError, "inputs have 5 channels"),
-    "BinaryConv rank 3": (lambda fw: BinaryConv(3, 8, 3, forward=fw, rngs=nnx.Rngs(0),
+    "BinaryConv rank 3": (lambda fw: BinaryConv(3, 8, 3, implementation=fw, rngs=nnx.Rngs(0),
                                                 **BINARY)(f32(4, 4, 3)),
                           ValueError, "inputs must have rank 4"),
-    "BinaryConv int32 input": (lambda fw: BinaryConv(3, 8, 3, forward=fw, rngs=nnx.Rngs(0),
+    "BinaryConv int32 input": (lambda fw: BinaryConv(3, 8, 3, implementation=fw, rngs=nnx.Rngs(0),
                                                      **BINARY)(jnp.ones((1, 4, 4, 3), jnp.int32)),
                                TypeError, "inputs must be a floating-point"),
     "BinaryConv kernel larger than input": (
-        lambda fw: BinaryConv(3, 8, 5, padding="VALID", forward=fw, rngs=nnx.Rngs(0),
+        lambda fw: BinaryConv(3, 8, 5, padding="VALID", implementation=fw, rngs=nnx.Rngs(0),
                               **BINARY)(f32(1, 2, 2, 3)), ValueError, "kernel"),
-    "BinaryDense features differ": (lambda fw: BinaryDense(3, 8, forward=fw, rngs=nnx.Rngs(0),
+    "BinaryDense features differ": (lambda fw: BinaryDense(3, 8, implementation=fw, rngs=nnx.Rngs(0),
                                                            **BINARY)(f32(2, 5)),
                                     ValueError, "inputs must end in in_features=3"),
-    "BinaryDense scalar": (lambda fw: BinaryDense(3, 8, forward=fw, rngs=nnx.Rngs(0),
+    "BinaryDense scalar": (lambda fw: BinaryDense(3, 8, implementation=fw, rngs=nnx.Rngs(0),
                                                   **BINARY)(jnp.float32(1)),
                            ValueError, "inputs must end in in_features=3"),
-    "BinaryConv 0 in_features": (lambda fw: BinaryConv(0, 8, 3, forward=fw, rngs=nnx.Rngs(0),
+    "BinaryConv 0 in_features": (lambda fw: BinaryConv(0, 8, 3, implementation=fw, rngs=nnx.Rngs(0),
                                                        **BINARY),
                                  ValueError, "in_features must be a positive int"),
-    "BinaryConv kernel_size 0": (lambda fw: BinaryConv(3, 8, 0, forward=fw, rngs=nnx.Rngs(0),
+    "BinaryConv kernel_size 0": (lambda fw: BinaryConv(3, 8, 0, implementation=fw, rngs=nnx.Rngs(0),
                                                        **BINARY),
                                  ValueError, "kernel_size must be a positive int"),
-    "BinaryDense -1 out_features": (lambda fw: BinaryDense(3, -1, forward=fw, rngs=nnx.Rngs(0),
+    "BinaryDense -1 out_features": (lambda fw: BinaryDense(3, -1, implementation=fw, rngs=nnx.Rngs(0),
                                                            **BINARY),
                                     ValueError, "out_features must be a positive int"),
-    "BinaryDense unknown forward": (lambda fw: BinaryDense(3, 8, forward="gpu", rngs=nnx.Rngs(0),
+    "BinaryDense unknown implementation": (lambda fw: BinaryDense(3, 8, implementation="gpu", rngs=nnx.Rngs(0),
                                                            **BINARY),
-                                    ValueError, "forward must be one of"),
-    "BinaryDense unknown quantizer": (lambda fw: BinaryDense(3, 8, forward=fw, rngs=nnx.Rngs(0),
+                                    ValueError, "implementation must be one of"),
+    "BinaryDense unknown quantizer": (lambda fw: BinaryDense(3, 8, implementation=fw, rngs=nnx.Rngs(0),
                                                              input_quantizer="sign2"),
                                       ValueError, "input_quantizer='sign2' is not a known"),
 }
@@ -264,11 +264,11 @@ def test_nan_inputs_give_the_same_conv_on_the_packed_and_reference_paths(impleme
 @pytest.mark.parametrize("forward", FORWARDS)
 def test_binary_dense_with_nan_inputs_matches_across_forwards(forward):
   """A layer's packed forward and its float forward agree on NaN inputs (both binarize NaN to -1)."""
-  layer = BinaryDense(40, 8, forward="xla", rngs=nnx.Rngs(0), **BINARY)
+  layer = BinaryDense(40, 8, implementation="float", rngs=nnx.Rngs(0), **BINARY)
   x = np.linspace(-1, 1, 80, dtype=np.float32).reshape(2, 40)
   x[:, ::7] = np.nan
   want = np.asarray(layer(jnp.asarray(x)))
-  layer.forward = forward
+  layer.implementation = forward
   got = np.asarray(layer(jnp.asarray(x)))
   assert np.isfinite(want).all()
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
@@ -292,7 +292,7 @@ def test_xnor_conv_on_random_shapes_raises_a_clear_error_or_runs(shape, kshape):
     got = ops.xnor_conv(x, kernel, padding="SAME")
   except ValueError:
     return
-  want = ops.xnor_conv(x, kernel, padding="SAME", implementation="xla")
+  want = ops.xnor_conv(x, kernel, padding="SAME", implementation="reference")
   assert got.shape == (shape[0], shape[1], shape[2], kshape[3]) and got.dtype == jnp.int32
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
