@@ -23,23 +23,28 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments import device_pipeline
 from experiments import input_pipeline
+from experiments import cli
 from experiments import optim
 from experiments.bench import synthetic_steps
 from experiments import trainer
 
-_MODEL = flags.DEFINE_string("model", "bin_vgg16", "Model preset (experiments/configs/<model>.py).")
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-_STEPS = flags.DEFINE_integer("steps", 100, "Training steps per timed round (a multiple of "
-                              "--steps_per_dispatch).")
-_DISPATCH = flags.DEFINE_integer("steps_per_dispatch", 50, "Device path: steps per lax.scan.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per path (interleaved; median).")
-_IMAGES = flags.DEFINE_integer("num_images", 45000, "Images in the synthetic training split.")
-_OVERRIDES = flags.DEFINE_list("config_overrides", [], "key=value config overrides, e.g. "
-                               "model.options.dtype=bfloat16")
+
+def define_flags():
+  """The command line's flags (defined only when run as a program, so that importing this module
+  next to experiments.bench.train, whose flags have the same names, does not clash)."""
+  global _MODEL, _BATCH, _STEPS, _DISPATCH, _ROUNDS, _IMAGES, _OVERRIDES
+  _MODEL = flags.DEFINE_string("model", "bin_vgg16", "Model preset (experiments/configs/<model>.py).")
+  _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+  _STEPS = flags.DEFINE_integer("steps", 100, "Training steps per timed round (a multiple of "
+                                "--steps_per_dispatch).")
+  _DISPATCH = flags.DEFINE_integer("steps_per_dispatch", 50, "Device path: steps per lax.scan.")
+  _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per path (interleaved; median).")
+  _IMAGES = flags.DEFINE_integer("num_images", 45000, "Images in the synthetic training split.")
+  _OVERRIDES = flags.DEFINE_list("config_overrides", [], "key=value config overrides, e.g. "
+                                 "model.options.dtype=bfloat16")
 
 
 def build(config, num_images: int):
@@ -146,4 +151,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  cli.run_main(main)

@@ -59,8 +59,8 @@ def test_param_groups():
   labels = optim.param_labels(parts.params, parts.binary_mask)
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(labels)[0]}
   binary = sorted(k for k, v in flat.items() if v == "binary")
-  assert binary == ["['blocks'][0]['binary']['conv']['kernel']",
-                    "['blocks'][1]['binary']['conv']['kernel']"]
+  assert binary == ["['blocks'][0]['conv']['kernel']",
+                    "['blocks'][1]['conv']['kernel']"]
   assert flat["['stem']['conv']['kernel']"] == "kernel"
   assert flat["['classifier']['kernel']"] == "kernel"
   assert flat["['classifier']['bias']"] == "norm_bias"

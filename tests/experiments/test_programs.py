@@ -12,7 +12,7 @@ import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench.train", "bench.conv_policy",
-                 "bench.profile_step"]
+                 "bench.profile_step", "bench.device_data"]
 ARGPARSE_PROGRAMS = ["bench.kernels", "bench.deploy", "bench.conv_formulations"]
 STARTUP_NOISE = ("Unable to initialize backend 'tpu'", "Platform 'tpu' is experimental",
                  "TF_ENABLE_ONEDNN_OPTS", "oneDNN custom operations")
