@@ -30,6 +30,7 @@ _PROBE_MESSAGES = ("Unable to initialize backend 'tpu'", "Platform 'tpu' is expe
 # orbax's own error for a checkpoint whose metadata cannot be read: experiments/checkpointing.py
 # and restore.py report such a checkpoint in one line naming it (and fall back past it).
 _ORBAX_UNREADABLE = "Failed to read Metadata file"
+_OWN_PACKAGES = ("experiments", "xnorjax")  # whose INFO records pass (the model summary, progress)
 
 
 def error_line(error: BaseException) -> str:
@@ -54,7 +55,7 @@ class QuietLibraries(pylogging.Filter):
       return False
     if record.levelno >= pylogging.WARNING or not self.own_info_only:
       return True
-    return f"{os.sep}experiments{os.sep}" in record.pathname
+    return any(f"{os.sep}{package}{os.sep}" in record.pathname for package in _OWN_PACKAGES)
 
 
 def quiet_libraries():

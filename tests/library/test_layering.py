@@ -6,7 +6,7 @@ Parsed with `ast`, so imports inside functions count too (a lazy import is still
 import ast
 import pathlib
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "xnorjax"
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "xnorjax"
 
 
 def _module_name(path: pathlib.Path) -> str:
