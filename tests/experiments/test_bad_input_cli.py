@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from helpers.configs import set_fields
 from experiments import cli
 from experiments import configs
 from experiments import evaluate
@@ -187,13 +188,7 @@ def _config(**fields):
   c.data.synthetic_test_size = 32
   c.data.num_validation = 16
   c.tensorboard = False
-  for path, value in fields.items():
-    node = c
-    *parents, last = path.split("__")
-    for p in parents:
-      node = node[p]
-    node[last] = value
-  return c
+  return set_fields(c, fields, sep="__")
 
 
 @pytest.mark.parametrize("field, value", [

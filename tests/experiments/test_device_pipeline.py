@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers.configs import set_fields
 from experiments import checkpointing
 from experiments import device_pipeline
 from experiments import input_pipeline
@@ -38,14 +39,7 @@ MODEL = "bin_small_cnn"
 
 
 def device_config(model=MODEL, **overrides):
-  c = default.get_config(model)
-  for key, value in {**OVERRIDES, "data.on_device": True, **overrides}.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return set_fields(default.get_config(model), {**OVERRIDES, "data.on_device": True, **overrides})
 
 
 def _params(results):

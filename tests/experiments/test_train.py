@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers.configs import set_fields
 from experiments import checkpointing
 from experiments import input_pipeline
 from experiments import metrics as metrics_lib
@@ -51,13 +52,7 @@ def tiny_config(model="bin_small_cnn", **overrides):
   c.optim.name = "adam"
   c.optim.learning_rate = 0.01
   c.optim.warmup_epochs = 0.5
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return set_fields(c, overrides)
 
 
 def _params(results):
