@@ -58,9 +58,38 @@ class QuietLibraries(pylogging.Filter):
     return any(f"{os.sep}{package}{os.sep}" in record.pathname for package in _OWN_PACKAGES)
 
 
+def is_stale_event_loop_callback(unraisable) -> bool:
+  """Whether an unraisable exception is a callback into an event loop that is already closed.
+
+  When one array of a checkpoint cannot be read, orbax's restore fails and closes its event loop
+  while tensorstore still completes the reads of the other arrays; each completion's callback then
+  raises "Event loop is closed" in a tensorstore thread, reported through sys.unraisablehook: one
+  traceback per array, interleaved with the one line that names the damaged checkpoint.
+  """
+  error = unraisable.exc_value
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def drop_stale_event_loop_callbacks():
+  """Installs a sys.unraisablehook that drops `is_stale_event_loop_callback` reports and passes
+  every other one to the hook it replaces."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_stale_event_loop_callbacks", False):
+    return
+
+  def hook(unraisable):
+    if not is_stale_event_loop_callback(unraisable):
+      previous(unraisable)
+
+  hook.drops_stale_event_loop_callbacks = True
+  sys.unraisablehook = hook
+
+
 def quiet_libraries():
   """Installs `QuietLibraries` on the absl and root handlers: library INFO chatter is dropped unless
-  --verbosity is given (the probe messages always are)."""
+  --verbosity is given (the probe messages always are). Also drops the stale event-loop callbacks
+  of an abandoned checkpoint restore (`drop_stale_event_loop_callbacks`)."""
+  drop_stale_event_loop_callbacks()
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   verbose = "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present

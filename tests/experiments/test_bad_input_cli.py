@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import types
 
 from absl import flags
 from hypothesis import given
@@ -147,6 +148,20 @@ def test_a_programming_error_is_not_hidden():
 
   with pytest.raises(AssertionError, match="a bug"):
     cli.report_user_errors(main)()
+
+
+def test_stale_event_loop_callbacks_are_dropped_and_other_unraisables_pass(monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  cli.drop_stale_event_loop_callbacks()
+  cli.drop_stale_event_loop_callbacks()  # Installed once, not stacked.
+  stale = RuntimeError("Event loop is closed")
+  other = RuntimeError("Event loop is closed, and something else")
+  not_runtime = ValueError("Event loop is closed")
+  for error in (stale, other, not_runtime):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                                             exc_traceback=None, err_msg=None, object=None))
+  assert [u.exc_value for u in seen] == [other, not_runtime]
 
 
 def _record(name, level, message, pathname="/site-packages/jax/_src/xla_bridge.py"):

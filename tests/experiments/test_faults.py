@@ -338,12 +338,14 @@ def test_no_good_checkpoint_stops_with_one_line_naming_the_directories(env, base
   before = {d: tree_listing(d) for d in damaged}
   proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-  assert proc.returncode == 1
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert len(error_lines(proc.stderr)) == 1, proc.stderr[-3000:]
   (line,) = error_lines(proc.stderr)
   assert line.startswith("error: UnreadableCheckpointError: no readable checkpoint in ")
   assert all(d in line for d in damaged[:2]) and "Nothing was deleted" in line
   rc, _, err = train(env, workdir)
-  assert rc == 1
+  assert rc == 1, err[-3000:]
+  assert len(error_lines(err)) == 1, err[-3000:]
   (line,) = error_lines(err)
   assert "UnreadableCheckpointError" in line and all(d in line for d in damaged[:2])
   for d in damaged:
