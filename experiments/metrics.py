@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from absl import logging
 import numpy as np

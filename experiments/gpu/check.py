@@ -30,6 +30,7 @@ xnorjax._cuda_host), to check this script without a GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform

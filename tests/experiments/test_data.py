@@ -4,7 +4,6 @@ import os
 import sys
 import tarfile
 
-import ml_collections
 import numpy as np
 import pytest
 

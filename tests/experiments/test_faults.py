@@ -365,7 +365,7 @@ def test_failing_save_is_one_clear_line_and_the_previous_checkpoint_stays_restor
                      after_path=os.path.join(latest, "4"), root=workdir + os.sep)
   assert rc == 1, err[-3000:]
   (line,) = error_lines(err)
-  assert line.startswith(f"error: CheckpointSaveError: could not save checkpoint ")
+  assert line.startswith("error: CheckpointSaveError: could not save checkpoint ")
   assert reason in line and f"the latest checkpoint {latest}{os.sep}4 is intact" in line, line
   assert finished_steps(workdir) == [4]
   arrays = saved_arrays(os.path.join(latest, "4"))

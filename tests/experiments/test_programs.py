@@ -13,7 +13,7 @@ import pytest
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench.train", "bench.conv_policy",
                  "bench.profile_step", "bench.device_data"]
-ARGPARSE_PROGRAMS = ["bench.kernels", "bench.deploy", "bench.conv_formulations"]
+ARGPARSE_PROGRAMS = ["bench.kernels", "bench.deploy", "bench.conv_formulations", "gpu.check"]
 STARTUP_NOISE = ("Unable to initialize backend 'tpu'", "Platform 'tpu' is experimental",
                  "TF_ENABLE_ONEDNN_OPTS", "oneDNN custom operations")
 
@@ -47,10 +47,10 @@ def test_the_experiments_modules_import_together():
   """Flags a module defines at import time must not clash with another's (tests and notebooks
   import several); programs whose flags share names define them only when run (`define_flags`).
   pytorch_baseline is left out: it runs in a separate PyTorch environment."""
-  names = sorted(f"{room}{n[:-3]}" for room in ("", "bench.")
+  names = sorted(f"{room}{n[:-3]}" for room in ("", "bench.", "gpu.")
                  for n in os.listdir(os.path.join(_ROOT, "experiments", *room.split(".")[:-1]))
                  if n.endswith(".py") and n not in ("__init__.py", "pytorch_baseline.py"))
-  assert {"train", "bench.train", "bench.conv_policy", "bench.profile_step"} <= set(names)
+  assert {"train", "bench.train", "bench.conv_policy", "bench.profile_step", "gpu.check"} <= set(names)
   code = "".join(f"import experiments.{n}\n" for n in names) + "print('imported')"
   done = subprocess.run([sys.executable, "-c", code], cwd=_ROOT, capture_output=True, text=True,
                         timeout=300, check=False)

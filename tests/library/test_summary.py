@@ -4,7 +4,7 @@ import math
 
 from flax import nnx
 import jax
-import jax.numpy as jnp
+
 import numpy as np
 import pytest
 
