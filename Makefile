@@ -68,7 +68,9 @@ install-check:
 # kernel tests run against a copy of the package (build/sanitize/pkg) holding that module; the normal
 # build is left alone. The tests run in a small venv that sees .venv's packages through a .pth line
 # (so the editable install's import hook, which would load the normal build, is not installed) and
-# first check that the sanitized module is the one imported. Leak detection is off: the Python
+# first check that the sanitized module is the one imported; PYTHONSAFEPATH keeps the checkout's
+# own xnorjax/ (no extension there) off the path of the tests' subprocesses too (Python 3.11+).
+# Leak detection is off: the Python
 # interpreter itself leaks at exit.
 SANITIZE_TESTS ?= tests/kernels/test_xnor_ops.py tests/kernels/test_packing.py tests/kernels/test_float_conv.py tests/kernels/test_winograd.py tests/kernels/test_conv_geometry.py
 SANITIZE_DIR := build/sanitize
@@ -84,9 +86,9 @@ sanitize: $(VENV)/.installed
 	  "$$($(SANITIZE_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/xnorjax_deps.pth"
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  PYTHONPATH=$(abspath $(SANITIZE_DIR)/pkg) sh -c '$(SANITIZE_PY) -P -c "import xnorjax._ffi as f; \
+	  PYTHONPATH=$(abspath $(SANITIZE_DIR)/pkg) PYTHONSAFEPATH=1 sh -c '$(SANITIZE_PY) -c "import xnorjax._ffi as f; \
 	  assert f.__file__.startswith(\"$(abspath $(SANITIZE_DIR)/pkg)\"), f.__file__; print(\"sanitized:\", f.__file__)" && \
-	  $(SANITIZE_PY) -P -m pytest -q -p no:randomly -p no:cacheprovider $(PYTEST_FLAGS) $(SANITIZE_TESTS)'
+	  $(SANITIZE_PY) -m pytest -q -p no:randomly -p no:cacheprovider $(PYTEST_FLAGS) $(SANITIZE_TESTS)'
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

@@ -11,8 +11,9 @@ One readable loop (big_vision / Flax examples style):
     held-out validation split; the test set is evaluated at the end, from the best checkpoint;
   * the batches are assembled on the host (experiments/input_pipeline.py, a prefetching thread)
     or, with config.data.on_device, on the devices from the host's indices (experiments/
-    device_pipeline.py: the same batches; `_train_on_device` scans config.steps_per_dispatch steps
-    per dispatch and evaluates on the devices too);
+    device_pipeline.py: the same batches, config.steps_per_dispatch steps scanned per dispatch,
+    evaluated on the devices too); the loop itself, and what ends each log, evaluation and
+    checkpoint interval, are in experiments/train_loop.py;
   * SIGTERM / SIGINT finish the current step (on device: the current chunk of steps), save a
     checkpoint and return;
   * a non-finite loss stops the run before anything is saved from it, naming the step.
@@ -26,7 +27,6 @@ import json
 import os
 import signal
 import threading
-import time
 from typing import Any, Optional
 
 from absl import logging
@@ -44,17 +44,16 @@ from experiments import distill
 from experiments import input_pipeline
 from experiments import metrics as metrics_lib
 from experiments import optim
+from experiments import train_loop
 from experiments.configs import default as default_config
 import xnorjax
 from xnorjax import models
 from xnorjax import optim as xnorjax_optim
 
+NonFiniteLossError = train_loop.NonFiniteLossError
+
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or infinite."""
 
 
 class ConfigChangedError(ValueError):
@@ -204,10 +203,6 @@ def distributed_arguments(config: ml_collections.ConfigDict) -> dict:
   return args
 
 
-def _global_batch(sharding, *local_arrays):
-  return tuple(jax.make_array_from_process_local_data(sharding, a) for a in local_arrays)
-
-
 # ------------------------------------------------------------------------------------------------
 # Evaluation.
 # ------------------------------------------------------------------------------------------------
@@ -217,7 +212,7 @@ def evaluate(eval_fn, state, split: input_pipeline.Split, batch_size: int, shard
   totals = None
   for images, labels, mask in input_pipeline.eval_batches(
       split, batch_size, process_index=jax.process_index(), process_count=jax.process_count()):
-    out = eval_fn(state["params"], state["rest"], *_global_batch(sharding, images, labels, mask))
+    out = eval_fn(state["params"], state["rest"], *train_loop.global_batch(sharding, images, labels, mask))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   return device_pipeline.mean_metrics(totals)
 
@@ -390,338 +385,194 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_resumable(config, workdir, allow_config_change)
   chief = jax.process_index() == 0
   if chief:
-    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-
-  # ---- Data ----
+    _write_json_text(os.path.join(workdir, CONFIG_FILE),
+                     config.to_json_best_effort(indent=2, sort_keys=True))
   data = input_pipeline.load_data(config.data, seed=config.seed)
   input_pipeline.log_data_summary(data)
-  steps_per_epoch = len(data.train) // config.batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(f"config.batch_size={config.batch_size} exceeds the {len(data.train)} "
-                     "training images")
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else int(round(config.num_epochs * steps_per_epoch)))
-  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-  checkpoint_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else eval_every
-
-  # ---- Model and optimiser ----
-  model = create_model(config, config.seed)
-  if chief:
-    image_shape = (1, config.data.image_size, config.data.image_size, 3)
-    xnorjax.summary(model, image_shape, print_fn=logging.info)
-  parts = split_model(model)
-  labels = optim.param_labels(parts.params, parts.binary_mask)
-  schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, total_steps)
-  tx = optim.create_optimizer(config.optim, labels, schedule)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  params, rest = parts.params, parts.rest
-  if config.get("init_from_workdir", ""):  # Stage 2 of experiments/two_stage.py.
-    from experiments import two_stage  # pylint: disable=g-import-not-at-top
-    params, rest = two_stage.initial_weights(config.init_from_workdir, params, rest)
-  params = optim.initial_params(config.optim, params, labels)
-  state = {"params": params, "rest": rest, "opt_state": tx.init(params)}
-  state = jax.device_put(state, replicated)
-  num_params = sum(x.size for x in jax.tree.leaves(parts.params))
-  logging.info("Model %s: %d parameters; %d steps (%d per epoch) on %d device(s)",
-               config.model.name, num_params, total_steps, steps_per_epoch, mesh.size)
-
-  mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
-  teacher = None
-  if config.distill.teacher_workdir:
-    teacher = distill.load_teacher(config, input_pipeline.fingerprint(data.train, data.validation))
-    logging.info("Distilling from %s (%s, %s): weight %g, temperature %g",
-                 config.distill.teacher_workdir, teacher.model_name, teacher.checkpoint,
-                 config.distill.weight, config.distill.temperature)
-  # The teacher's variables are an argument of the jitted steps (not constants folded into them).
-  teacher_state = None if teacher is None else jax.device_put(teacher.state, replicated)
-  step_fn = functools.partial(train_step, graphdef=parts.train_graphdef, tx=tx, mean=mean, std=std,
-                              label_smoothing=config.label_smoothing,
-                              teacher_graphdef=None if teacher is None else teacher.graphdef,
-                              distill_weight=config.distill.weight,
-                              distill_temperature=config.distill.temperature)
-  train_fn = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
-  eval_step_fn = functools.partial(eval_step, graphdef=parts.eval_graphdef, mean=mean, std=std)
-  if config.data.on_device:
-    evaluate_split = device_pipeline.Evaluator(eval_step_fn, config.eval_batch_size, mesh)
-  else:
-    eval_fn = jax.jit(eval_step_fn, out_shardings=replicated)
-    evaluate_split = functools.partial(_evaluate_split, eval_fn, config.eval_batch_size,
-                                       batch_sharding)
-
-  # ---- Checkpoints: resume ----
+  steps = train_loop.StepCounts.of(config, len(data.train))
+  setup = _Setup.create(config, data, steps, mesh)
   ckpts = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
-  restored, record = ckpts.restore_latest(state)
-  start_step = 0
-  best = {"val_accuracy": -1.0, "step": None}
-  data_fingerprint = input_pipeline.fingerprint(data.train, data.validation)
-  if restored is not None:
-    check_same_data(record.get("data_fingerprint"), data_fingerprint, data.source,
-                    allow_config_change)
-    state, start_step = restored, ckpts.latest_step()
-    best = {"val_accuracy": record.get("best_val_accuracy", -1.0), "step": record.get("best_step")}
-    if best["step"] is not None and best["step"] not in ckpts.best_steps():
-      logging.warning("The best checkpoint (step %d) was not saved completely (the run was killed "
-                      "while saving it); selecting among the evaluations from here on",
-                      best["step"])
-      best = {"val_accuracy": -1.0, "step": None}
-    logging.info("Resumed from %s at step %d (epoch %.2f)", ckpts.latest_dir, start_step,
-                 start_step / steps_per_epoch)
+  fingerprint = input_pipeline.fingerprint(data.train, data.validation)
+  state, start_step, best = _resume(ckpts, setup.state, fingerprint, data.source, steps,
+                                    allow_config_change)
   writer = metrics_lib.create_writer(workdir, tensorboard=config.tensorboard, enabled=chief)
   if chief and start_step == 0:
-    writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
-
-  def record_for(step):
-    return {"step": step, "epoch": step / steps_per_epoch, "data_fingerprint": data_fingerprint,
-            "best_val_accuracy": best["val_accuracy"], "best_step": best["step"]}
-
-  def run_evaluation(step, state):
-    scalars = {"epoch": step / steps_per_epoch}
-    if data.validation is not None:
-      val = evaluate_split(state, data.validation)
-      scalars.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-    if config.eval_test_during_training:
-      test = evaluate_split(state, data.test)
-      scalars.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
-    return scalars
-
-  # ---- Training loop ----
-  spec = input_pipeline.TrainBatchSpec(
-      batch_size=config.batch_size, seed=config.seed, padding=config.data.crop_padding,
-      flip=config.data.flip, augment=config.data.augment, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  progress = metrics_lib.Progress(total_steps, start_step, every_steps=config.log_every_steps)
-  interrupted = None
-  last_good_step = start_step
-
-  def check_finite(entry):
-    nonlocal last_good_step
-    s, loss = entry
-    loss = float(loss)
-    if not np.isfinite(loss):
-      saved = ckpts.latest_step()
-      where = (f"the last good checkpoint is step {saved} in {ckpts.step_dir(saved)}"
-               if saved is not None else "no checkpoint was saved before it")
-      raise NonFiniteLossError(
-          f"training loss is {loss} at step {s} (epoch {s / steps_per_epoch:.2f}); stopped "
-          f"without saving; {where}. Lower config.optim.learning_rate or enable "
-          "config.optim.grad_clip_norm")
-    last_good_step = s
-
-  def write_train_scalars(done, host_metrics, steps, elapsed, produced, producer, waited):
-    """Logs the training metrics of the steps since the last log (`steps` of them timed over
-    `elapsed` seconds; the input pipeline made `produced` batches in `producer` seconds and the
-    loop waited `waited` seconds for them)."""
-    scalars = {
-        "epoch": done / steps_per_epoch,
-        "learning_rate": float(schedule(done - 1)),
-        "train_loss": float(np.mean([m["loss"] for m in host_metrics])),
-        "train_accuracy": float(np.mean([m["accuracy"] for m in host_metrics])),
-        **{f"train_{k}": float(np.mean([m[k] for m in host_metrics]))
-           for k in host_metrics[0] if k not in ("loss", "accuracy")},
-        "images_per_second": steps * config.batch_size / max(elapsed, 1e-9),
-        "input_images_per_second": (produced * config.batch_size / producer
-                                    if producer > 0 else float("inf")),
-        "input_wait_fraction": waited / max(elapsed, 1e-9),
-    }
-    writer.write_scalars(done, scalars)
-    progress.update(done, config.batch_size, force=True, extra=(
-        f"loss {scalars['train_loss']:.4f}, acc {scalars['train_accuracy']:.4f}, "
-        f"input {scalars['input_images_per_second']:.0f} img/s"))
-
-  def end_of_steps(done, state, settle, stop) -> Optional[str]:
-    """Evaluation and checkpoint when `done` steps end an interval, and the checkpoint of a stop
-    request; `settle()` first checks the losses not checked yet. Returns the stopping signal."""
-    nonlocal best, last_eval
-    is_last = done == total_steps
-    if done % eval_every == 0 or is_last:
-      settle()
-      scalars = run_evaluation(done, state)
-      if "val_accuracy" in scalars and scalars["val_accuracy"] > best["val_accuracy"]:
-        best = {"val_accuracy": scalars["val_accuracy"], "step": done}
-        ckpts.save_best(done, state, record_for(done), scalars["val_accuracy"])
-      scalars["best_val_accuracy"] = best["val_accuracy"]
-      last_eval = {"step": done, **scalars}
-      writer.write_scalars(done, scalars)
-      logging.info("Evaluation at step %d: %s", done,
-                   ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
-    if done % checkpoint_every == 0 or is_last:
-      settle()
-      ckpts.save(done, state, record_for(done))
-    if stop.requested():
-      settle()
-      ckpts.save(done, state, record_for(done))
-      logging.warning("Stopped by %s after step %d; checkpoint saved in %s. Rerun the same "
-                      "command to resume.", stop.signal_name, done, ckpts.latest_dir)
-      return stop.signal_name
-    return None
-
-  done = start_step
-  last_eval = {}
-  batches = None
+    writer.write_hparams(_flat(config.to_dict()))
+  intervals = train_loop.Intervals(
+      steps=steps, batch_size=config.batch_size, learning_rate=setup.schedule,
+      evaluate=functools.partial(_evaluate_during_training, setup.evaluate_split, data,
+                                 config.eval_test_during_training),
+      ckpts=ckpts, writer=writer, data_fingerprint=fingerprint, best=best, start_step=start_step)
   try:
     with StopRequest() as stop:
-      if config.data.on_device:
-        state, done, interrupted = _train_on_device(
-            state, config=config, mesh=mesh, train=data.train, spec=spec, step_fn=step_fn,
-            teacher_state=teacher_state,
-            start_step=start_step, total_steps=total_steps, intervals=(eval_every, checkpoint_every),
-            check_finite=check_finite, write_train_scalars=write_train_scalars,
-            end_of_steps=functools.partial(end_of_steps, stop=stop), progress=progress)
-      else:
-        batches = input_pipeline.Prefetcher(
-            input_pipeline.train_batches(data.train, spec, start_step, total_steps),
-            config.data.prefetch)
-        pending = None          # (step, loss) of the last dispatched step, checked one step later.
-        interval = {"metrics": [], "start": time.perf_counter(), "steps": 0,
-                    "producer": batches.producer_seconds, "wait": batches.wait_seconds, "items": 0}
-        settle = lambda: check_finite(pending)
-        for step, images, labels_np in batches:
-          images, labels_np = _global_batch(batch_sharding, images, labels_np)
-          state, step_metrics = train_fn(state, images, labels_np, teacher_state)
-          if pending is not None:
-            check_finite(pending)
-          pending = (step + 1, step_metrics["loss"])
-          interval["metrics"].append(step_metrics)
-          interval["steps"] += 1
-          done = step + 1
-          if done == start_step + 1:  # Leave compilation out of the throughput.
-            jax.block_until_ready(step_metrics)
-            interval.update(start=time.perf_counter(), steps=0, producer=batches.producer_seconds,
-                            wait=batches.wait_seconds, items=batches.items)
-
-          if done % config.log_every_steps == 0 or done == total_steps:
-            check_finite(pending)
-            write_train_scalars(done, jax.device_get(interval["metrics"]), interval["steps"],
-                                time.perf_counter() - interval["start"],
-                                batches.items - interval["items"],
-                                batches.producer_seconds - interval["producer"],
-                                batches.wait_seconds - interval["wait"])
-            interval = {"metrics": [], "start": time.perf_counter(), "steps": 0,
-                        "producer": batches.producer_seconds, "wait": batches.wait_seconds,
-                        "items": batches.items}
-          else:
-            progress.update(done, config.batch_size)
-          interrupted = end_of_steps(done, state, settle, stop)
-          if interrupted:
-            break
-        else:
-          if pending is not None:
-            check_finite(pending)
+      state, done, interrupted = _run(config, setup, data.train, state, start_step, intervals, stop)
   finally:
-    if batches is not None:
-      batches.close()
-    progress.close()
+    intervals.close()
     ckpts.wait()
     writer.flush()
 
-  # ---- Final: test accuracy of the checkpoint selected on validation ----
-  results = {"model": config.model.name, "steps": total_steps, "last_step": done,
-             "interrupted_by": interrupted, "best_step": best["step"],
-             "best_val_accuracy": best["val_accuracy"] if best["step"] is not None else None}
+  results = {"model": config.model.name, "steps": steps.total, "last_step": done,
+             "interrupted_by": interrupted, "best_step": intervals.best.step,
+             "best_val_accuracy": (intervals.best.val_accuracy
+                                   if intervals.best.step is not None else None)}
   if interrupted is None:
-    if last_eval.get("step") == done and "test_accuracy" in last_eval:
-      final = {"accuracy": last_eval["test_accuracy"], "loss": last_eval["test_loss"]}
-    else:
-      final = evaluate_split(state, data.test)
-    results.update(test_accuracy_last=final["accuracy"], test_loss_last=final["loss"])
-    best_state = None
-    if data.validation is not None and best["step"] is not None and best["step"] != done:
-      try:
-        best_state, _ = ckpts.restore_best(state)
-      except Exception as e:  # pylint: disable=broad-except  # damaged after it was selected
-        logging.warning("The best checkpoint (step %d) in %s is unreadable (%s: %s); the test "
-                        "accuracy reported is the last step's", best["step"], ckpts.best_dir,
-                        type(e).__name__, " ".join(str(e).split())[:300])
-        results.update(best_step=None, best_val_accuracy=None)
-    if best_state is not None:
-      selected = evaluate_split(best_state, data.test)
-      results.update(test_accuracy=selected["accuracy"], test_loss=selected["loss"])
-    else:
-      results.update(test_accuracy=final["accuracy"], test_loss=final["loss"])
-    writer.write_scalars(results["last_step"], {
-        "final_test_accuracy": results["test_accuracy"], "final_test_loss": results["test_loss"]})
-    logging.info("Test accuracy %.4f (checkpoint of step %s, selected on validation accuracy "
-                 "%s); last step's test accuracy %.4f", results["test_accuracy"], best["step"],
-                 results["best_val_accuracy"], results["test_accuracy_last"])
+    results.update(_final_test(setup.evaluate_split, data, state, done, intervals, ckpts))
+    writer.write_scalars(done, {"final_test_accuracy": results["test_accuracy"],
+                                "final_test_loss": results["test_loss"]})
   if chief:
-    with open(os.path.join(workdir, RESULTS_FILE), "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2)
+    _write_json_text(os.path.join(workdir, RESULTS_FILE), json.dumps(results, indent=2))
   writer.close()
   ckpts.close()
   results["state"] = state
   return results
 
 
+def _write_json_text(path: str, text: str):
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+  """The model's initial state, the optimiser's schedule, the jitted steps and the evaluator."""
+  state: dict
+  schedule: Any
+  step_fn: Any            # train_step with everything but (state, images, labels, teacher) bound
+  train_fn: Any           # step_fn jitted (host batches)
+  evaluate_split: Any     # (state, split) -> {"loss", "accuracy"}
+  teacher_state: Any
+  mesh: jax.sharding.Mesh
+
+  @classmethod
+  def create(cls, config, data: input_pipeline.Data, steps: train_loop.StepCounts, mesh) -> _Setup:
+    model = create_model(config, config.seed)
+    if jax.process_index() == 0:
+      xnorjax.summary(model, (1, config.data.image_size, config.data.image_size, 3),
+                      print_fn=logging.info)
+    parts = split_model(model)
+    labels = optim.param_labels(parts.params, parts.binary_mask)
+    schedule = optim.learning_rate_schedule(config.optim, steps.steps_per_epoch, steps.total)
+    tx = optim.create_optimizer(config.optim, labels, schedule)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params, rest = parts.params, parts.rest
+    if config.get("init_from_workdir", ""):  # Stage 2 of experiments/two_stage.py.
+      from experiments import two_stage  # pylint: disable=g-import-not-at-top
+      params, rest = two_stage.initial_weights(config.init_from_workdir, params, rest)
+    params = optim.initial_params(config.optim, params, labels)
+    state = jax.device_put({"params": params, "rest": rest, "opt_state": tx.init(params)},
+                           replicated)
+    logging.info("Model %s: %d parameters; %d steps (%d per epoch) on %d device(s)",
+                 config.model.name, sum(x.size for x in jax.tree.leaves(parts.params)),
+                 steps.total, steps.steps_per_epoch, mesh.size)
+
+    mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
+    teacher = None
+    if config.distill.teacher_workdir:
+      teacher = distill.load_teacher(config, input_pipeline.fingerprint(data.train, data.validation))
+      logging.info("Distilling from %s (%s, %s): weight %g, temperature %g",
+                   config.distill.teacher_workdir, teacher.model_name, teacher.checkpoint,
+                   config.distill.weight, config.distill.temperature)
+    # The teacher's variables are an argument of the jitted steps (not constants folded into them).
+    teacher_state = None if teacher is None else jax.device_put(teacher.state, replicated)
+    step_fn = functools.partial(train_step, graphdef=parts.train_graphdef, tx=tx, mean=mean,
+                                std=std, label_smoothing=config.label_smoothing,
+                                teacher_graphdef=None if teacher is None else teacher.graphdef,
+                                distill_weight=config.distill.weight,
+                                distill_temperature=config.distill.temperature)
+    train_fn = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+    eval_step_fn = functools.partial(eval_step, graphdef=parts.eval_graphdef, mean=mean, std=std)
+    if config.data.on_device:
+      evaluate_split = device_pipeline.Evaluator(eval_step_fn, config.eval_batch_size, mesh)
+    else:
+      evaluate_split = functools.partial(
+          _evaluate_split, jax.jit(eval_step_fn, out_shardings=replicated),
+          config.eval_batch_size, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    return cls(state, schedule, step_fn, train_fn, evaluate_split, teacher_state, mesh)
+
+
+def _resume(ckpts: checkpointing.Checkpoints, state, data_fingerprint: str, source: str,
+            steps: train_loop.StepCounts, allow_config_change: bool):
+  """(state, start step, best so far) from the newest readable checkpoint, or the initial ones."""
+  restored, record = ckpts.restore_latest(state)
+  if restored is None:
+    return state, 0, train_loop.Best()
+  check_same_data(record.get("data_fingerprint"), data_fingerprint, source, allow_config_change)
+  start_step = ckpts.latest_step()
+  best = train_loop.Best(record.get("best_val_accuracy", -1.0), record.get("best_step"))
+  if best.step is not None and best.step not in ckpts.best_steps():
+    logging.warning("The best checkpoint (step %d) was not saved completely (the run was killed "
+                    "while saving it); selecting among the evaluations from here on", best.step)
+    best = train_loop.Best()
+  logging.info("Resumed from %s at step %d (epoch %.2f)", ckpts.latest_dir, start_step,
+               steps.epoch(start_step))
+  return restored, start_step, best
+
+
+def _run(config, setup: _Setup, train, state, start_step: int, intervals: train_loop.Intervals,
+         stop):
+  """The steps from `start_step` on, on the host's batches or on the devices (config.data)."""
+  spec = input_pipeline.TrainBatchSpec(
+      batch_size=config.batch_size, seed=config.seed, padding=config.data.crop_padding,
+      flip=config.data.flip, augment=config.data.augment, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  if config.data.on_device:
+    return train_loop.run_on_device(
+        state, step_fn=setup.step_fn, config=config, mesh=setup.mesh, train_split=train, spec=spec,
+        teacher_state=setup.teacher_state, start_step=start_step, intervals=intervals, stop=stop)
+  batches = input_pipeline.Prefetcher(
+      input_pipeline.train_batches(train, spec, start_step, intervals.steps.total),
+      config.data.prefetch)
+  try:
+    return train_loop.run_on_host(
+        state, train_fn=setup.train_fn, batches=batches,
+        batch_sharding=jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec("data")),
+        teacher_state=setup.teacher_state, start_step=start_step, intervals=intervals, stop=stop)
+  finally:
+    batches.close()
+
+
+def _evaluate_during_training(evaluate_split, data, with_test: bool, state) -> dict:
+  scalars = {}
+  if data.validation is not None:
+    val = evaluate_split(state, data.validation)
+    scalars.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+  if with_test:
+    test = evaluate_split(state, data.test)
+    scalars.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+  return scalars
+
+
+def _final_test(evaluate_split, data, state, done: int, intervals: train_loop.Intervals,
+                ckpts: checkpointing.Checkpoints) -> dict:
+  """Test loss and accuracy of the checkpoint selected on validation, and of the last step."""
+  last_eval, best = intervals.last_eval, intervals.best
+  if last_eval.get("step") == done and "test_accuracy" in last_eval:
+    last = {"accuracy": last_eval["test_accuracy"], "loss": last_eval["test_loss"]}
+  else:
+    last = evaluate_split(state, data.test)
+  results = {"test_accuracy_last": last["accuracy"], "test_loss_last": last["loss"]}
+  selected = last
+  if data.validation is not None and best.step is not None and best.step != done:
+    try:
+      best_state, _ = ckpts.restore_best(state)
+    except Exception as e:  # pylint: disable=broad-except  # damaged after it was selected
+      logging.warning("The best checkpoint (step %d) in %s is unreadable (%s: %s); the test "
+                      "accuracy reported is the last step's", best.step, ckpts.best_dir,
+                      type(e).__name__, " ".join(str(e).split())[:300])
+      results.update(best_step=None, best_val_accuracy=None)
+    else:
+      selected = evaluate_split(best_state, data.test)
+  results.update(test_accuracy=selected["accuracy"], test_loss=selected["loss"])
+  logging.info("Test accuracy %.4f (checkpoint of step %s, selected on validation accuracy %s); "
+               "last step's test accuracy %.4f", results["test_accuracy"],
+               results.get("best_step", best.step),
+               results.get("best_val_accuracy", best.val_accuracy if best.step is not None else None),
+               results["test_accuracy_last"])
+  return results
+
+
 def _evaluate_split(eval_fn, batch_size, sharding, state, split):
   return evaluate(eval_fn, state, split, batch_size, sharding)
-
-
-def _train_on_device(state, *, config, mesh, train, spec, step_fn, teacher_state, start_step,
-                     total_steps, intervals, check_finite, write_train_scalars, end_of_steps,
-                     progress):
-  """The training loop of config.data.on_device (experiments/device_pipeline.py): the training
-  split on the devices, `jax.lax.scan` over chunks of up to config.steps_per_dispatch steps.
-
-  Chunks end at every multiple of config.log_every_steps and of `intervals` (evaluation and
-  checkpoint), so those land on the steps of the host loop; a stop request (SIGTERM / SIGINT) is
-  seen after the chunk in flight, at most config.steps_per_dispatch steps later (the resumed run
-  continues from that step with the same batches). The losses of a chunk are checked after the
-  next chunk is dispatched (before anything is saved). Returns (state, steps done, the stopping
-  signal or None).
-  """
-  length = config.steps_per_dispatch
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  chunk_fn = jax.jit(device_pipeline.make_train_chunk(step_fn, padding=spec.padding,
-                                                      batch_sharding=batch_sharding),
-                     donate_argnums=0, out_shardings=(replicated, replicated))
-  train_split = device_pipeline.to_device(train, mesh)
-  pending = None    # (first step, metrics, number of valid steps) of the last dispatched chunk.
-
-  def check(entry):
-    if entry is not None:
-      first, metrics, count = entry
-      for i, loss in enumerate(np.asarray(jax.device_get(metrics["loss"]))[:count]):
-        check_finite((first + i + 1, loss))
-
-  def settle():
-    check(pending)
-
-  done = start_step
-  interval = {"metrics": [], "start": time.perf_counter(), "steps": 0, "input": 0.0}
-  while done < total_steps:
-    t = time.perf_counter()
-    end = device_pipeline.chunk_end(done, total_steps, length, config.log_every_steps, *intervals)
-    chunk = device_pipeline.put_chunk(
-        device_pipeline.chunk_inputs(len(train), spec, done, end - done, length), mesh)
-    interval["input"] += time.perf_counter() - t
-    state, metrics = chunk_fn(state, train_split, chunk, teacher_state)
-    check(pending)
-    pending = (done, metrics, end - done)
-    interval["metrics"].append((metrics, end - done))
-    interval["steps"] += end - done
-    if done == start_step:  # Leave compilation out of the throughput.
-      jax.block_until_ready(metrics)
-      interval.update(start=time.perf_counter(), steps=0, input=0.0)
-    done = end
-    if done % config.log_every_steps == 0 or done == total_steps:
-      settle()
-      host = [{k: v[i] for k, v in m.items()}
-              for m, count in jax.device_get(interval["metrics"]) for i in range(count)]
-      # The main thread builds and sends the index arrays while the previous chunk runs: their
-      # time bounds the device's wait for input from above.
-      write_train_scalars(done, host, interval["steps"], time.perf_counter() - interval["start"],
-                          interval["steps"], interval["input"], interval["input"])
-      interval = {"metrics": [], "start": time.perf_counter(), "steps": 0, "input": 0.0}
-    else:
-      progress.update(done, config.batch_size)
-    interrupted = end_of_steps(done, state, settle)
-    if interrupted:
-      return state, done, interrupted
-  settle()
-  return state, done, None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -29,6 +29,7 @@ from experiments import input_pipeline
 from experiments import cli
 from experiments import optim
 from experiments.bench import synthetic_steps
+from experiments import train_loop
 from experiments import trainer
 
 
@@ -80,7 +81,7 @@ class HostPath:
         input_pipeline.train_batches(self.split, self.spec, start, start + steps), self.prefetch)
     try:
       for _, images, labels in batches:
-        state, metrics = self.train_fn(state, *trainer._global_batch(  # pylint: disable=protected-access
+        state, metrics = self.train_fn(state, *train_loop.global_batch(
             self.sharding, images, labels))
     finally:
       batches.close()

@@ -46,6 +46,7 @@ import numpy as np
 
 from experiments.bench import timing as timing_lib
 import xnorjax
+from xnorjax.ops import pack_bits
 from xnorjax.ops import xnor as xnor_lib
 
 PEAK_BIT_MACS = 7.9e15  # H200 1-bit tensor-core peak (AND-popc), inferred
@@ -76,12 +77,9 @@ DENSE_SHAPES = [(1, 1, 1), (3, 300, 70), (200, 2048, 130), (128, 4096, 1000)]
 
 
 def _pack(bits: np.ndarray) -> np.ndarray:
-  n = bits.shape[-1]
-  words = -(-n // 32)
-  padded = np.zeros(bits.shape[:-1] + (words * 32,), np.uint64)
-  padded[..., :n] = bits
-  padded = padded.reshape(bits.shape[:-1] + (words, 32))
-  return (padded << np.arange(32, dtype=np.uint64)).sum(-1).astype(np.uint32)
+  """Bools packed along the last axis by the library's pure-JAX packing (bit j of word j // 32,
+  zero tail; tests/kernels/test_packing.py checks it against numpy), as a numpy array."""
+  return np.asarray(pack_bits(bits, implementation="reference"))
 
 
 def _dyadic(rng, size):

@@ -91,3 +91,20 @@ def test_carried_wheels_install_only_what_is_missing(tmp_path):
   assert value == "7"
   assert not json_file.startswith(str(site))  # the standard library's json, not the carried one
   assert sorted(p.name for p in site.iterdir() if p.suffix == ".py") == ["xnorjax_carried_probe.py"]
+
+
+def test_gpu_check_smoke_runs_every_path_exactly_on_the_host_emulation(tmp_path):
+  """experiments/gpu/check.py --smoke without a GPU: every path and output kind of the CUDA
+  module's host emulation on small shapes, checked against XLA, then timed; its report is written."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "experiments.gpu.check", "--smoke",
+                         f"--out={tmp_path}", "--budget_s=120"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  with open(tmp_path / "gpu_check.json") as f:
+    report = json.load(f)
+  cases = report["exactness"]
+  assert cases and all(c["exact"] and c["mismatches"] == 0 for c in cases), cases
+  assert {c["path"] for c in cases} >= {"simple", "mma"}
+  assert report["timing"] and all(row.get("xnor_packed_exact") for row in report["timing"])
+  assert (tmp_path / "gpu_check.txt").read_text().strip()

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers.configs import set_fields
+from helpers import configs
 from experiments import checkpointing
 from experiments import input_pipeline
 from experiments import metrics as metrics_lib
@@ -38,21 +38,10 @@ PRESETS = ("vgg16", "bin_vgg16", "nin", "bin_nin", "resnet18", "bin_resnet18")
 
 
 def tiny_config(model="bin_small_cnn", **overrides):
-  """A configuration that trains in seconds: synthetic data, narrow model, 2 epochs of 12 steps."""
-  c = default.get_config(model)
-  c.data.source = "synthetic"
-  c.data.synthetic_train_size = 512
-  c.data.synthetic_test_size = 128
-  c.data.num_validation = 128
-  c.batch_size = 32
-  c.eval_batch_size = 64
-  c.model.options.width = 0.25
-  c.num_epochs = 2
-  c.log_every_steps = 4
-  c.optim.name = "adam"
-  c.optim.learning_rate = 0.01
-  c.optim.warmup_epochs = 0.5
-  return set_fields(c, overrides)
+  """`configs.TINY` with 512 training images: 2 epochs of 12 steps."""
+  return configs.tiny_config(model, {
+      "data.synthetic_train_size": 512, "data.synthetic_test_size": 128,
+      "data.num_validation": 128, "eval_batch_size": 64, "log_every_steps": 4, **overrides})
 
 
 def _params(results):

@@ -1,5 +1,11 @@
 """Config helpers shared by the training tests."""
 
+from experiments.configs import default
+
+# A run that trains in seconds: synthetic 10-class data, a quarter-width model, Adam, 2 epochs.
+TINY = {"data.source": "synthetic", "batch_size": 32, "model.options.width": 0.25, "num_epochs": 2,
+        "optim.name": "adam", "optim.learning_rate": 0.01, "optim.warmup_epochs": 0.5}
+
 
 def set_fields(config, overrides: dict, sep: str = "."):
   """Sets each `overrides` entry, keyed by its field path ("optim.name"), on `config`; returns it."""
@@ -10,3 +16,8 @@ def set_fields(config, overrides: dict, sep: str = "."):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def tiny_config(model: str, overrides: dict):
+  """`model`'s default config with the `TINY` settings, then `overrides` (field path -> value)."""
+  return set_fields(default.get_config(model), {**TINY, **overrides})

@@ -9,7 +9,7 @@ import os
 import shutil
 
 from experiments import trainer
-from experiments.configs import default
+from helpers import configs
 
 MODELS = ("small_cnn", "bin_small_cnn")
 NUM_TEST = 90       # not a multiple of the evaluation batch: the last batch is padded
@@ -18,22 +18,11 @@ EVAL_BATCH = 40
 
 
 def tiny_config(model: str):
-  """Synthetic 10-class data, a quarter-width model, 2 epochs of 6 steps, evaluation per epoch."""
-  c = default.get_config(model)
-  c.data.source = "synthetic"
-  c.data.synthetic_train_size = 256
-  c.data.synthetic_test_size = NUM_TEST
-  c.data.num_validation = NUM_VALIDATION
-  c.batch_size = 32
-  c.eval_batch_size = EVAL_BATCH
-  c.model.options.width = 0.25
-  c.num_epochs = 2
-  c.log_every_steps = 3
-  c.optim.name = "adam"
-  c.optim.learning_rate = 0.01
-  c.optim.warmup_epochs = 0.5
-  c.tensorboard = False
-  return c
+  """`configs.TINY` with 256 training images (2 epochs of 6 steps), evaluation per epoch."""
+  return configs.tiny_config(model, {
+      "data.synthetic_train_size": 256, "data.synthetic_test_size": NUM_TEST,
+      "data.num_validation": NUM_VALIDATION, "eval_batch_size": EVAL_BATCH, "log_every_steps": 3,
+      "tensorboard": False})
 
 
 def trained_runs(tmp_path_factory) -> dict[str, str]:
