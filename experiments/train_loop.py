@@ -90,7 +90,8 @@ class Intervals:
     self.progress = metrics_lib.Progress(steps.total, start_step, every_steps=steps.log_every)
 
   def record(self, step: int) -> dict:
-    return {"step": step, "epoch": self.steps.epoch(step), "data_fingerprint": self.data_fingerprint,
+    return {"step": step, "epoch": self.steps.epoch(step),
+            "data_fingerprint": self.data_fingerprint,
             "best_val_accuracy": self.best.val_accuracy, "best_step": self.best.step}
 
   def check_finite(self, step: int, loss):

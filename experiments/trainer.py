@@ -212,7 +212,8 @@ def evaluate(eval_fn, state, split: input_pipeline.Split, batch_size: int, shard
   totals = None
   for images, labels, mask in input_pipeline.eval_batches(
       split, batch_size, process_index=jax.process_index(), process_count=jax.process_count()):
-    out = eval_fn(state["params"], state["rest"], *train_loop.global_batch(sharding, images, labels, mask))
+    batch = train_loop.global_batch(sharding, images, labels, mask)
+    out = eval_fn(state["params"], state["rest"], *batch)
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   return device_pipeline.mean_metrics(totals)
 
@@ -468,7 +469,8 @@ class _Setup:
     mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
     teacher = None
     if config.distill.teacher_workdir:
-      teacher = distill.load_teacher(config, input_pipeline.fingerprint(data.train, data.validation))
+      teacher = distill.load_teacher(config,
+                                     input_pipeline.fingerprint(data.train, data.validation))
       logging.info("Distilling from %s (%s, %s): weight %g, temperature %g",
                    config.distill.teacher_workdir, teacher.model_name, teacher.checkpoint,
                    config.distill.weight, config.distill.temperature)
@@ -484,9 +486,10 @@ class _Setup:
     if config.data.on_device:
       evaluate_split = device_pipeline.Evaluator(eval_step_fn, config.eval_batch_size, mesh)
     else:
+      batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
       evaluate_split = functools.partial(
           _evaluate_split, jax.jit(eval_step_fn, out_shardings=replicated),
-          config.eval_batch_size, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+          config.eval_batch_size, batch_sharding)
     return cls(state, schedule, step_fn, train_fn, evaluate_split, teacher_state, mesh)
 
 
@@ -563,11 +566,12 @@ def _final_test(evaluate_split, data, state, done: int, intervals: train_loop.In
     else:
       selected = evaluate_split(best_state, data.test)
   results.update(test_accuracy=selected["accuracy"], test_loss=selected["loss"])
+  selected_step = results.get("best_step", best.step)
+  selected_val = results.get("best_val_accuracy",
+                             best.val_accuracy if best.step is not None else None)
   logging.info("Test accuracy %.4f (checkpoint of step %s, selected on validation accuracy %s); "
-               "last step's test accuracy %.4f", results["test_accuracy"],
-               results.get("best_step", best.step),
-               results.get("best_val_accuracy", best.val_accuracy if best.step is not None else None),
-               results["test_accuracy_last"])
+               "last step's test accuracy %.4f", results["test_accuracy"], selected_step,
+               selected_val, results["test_accuracy_last"])
   return results
 
 

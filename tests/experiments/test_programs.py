@@ -50,7 +50,8 @@ def test_the_experiments_modules_import_together():
   names = sorted(f"{room}{n[:-3]}" for room in ("", "bench.", "gpu.")
                  for n in os.listdir(os.path.join(_ROOT, "experiments", *room.split(".")[:-1]))
                  if n.endswith(".py") and n not in ("__init__.py", "pytorch_baseline.py"))
-  assert {"train", "bench.train", "bench.conv_policy", "bench.profile_step", "gpu.check"} <= set(names)
+  assert {"train", "bench.train", "bench.conv_policy", "bench.profile_step",
+          "gpu.check"} <= set(names)
   code = "".join(f"import experiments.{n}\n" for n in names) + "print('imported')"
   done = subprocess.run([sys.executable, "-c", code], cwd=_ROOT, capture_output=True, text=True,
                         timeout=300, check=False)
