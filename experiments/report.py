@@ -30,6 +30,7 @@ import numpy as np
 
 import xnorjax
 from experiments import cli
+from experiments import configs
 from experiments import evaluate
 from experiments import plots
 from experiments import report_render
@@ -236,14 +237,8 @@ def config_differences(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]
   return ["field", *[r.name for r in runs]], rows
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-  return out
+def _flatten(d: dict) -> dict:
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in configs.flat_fields(d).items()}
 
 
 def file_stem(name: str) -> str:

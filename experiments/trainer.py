@@ -579,11 +579,7 @@ def _evaluate_split(eval_fn, batch_size, sharding, state, split):
   return evaluate(eval_fn, state, split, batch_size, sharding)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return out
+def _flat(d: dict) -> dict:
+  """Config fields by path, values other than scalars as strings (hparams, comparisons)."""
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+          for k, v in configs.flat_fields(d).items()}

@@ -18,3 +18,14 @@ def check_settings(config):
     raise ValueError(f"config.optim.learning_rate={config.optim.learning_rate!r} must be > 0")
   if not config.optim.warmup_epochs >= 0:
     raise ValueError(f"config.optim.warmup_epochs={config.optim.warmup_epochs!r} must be >= 0")
+
+
+def flat_fields(fields: dict, prefix: str = "") -> dict:
+  """A nested dict of config fields (`ConfigDict.to_dict()`, or its JSON) as {"optim.name": ...}."""
+  out = {}
+  for key, value in fields.items():
+    if isinstance(value, dict):
+      out.update(flat_fields(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
