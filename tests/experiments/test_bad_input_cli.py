@@ -79,7 +79,8 @@ def program_runs(tmp_path_factory):
   with open(os.path.join(tmp, "a_file"), "w") as f:
     f.write("not a directory")
   cases = _program_cases(tmp)
-  env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}  # as a user's shell has
   procs = {name: subprocess.Popen([sys.executable, "-m", f"experiments.{program}", *args],
                                   cwd=_ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
@@ -183,13 +184,20 @@ def test_quiet_libraries_drops_the_tpu_probe_and_library_info_only():
       _record("absl", logging.INFO, "Saving", "/site-packages/orbax/checkpoint/x.py"))
 
 
-def test_tensorflow_info_banners_are_off_unless_the_user_sets_the_level():
-  assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") is not None  # cli.py sets the default on import
-  code = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '0'; from experiments import cli; "
-          "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
+@pytest.mark.parametrize("variable, default", [("TF_CPP_MIN_LOG_LEVEL", "1"),
+                                               ("TF_ENABLE_ONEDNN_OPTS", "0")])
+def test_tensorflow_info_banners_are_off_unless_the_user_sets_the_level(variable, default):
+  assert os.environ.get(variable) is not None  # cli.py sets the default on import
+  env = {k: v for k, v in os.environ.items() if k != variable}
+  code = f"import os; from experiments import cli; print(os.environ[{variable!r}])"
   done = subprocess.run([sys.executable, "-c", code], cwd=_ROOT, capture_output=True, text=True,
-                        timeout=TIMEOUT_S, check=True)
-  assert done.stdout.strip() == "0"
+                        env=env, timeout=TIMEOUT_S, check=True)
+  assert done.stdout.strip() == default
+  code = (f"import os; os.environ[{variable!r}] = 'mine'; from experiments import cli; "
+          f"print(os.environ[{variable!r}])")
+  done = subprocess.run([sys.executable, "-c", code], cwd=_ROOT, capture_output=True, text=True,
+                        env=env, timeout=TIMEOUT_S, check=True)
+  assert done.stdout.strip() == "mine"
 
 
 # ------------------------------------------------------------------------------------------------
