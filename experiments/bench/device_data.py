@@ -27,8 +27,8 @@ import jax.numpy as jnp
 from experiments import device_pipeline
 from experiments import input_pipeline
 from experiments import cli
+from experiments import configs
 from experiments import optim
-from experiments.bench import synthetic_steps
 from experiments import train_loop
 from experiments import trainer
 
@@ -113,8 +113,9 @@ def main(argv):
   if _STEPS.value < 1 or _DISPATCH.value < 1 or _STEPS.value % _DISPATCH.value:
     raise app.UsageError(f"--steps={_STEPS.value} must be a positive multiple of "
                          f"--steps_per_dispatch={_DISPATCH.value}")
-  config = synthetic_steps.override_config(synthetic_steps.preset_config(_MODEL.value),
-                                           [f"batch_size={_BATCH.value}", *_OVERRIDES.value])
+  config = configs.with_overrides(configs.preset(_MODEL.value),
+                                  [f"batch_size={_BATCH.value}", *_OVERRIDES.value],
+                                  argument="--config_overrides")
   state, step_fn, split, mesh = build(config, _IMAGES.value)
   spec = input_pipeline.TrainBatchSpec(batch_size=config.batch_size, seed=0,
                                        padding=config.data.crop_padding, flip=config.data.flip,

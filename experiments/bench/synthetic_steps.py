@@ -4,39 +4,20 @@
 import contextlib
 import dataclasses
 import functools
-import importlib
-import json
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import configs
 from experiments import optim
 from experiments import trainer
 from experiments.configs import bin_vgg16 as bin_vgg16_config
-from experiments.configs import default as default_config
 from experiments.configs import vgg16 as vgg16_config
-from xnorjax import models
 from xnorjax.ops import conv as conv_lib
 
 CONFIGS = {"vgg16": vgg16_config, "bin_vgg16": bin_vgg16_config}
-
-
-def override_config(config, items: Sequence[str]):
-  """`config` with each "key=value" of `items` set (values parsed as JSON, else strings)."""
-  for item in items:
-    key, value = item.split("=", 1)
-    try:
-      value = json.loads(value)
-    except json.JSONDecodeError:
-      pass
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 @dataclasses.dataclass
@@ -53,23 +34,11 @@ class Steps:
   mask: jax.Array
 
 
-def preset_config(name: str):
-  """The configuration of model `name`: its preset (experiments/configs/<name>.py), else the
-  defaults with that model (as `python -m experiments.train --model=<name>`)."""
-  if name in CONFIGS:
-    return CONFIGS[name].get_config()
-  try:
-    return importlib.import_module(f"experiments.configs.{name}").get_config()
-  except ModuleNotFoundError:
-    models.get_model_fn(name)  # an unknown model: ValueError naming the known ones
-    return default_config.get_config(name)
-
-
 def build_steps(name: str, batch_size: int, overrides=()) -> Steps:
   """The train step (`trainer.train_step` with the preset's optimiser) and forward step of the
-  model `name` (`preset_config`), jitted as in training, with a state and a synthetic batch on
+  model `name` (`configs.preset`), jitted as in training, with a state and a synthetic batch on
   the devices."""
-  config = override_config(preset_config(name), overrides)
+  config = configs.with_overrides(configs.preset(name), overrides)
   model = trainer.create_model(config, 0)
   parts = trainer.split_model(model)
   labels = optim.param_labels(parts.params, parts.binary_mask)

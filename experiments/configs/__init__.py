@@ -1,5 +1,10 @@
 """Training configurations (ml_collections); each file's docstring holds the command that runs it.
+`preset` loads one by model name, `with_overrides` sets "field=value" items on it and
 `check_settings` rejects values that cannot be run."""
+
+import importlib
+import json
+from typing import Sequence
 
 # Fields that are -1 (meaning "automatic", see default.py) or a positive count.
 _AUTO_OR_POSITIVE = ("eval_every_steps", "checkpoint_every_steps", "num_devices")
@@ -29,3 +34,43 @@ def flat_fields(fields: dict, prefix: str = "") -> dict:
     else:
       out[f"{prefix}{key}"] = value
   return out
+
+
+def preset(model: str):
+  """The configuration of `model`: its preset (experiments/configs/<model>.py), else the defaults
+  with that model, as `python -m experiments.train --model=<model>` loads it. ValueError naming
+  the known models for an unknown one."""
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top (imports this)
+  from xnorjax import models  # pylint: disable=g-import-not-at-top
+  if model != "default":
+    try:
+      return importlib.import_module(f"experiments.configs.{model}").get_config()
+    except ModuleNotFoundError as e:
+      if e.name != f"experiments.configs.{model}":
+        raise
+  models.get_model_fn(model)
+  return default.get_config(model)
+
+
+def with_overrides(config, items: Sequence[str], *, argument: str = "overrides"):
+  """`config` with each "field.path=value" of `items` set; values are parsed as JSON (numbers,
+  true / false, lists), else taken as strings. ValueError naming `argument` and the item for a
+  malformed item or a field the config does not have."""
+  for item in items:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"{argument}: {item!r} is not field=value")
+    try:
+      value = json.loads(text)
+    except json.JSONDecodeError:
+      value = text
+    *parents, leaf = key.split(".")
+    node = config
+    for depth, name in enumerate([*parents, leaf]):
+      if not hasattr(node, "keys") or name not in node:
+        raise ValueError(f"{argument}: {item!r}: the config has no field "
+                         f"{'.'.join([*parents, leaf][:depth + 1])!r}")
+      if depth < len(parents):
+        node = node[name]
+    node[leaf] = value
+  return config

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "bench.train", "bench.conv_policy",
+ABSL_PROGRAMS = ["train", "evaluate", "export", "report", "ablation", "bench.train", "bench.conv_policy",
                  "bench.profile_step", "bench.device_data"]
 ARGPARSE_PROGRAMS = ["bench.kernels", "bench.deploy", "bench.conv_formulations", "gpu.check"]
 STARTUP_NOISE = ("Unable to initialize backend 'tpu'", "Platform 'tpu' is experimental",
