@@ -103,7 +103,10 @@ def timed_run(config, workdir: str) -> dict:
   "wall_seconds" (all invocations), without the state."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, WALL_FILE)
-  spent = json.load(open(path, encoding="utf-8"))["seconds"] if os.path.isfile(path) else 0.0
+  spent = 0.0
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      spent = json.load(f)["seconds"]
   start = time.monotonic()
   try:
     results = trainer.train_and_evaluate(config, workdir)
