@@ -70,8 +70,7 @@ install-check:
 # (so the editable install's import hook, which would load the normal build, is not installed) and
 # first check that the sanitized module is the one imported; PYTHONSAFEPATH keeps the checkout's
 # own xnorjax/ (no extension there) off the path of the tests' subprocesses too (Python 3.11+).
-# Leak detection is off: the Python
-# interpreter itself leaks at exit.
+# Leak detection is off: the Python interpreter itself leaks at exit.
 SANITIZE_TESTS ?= tests/kernels/test_xnor_ops.py tests/kernels/test_packing.py tests/kernels/test_float_conv.py tests/kernels/test_winograd.py tests/kernels/test_conv_geometry.py
 SANITIZE_DIR := build/sanitize
 SANITIZE_PY := $(SANITIZE_DIR)/venv/bin/python

@@ -42,7 +42,7 @@ def preset(model: str):
   the known models for an unknown one."""
   from experiments.configs import default  # pylint: disable=g-import-not-at-top (imports this)
   from xnorjax import models  # pylint: disable=g-import-not-at-top
-  if model != "default":
+  if model.isidentifier() and not model.startswith("_") and model != "default":
     try:
       return importlib.import_module(f"experiments.configs.{model}").get_config()
     except ModuleNotFoundError as e:

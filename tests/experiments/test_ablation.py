@@ -44,6 +44,8 @@ def test_each_method_changes_only_its_own_fields(method, changed):
     (lambda: ablation.run_config("baseline", "bin_vgg16", 1, 0, ["optim.nope=1"]),
      "--config_overrides: 'optim.nope=1': the config has no field 'optim.nope'"),
     (lambda: ablation.run_config("baseline", "resnet50", 1, 0, []), "unknown model 'resnet50'"),
+    (lambda: ablation.run_config("baseline", "__init__", 1, 0, []), "unknown model '__init__'"),
+    (lambda: ablation.run_config("baseline", "a.b", 1, 0, []), "unknown model 'a.b'"),
 ])
 def test_bad_arguments_are_one_clear_error(call, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
