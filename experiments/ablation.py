@@ -15,7 +15,7 @@ Each method is the base preset (`--base`) changed in one respect:
               preset's recipe; meaningful against the bin_resnet18 base, whose units it extends.
 Every run trains into <workdir>/<method>/seed<seed> with `--config_overrides` (field=value, e.g.
 the data source) applied to all of them, the teacher included. Rerunning the command resumes the
-unfinished runs and re-reads the finished ones, so a long ablation may span several sessions; a
+unfinished runs and re-reads the finished ones, so a long ablation may be run in parts; a
 SIGTERM / SIGINT stops after the run in progress has saved its checkpoint.
 
 The table (<workdir>/ablation.md, and every run's numbers in ablation.json): test accuracy of the
