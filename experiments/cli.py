@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging as pylogging
 import os
+import re
 import sys
 import tarfile
 from typing import Callable
@@ -34,6 +35,11 @@ _PROBE_MESSAGES = ("Unable to initialize backend 'tpu'", "Platform 'tpu' is expe
 # orbax's own error for a checkpoint whose metadata cannot be read: experiments/checkpointing.py
 # and restore.py report such a checkpoint in one line naming it (and fall back past it).
 _ORBAX_UNREADABLE = "Failed to read Metadata file"
+# asyncio's report of a future or task whose exception nobody retrieved, when that exception is a
+# tensorstore read error ("OUT_OF_RANGE: Error opening ..."): the sibling reads of a checkpoint
+# restore that failed on its first unreadable array, which the project already reported.
+_UNRETRIEVED = ("Future exception was never retrieved", "Task exception was never retrieved")
+_TENSORSTORE_ERROR = re.compile(r"^[A-Z][A-Z_]+: ")
 _OWN_PACKAGES = ("experiments", "xnorjax")  # whose INFO records pass (the model summary, progress)
 
 
@@ -46,7 +52,8 @@ def error_line(error: BaseException) -> str:
 class QuietLibraries(pylogging.Filter):
   """Passes warnings and errors, and INFO records from experiments/ only (not orbax's per-save
   chatter nor JAX's backend messages); drops JAX's probe messages for absent TPU backends and
-  orbax's error for an unreadable checkpoint (reported once by the project, naming it)."""
+  orbax's error for an unreadable checkpoint (reported once by the project, naming it) and the
+  unretrieved errors of that restore's other reads (`is_abandoned_checkpoint_read`)."""
 
   def __init__(self, own_info_only: bool = True):
     super().__init__()
@@ -57,9 +64,24 @@ class QuietLibraries(pylogging.Filter):
       return False
     if "orbax" in record.pathname and record.getMessage().startswith(_ORBAX_UNREADABLE):
       return False
+    if is_abandoned_checkpoint_read(record):
+      return False
     if record.levelno >= pylogging.WARNING or not self.own_info_only:
       return True
     return any(f"{os.sep}{package}{os.sep}" in record.pathname for package in _OWN_PACKAGES)
+
+
+def is_abandoned_checkpoint_read(record: pylogging.LogRecord) -> bool:
+  """Whether `record` is asyncio's report of an unretrieved tensorstore read error.
+
+  A restore gathers one read per array; when one fails, orbax raises that error and the reads
+  still in flight fail the same way with nobody awaiting them, each reported by asyncio when its
+  future or task is collected: many lines naming the damaged checkpoint after the project's one.
+  """
+  if record.name != "asyncio" or not record.getMessage().startswith(_UNRETRIEVED):
+    return False
+  error = record.exc_info[1] if record.exc_info else None
+  return isinstance(error, ValueError) and bool(_TENSORSTORE_ERROR.match(str(error)))
 
 
 def is_stale_event_loop_callback(unraisable) -> bool:

@@ -6,6 +6,8 @@ behind them are checked in-process on the functions the mains call (`experiments
 config and data checks, the image-folder reader), where a process per case would be too slow.
 """
 
+import asyncio
+import gc
 import io
 import logging
 import os
@@ -182,6 +184,44 @@ def test_quiet_libraries_drops_the_tpu_probe_and_library_info_only():
   assert quiet.filter(_record("absl", logging.INFO, "step 10", f"{os.sep}experiments{os.sep}t.py"))
   assert cli.QuietLibraries(own_info_only=False).filter(
       _record("absl", logging.INFO, "Saving", "/site-packages/orbax/checkpoint/x.py"))
+
+
+def _unretrieved_error_records(error, as_task):
+  """The records asyncio logs when a future (or a task) that failed with `error` is collected
+  with nobody having retrieved its exception."""
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  asyncio_logger = logging.getLogger("asyncio")
+  asyncio_logger.addHandler(handler)
+  loop = asyncio.new_event_loop()
+  try:
+    if as_task:
+      async def read():
+        raise error
+      failed = loop.create_task(read())
+      loop.run_until_complete(asyncio.wait([failed]))
+    else:
+      failed = loop.create_future()
+      failed.set_exception(error)
+    del failed
+    gc.collect()
+  finally:
+    loop.close()
+    asyncio_logger.removeHandler(handler)
+  return records
+
+
+@pytest.mark.parametrize("as_task", [False, True], ids=["future", "task"])
+def test_unretrieved_tensorstore_read_errors_are_dropped_and_other_ones_pass(as_task):
+  quiet = cli.QuietLibraries()
+  read_error = ValueError('OUT_OF_RANGE: Error opening "zarr" driver: Error reading "a/.zarray"')
+  records = _unretrieved_error_records(read_error, as_task)
+  assert len(records) == 1 and not quiet.filter(records[0])
+  for other in (ValueError("a bug: no status code"), RuntimeError("OUT_OF_RANGE: not a read")):
+    records = _unretrieved_error_records(other, as_task)
+    assert len(records) == 1 and quiet.filter(records[0])
+  assert quiet.filter(_record("asyncio", logging.ERROR, "Task was destroyed but it is pending!"))
 
 
 @pytest.mark.parametrize("variable, default", [("TF_CPP_MIN_LOG_LEVEL", "1"),
