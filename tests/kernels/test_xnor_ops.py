@@ -47,11 +47,16 @@ def pm1(v):
 
 
 def lax_conv_reference(x, kernel, strides, pads, pad_value):
-  """lax.conv_general_dilated in int32 on the +-1 values, padded explicitly with pad_value."""
-  xs = jnp.pad(pm1(x), ((0, 0), pads[0], pads[1], (0, 0)), constant_values=int(pad_value))
-  return np.asarray(lax.conv_general_dilated(xs, pm1(kernel), strides, "VALID",
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                             preferred_element_type=jnp.int32))
+  """lax.conv_general_dilated in int32 on the +-1 values, padded explicitly with pad_value.
+
+  Run on XLA's CPU backend: XLA's GPU backend has no int32 convolution (cuDNN takes only int8
+  operands), and the reference must be the same program wherever the kernel under test runs.
+  """
+  with jax.default_device(jax.devices("cpu")[0]):
+    xs = jnp.pad(pm1(x), ((0, 0), pads[0], pads[1], (0, 0)), constant_values=int(pad_value))
+    return np.asarray(lax.conv_general_dilated(xs, pm1(kernel), strides, "VALID",
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                               preferred_element_type=jnp.int32))
 
 
 def numpy_conv_reference(x, kernel, strides, pads, pad_value):
