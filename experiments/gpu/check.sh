@@ -77,10 +77,16 @@ CHECK_RC=${PIPESTATUS[0]}
 TEST_S=$(( TOTAL_S - $(elapsed) - 10 ))
 [ "$TEST_S" -lt 30 ] && TEST_S=30
 log "GPU tests (timeout ${TEST_S}s; log: $OUTDIR/pytest.log)"
-timeout "$TEST_S" "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" -rfEs \
-  tests/kernels/test_cuda_kernels.py tests/kernels/test_build.py tests/kernels/test_xnor_ops.py 2>&1 \
-  | tee "$OUTDIR/pytest.log" | tail -25
-PYTEST_RC=${PIPESTATUS[0]}
+# -v: the log names every test as it ends, so a run cut by the timeout still says which failed.
+timeout "$TEST_S" "$PYTHON" -m pytest -v -p no:cacheprovider -o addopts="" -rfEs --tb=line \
+  tests/kernels/test_cuda_kernels.py tests/kernels/test_build.py tests/kernels/test_xnor_ops.py \
+  > "$OUTDIR/pytest.log" 2>&1
+PYTEST_RC=$?
+grep -E "(FAILED|ERROR)( |$)| passed| failed" "$OUTDIR/pytest.log" | cut -c1-240 | tail -25
+if [ "$PYTEST_RC" -eq 124 ]; then
+  log "pytest cut at ${TEST_S}s after $(grep -cE ' (PASSED|FAILED|SKIPPED|ERROR)' \
+    "$OUTDIR/pytest.log") tests"
+fi
 
 log "done: pytest rc=$PYTEST_RC, gpu_check rc=$CHECK_RC (0 = all exact)"
 [ -f "$OUTDIR/gpu_check.txt" ] && cat "$OUTDIR/gpu_check.txt"
