@@ -11,14 +11,11 @@
 # The runs use the on-device input pipeline (--config.data.on_device=True, experiments/
 # device_pipeline.py: the images on the GPU, lax.scan over config.steps_per_dispatch steps).
 #
-# What fits, an ESTIMATE from FLOPs (not a measurement; no run of this script has timed it): a
-# training image costs about 3 x 351 M MACs = 2.1 GFLOP in vgg16 and bin_vgg16 (forward + two
-# backward products; binary layers counted as float products), so an epoch of 45,000 images is
-# about 95 TFLOP. At 50-150 TFLOP/s (10-30% of the H200's dense TF32 peak) that is 0.6-1.9 s per
-# epoch: the default 30 epochs of each model (2.9 PFLOP, 20-60 s) leave most of BUDGET_S for
-# compilation and the per-epoch validation, and the full 200-epoch vgg16 preset (19 PFLOP,
-# 2-6.5 min) fits one 10-minute command alone (MODELS=vgg16 EPOCHS_VGG16=200 BUDGET_S=560); the
-# 400-epoch bin_vgg16 preset (38 PFLOP, 4-13 min) fits only at the upper end of that range.
+# What fits, measured on one H200 (2026-12-04, BENCHMARKS.md): bin_vgg16 trains at about 33,000
+# images/s at batch 128 (1.35 s per 45,000-image epoch; validation every epoch adds about 0.6 s),
+# and start-up (data decode, compilation) takes about 30 s. So 100 epochs take 230 s in all, and
+# the 400-epoch preset (about 14 minutes) does not fit one 10-minute command. vgg16 has not been
+# timed there (same MACs, float layers).
 # Environment: PYTHON (a python with jax + a CUDA plugin and the `experiments` extra: absl-py,
 # ml-collections, orbax-checkpoint, clu, pillow, scikit-learn; default .venv/bin/python if it sees a
 # GPU, else python3), EPOCHS_VGG16 (default 30), EPOCHS_BIN_VGG16 (default 30), BUDGET_S (270),
