@@ -454,6 +454,8 @@ def test_bench_train_compares_with_the_same_machine_pytorch_run_when_there_is_on
   assert quoted["pytorch_train_images_per_second"] == 97.0
   assert "another machine" in quoted["pytorch_source"]
   assert quoted["ratio_to_pytorch"] == round(120 / 97, 3)
+  other = bench_train.compare({"model": "bin_reactnet18", "train_images_per_second": 50.0}, None)
+  assert other["pytorch_source"].startswith("none") and "ratio_to_pytorch" not in other
 
 
 def test_bench_train_reports_a_failing_pytorch_baseline():
