@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The CUDA kernels on a machine with an NVIDIA GPU and nvcc, in one run of at most 8 minutes:
+# The CUDA kernels on a machine with an NVIDIA GPU and nvcc, in one run of at most 9 minutes (GPU_CHECK_TOTAL_S, default 540 s):
 #   1. build xnorjax with its CUDA kernels (pip editable, no network; CMake directly if pip fails),
 #   2. experiments/gpu/check.py: exactness against XLA on every bin_vgg16 layer shape and odd
 #      shapes, on every CUDA path, then xnor_conv timed against XLA's bfloat16 and int8 convs at
 #      batch 128 and 1 (table in OUTDIR/gpu_check.{txt,json}),
-#   3. the GPU tests (tests/kernels/test_cuda_kernels.py, tests/kernels/test_build.py, tests/kernels/test_xnor_ops.py) in
+#   3. device time per kernel from the profiler trace (experiments/gpu/kernel_times.py) and
+#      Nsight Compute on two layers' CUDA kernels (OUTDIR/ncu.txt),
+#   4. the GPU tests (tests/kernels/test_cuda_kernels.py, tests/kernels/test_build.py, tests/kernels/test_xnor_ops.py) in
 #      the time left, then the short table again, last.
 #
 # Usage: experiments/gpu/check.sh [OUTDIR]        (default: $OUT, else /tmp/xnorjax_gpu_check)
@@ -19,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 OUTDIR=${1:-${OUT:-/tmp/xnorjax_gpu_check}}
-TOTAL_S=${GPU_CHECK_TOTAL_S:-470}
+TOTAL_S=${GPU_CHECK_TOTAL_S:-540}
 mkdir -p "$OUTDIR"
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
@@ -66,13 +68,27 @@ check_extension || { log "extension not importable"; exit 1; }
 
 # The sweep and the timing first (the table is what a one-shot run must not lose), the tests in the
 # time left; the table is printed again at the very end.
-BUDGET=$(( (TOTAL_S - $(elapsed)) * 55 / 100 ))
+BUDGET=$(( (TOTAL_S - $(elapsed)) * 40 / 100 ))
 [ "$BUDGET" -lt 60 ] && BUDGET=60
 log "exactness sweep and timing (budget ${BUDGET}s)"
 timeout $(( BUDGET + 60 )) "$PYTHON" -m experiments.gpu.check --out "$OUTDIR" --budget_s "$BUDGET" \
   ${GPU_CHECK_ARGS:-} 2>&1 | tee "$OUTDIR/gpu_check.log" | grep -v "^  {" | sed '/gpu_check table/,$d' \
   | head -c 20000
 CHECK_RC=${PIPESTATUS[0]}
+
+# Device time per kernel (the profiler's trace), then Nsight Compute on two layers' CUDA kernels:
+# where the packed conv's time goes, without launch and dispatch costs.
+log "kernel times from the profiler trace"
+timeout 150 "$PYTHON" -m experiments.gpu.kernel_times --out "$OUTDIR" 2>&1 | grep -v "^  {" | tail -20
+if command -v ncu > /dev/null; then
+  log "ncu on the CUDA kernels of 512->512@2 and 128->128@16, batch 128 (log: $OUTDIR/ncu.txt)"
+  timeout 120 ncu --clock-control none -k regex:'MmaKernel|PrepassKernel' --launch-count 8 \
+    --section SpeedOfLight --section LaunchStats --section Occupancy \
+    --section MemoryWorkloadAnalysis "$PYTHON" -m experiments.gpu.kernel_times --calls=1 \
+    --no_trace --layers 512,512,2,128 128,128,16,128 > "$OUTDIR/ncu.txt" 2>&1
+  grep -E "^  [A-Za-z].*(Kernel|kernel)|Duration|SM\] Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|==ERROR|==WARNING" \
+    "$OUTDIR/ncu.txt" | cut -c1-160 | head -60
+fi
 
 TEST_S=$(( TOTAL_S - $(elapsed) - 10 ))
 [ "$TEST_S" -lt 30 ] && TEST_S=30
