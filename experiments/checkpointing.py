@@ -46,7 +46,12 @@ class WorkdirBusyError(RuntimeError):
 
 
 class CheckpointSaveError(RuntimeError):
-  """A checkpoint could not be written (disk full, read-only directory, ...)."""
+  """A checkpoint could not be written (disk full, read-only directory, ...).
+
+  `abandons_threads`: orbax's background threads of the failed save may be left waiting for
+  signals until their timeout, so the command line exits without joining them (cli.exit_now)."""
+
+  abandons_threads = True
 
 
 class UnreadableCheckpointError(ValueError):

@@ -144,9 +144,24 @@ def report_user_errors(main: Callable) -> Callable:
       from absl import logging  # pylint: disable=g-import-not-at-top
       logging.debug("Traceback:", exc_info=True)
       print(error_line(e), file=sys.stderr)
+      if getattr(e, "abandons_threads", False):
+        exit_now(1)
       sys.exit(1)
 
   return wrapped
+
+
+def exit_now(status: int):
+  """Exits with `status` once the output is flushed, without joining the remaining threads: after an
+  error marked `abandons_threads` (a checkpoint save that failed), library threads wait for
+  signals that will never come, up to orbax's 5-minute timeout, before a normal exit could end."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.flush()
+  for handler in pylogging.getLogger().handlers:
+    handler.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def run_main(main: Callable, *, absl_flags: bool = True):
