@@ -144,6 +144,34 @@ def wait_for_step(proc, workdir, step, timeout=TIMEOUT):
   pytest.fail(f"step {step} not reached in {timeout} s")
 
 
+def holds_flock(pid, path) -> bool:
+  """Whether process `pid` holds a flock on `path`, read from /proc/locks (taking the lock to probe
+  it could make that process's own attempt fail)."""
+  if not os.path.exists(path):
+    return False
+  inode = os.stat(path).st_ino
+  with open("/proc/locks") as f:
+    for line in f:
+      fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF"
+      if len(fields) > 5 and fields[1] == "FLOCK" and fields[4] == str(pid) and \
+          fields[5].rsplit(":", 1)[-1] == str(inode):
+        return True
+  return False
+
+
+def wait_for_lock(proc, path, timeout=TIMEOUT):
+  """Returns once `proc` holds the flock on `path` (the run goes on meanwhile)."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if holds_flock(proc.pid, path):
+      return
+    if proc.poll() is not None:
+      pytest.fail(f"the run ended before it locked {path}: {proc.communicate()[1][-3000:]}")
+    time.sleep(0.02)
+  proc.kill()
+  pytest.fail(f"{path} not locked in {timeout} s")
+
+
 def saved_arrays(step_dir):
   """{path: array} of the parameters and BatchNorm statistics stored in a checkpoint directory."""
   tree = ocp.PyTreeCheckpointer().restore(os.path.join(step_dir, "state"))
@@ -380,11 +408,11 @@ def test_failing_save_is_one_clear_line_and_the_previous_checkpoint_stays_restor
 
 def test_second_process_on_a_workdir_refuses_and_the_lock_dies_with_the_first(env, tmp_path):
   workdir = str(tmp_path / "run")
-  # A minute per step: the first still holds the lock when the second one, which needs a minute
+  # Ten minutes per step: the first still holds the lock when the second one, which needs a minute
   # to start on a loaded machine, gets there (it is killed once the check is done).
-  first = start(env, workdir, step_delay=60)
+  first = start(env, workdir, step_delay=600)
   try:
-    wait_for_step(first, workdir, 1)
+    wait_for_lock(first, os.path.join(workdir, checkpointing.LOCK_FILE))
     rc, out, err = train(env, workdir)
     assert rc == 1
     (line,) = error_lines(err)
