@@ -52,6 +52,20 @@ def preset(model: str):
   return default.get_config(model)
 
 
+def set_field(config, path: str, value, *, argument: str = "overrides", item: str | None = None):
+  """Sets the field at the dotted `path` of `config` to `value`. ValueError naming `argument` and
+  `item` (default: the path) when the config has no such field."""
+  names = path.split(".")
+  node = config
+  for depth, name in enumerate(names):
+    if not hasattr(node, "keys") or name not in node:
+      raise ValueError(f"{argument}: {item or path!r}: the config has no field "
+                       f"{'.'.join(names[:depth + 1])!r}")
+    if depth < len(names) - 1:
+      node = node[name]
+  node[names[-1]] = value
+
+
 def with_overrides(config, items: Sequence[str], *, argument: str = "overrides"):
   """`config` with each "field.path=value" of `items` set; values are parsed as JSON (numbers,
   true / false, lists), else taken as strings. ValueError naming `argument` and the item for a
@@ -64,13 +78,5 @@ def with_overrides(config, items: Sequence[str], *, argument: str = "overrides")
       value = json.loads(text)
     except json.JSONDecodeError:
       value = text
-    *parents, leaf = key.split(".")
-    node = config
-    for depth, name in enumerate([*parents, leaf]):
-      if not hasattr(node, "keys") or name not in node:
-        raise ValueError(f"{argument}: {item!r}: the config has no field "
-                         f"{'.'.join([*parents, leaf][:depth + 1])!r}")
-      if depth < len(parents):
-        node = node[name]
-    node[leaf] = value
+    set_field(config, key, value, argument=argument, item=item)
   return config

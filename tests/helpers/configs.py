@@ -1,5 +1,6 @@
 """Config helpers shared by the training tests."""
 
+from experiments import configs
 from experiments.configs import default
 
 # A run that trains in seconds: synthetic 10-class data, a quarter-width model, Adam, 2 epochs.
@@ -8,13 +9,10 @@ TINY = {"data.source": "synthetic", "batch_size": 32, "model.options.width": 0.2
 
 
 def set_fields(config, overrides: dict, sep: str = "."):
-  """Sets each `overrides` entry, keyed by its field path ("optim.name"), on `config`; returns it."""
+  """Sets each `overrides` entry, keyed by its field path ("optim.name", parts joined by `sep`), on
+  `config` (experiments.configs.set_field: a field the config lacks is an error); returns it."""
   for path, value in overrides.items():
-    node = config
-    *parents, leaf = path.split(sep)
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    configs.set_field(config, ".".join(path.split(sep)), value, argument="test overrides")
   return config
 
 
