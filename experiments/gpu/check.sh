@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CUDA kernels on a machine with an NVIDIA GPU and nvcc, in one run of at most 9 minutes (GPU_CHECK_TOTAL_S, default 540 s):
+# The CUDA kernels on a machine with an NVIDIA GPU and nvcc, in one run of at most 9 minutes
+# (GPU_CHECK_TOTAL_S, default 540 s):
 #   1. build xnorjax with its CUDA kernels (pip editable, no network; CMake directly if pip fails),
 #   2. experiments/gpu/check.py: exactness against XLA on every bin_vgg16 layer shape and odd
 #      shapes, on every CUDA path, then xnor_conv timed against XLA's bfloat16 and int8 convs at
