@@ -11,6 +11,9 @@ MODEL ?= bin_vgg16
 WORKDIR ?= runs/$(MODEL)
 TRAIN_FLAGS ?=
 PYTEST_FLAGS ?=
+# pytest-xdist workers: 2 halves the suite's wall time on a 2-core machine (most tests compile or
+# start a process on one core); PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= 2
 
 # The exact versions `make` installs; pyproject.toml declares the ranges a user's environment may use.
 CONSTRAINTS := constraints.txt
@@ -45,7 +48,7 @@ train: $(VENV)/.installed
 	$(PY) -m experiments.train --model=$(MODEL) --workdir=$(WORKDIR) $(TRAIN_FLAGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_FLAGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_FLAGS)
 
 # What a user's `pip install .` does: an isolated build (its build requirements resolved from
 # pyproject.toml's ranges, pinned by the constraints) into a new environment, then a packed kernel
