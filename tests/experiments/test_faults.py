@@ -130,18 +130,27 @@ def logged_steps(workdir):
   return [json.loads(line)["step"] for line in lines if line.endswith("}") and "train_loss" in line]
 
 
-def wait_for_step(proc, workdir, step, timeout=TIMEOUT):
-  """The newest logged training step once it is >= `step` (the run goes on meanwhile)."""
+def wait_until(proc, done, what, timeout=TIMEOUT):
+  """done()'s first value other than None, polled while `proc` runs; fails the test when `proc`
+  ends or `timeout` passes first (`what`: the awaited event, for the message)."""
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
-    steps = logged_steps(workdir)
-    if steps and steps[-1] >= step:
-      return steps[-1]
+    value = done()
+    if value is not None:
+      return value
     if proc.poll() is not None:
-      pytest.fail(f"the run ended before step {step}: {proc.communicate()[1][-3000:]}")
+      pytest.fail(f"the run ended before {what}: {proc.communicate()[1][-3000:]}")
     time.sleep(0.02)
   proc.kill()
-  pytest.fail(f"step {step} not reached in {timeout} s")
+  pytest.fail(f"{what}: not within {timeout} s")
+
+
+def wait_for_step(proc, workdir, step, timeout=TIMEOUT):
+  """The newest logged training step once it is >= `step` (the run goes on meanwhile)."""
+  def reached():
+    steps = logged_steps(workdir)
+    return steps[-1] if steps and steps[-1] >= step else None
+  return wait_until(proc, reached, f"step {step}", timeout)
 
 
 def holds_flock(pid, path) -> bool:
@@ -161,15 +170,7 @@ def holds_flock(pid, path) -> bool:
 
 def wait_for_lock(proc, path, timeout=TIMEOUT):
   """Returns once `proc` holds the flock on `path` (the run goes on meanwhile)."""
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if holds_flock(proc.pid, path):
-      return
-    if proc.poll() is not None:
-      pytest.fail(f"the run ended before it locked {path}: {proc.communicate()[1][-3000:]}")
-    time.sleep(0.02)
-  proc.kill()
-  pytest.fail(f"{path} not locked in {timeout} s")
+  wait_until(proc, lambda: holds_flock(proc.pid, path) or None, f"it locked {path}", timeout)
 
 
 def saved_arrays(step_dir):
