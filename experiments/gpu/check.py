@@ -265,6 +265,20 @@ def _time_per_op(fn, args, repeats_in_jit, calls):
   return min(timing_lib.call_times(lambda: fn(*args), calls)) / repeats_in_jit
 
 
+_CONV_LAYOUT = ("NHWC", "HWIO", "NHWC")
+
+
+def xla_conv(x, w):
+  """XLA's 3x3 SAME stride-1 conv, NHWC x HWIO, in the operands' dtype: the float baseline."""
+  return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_CONV_LAYOUT)
+
+
+def xla_int8_conv(x, w):
+  """XLA's int8 conv with int32 accumulation, cast to float32: the form XLA gives cuDNN."""
+  return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_CONV_LAYOUT,
+                                  preferred_element_type=jnp.int32).astype(jnp.float32)
+
+
 def _repeated(op, reps):
   """jit of op applied to each of `reps` inputs (a tuple), weights shared: all results returned."""
   return jax.jit(lambda xs, *rest: tuple(op(x, *rest) for x in xs))
@@ -275,7 +289,6 @@ def timing(rng, on_gpu: bool, smoke: bool, deadline: float,
   layers = [(64, 64, 8, 2), (128, 128, 4, 1)] if smoke else BIN_VGG16
   batches = (2, 1) if smoke else (128, 1)  # the batch the targets are about first
   calls = 2 if smoke else 5
-  dn = ("NHWC", "HWIO", "NHWC")
   rows = []
   device = jax.devices()[0]
   for batch in batches:
@@ -307,11 +320,8 @@ def timing(rng, on_gpu: bool, smoke: bool, deadline: float,
                                             jnp.bfloat16), device) for _ in range(reps))
       wb = jax.device_put(jnp.asarray(np.transpose(signs(problem.w_bits), (1, 2, 3, 0)),
                                       jnp.bfloat16), device)
-      measure("bf16_us", lambda: (_repeated(lambda x, w: lax.conv_general_dilated(
-          x, w, (1, 1), "SAME", dimension_numbers=dn), reps), (xs, wb)))
-      measure("int8_us", lambda: (_repeated(lambda x, w: lax.conv_general_dilated(
-          x, w, (1, 1), "SAME", dimension_numbers=dn,
-          preferred_element_type=jnp.int32).astype(jnp.float32), reps),
+      measure("bf16_us", lambda: (_repeated(xla_conv, reps), (xs, wb)))
+      measure("int8_us", lambda: (_repeated(xla_int8_conv, reps),
                                   (tuple(x.astype(jnp.int8) for x in xs), wb.astype(jnp.int8))))
       del xs
       # Packed kernels: packed input (as a previous fused layer leaves it), packed weights.

@@ -27,7 +27,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 
 from experiments.gpu import check
@@ -48,7 +47,7 @@ def parse_layer(text: str) -> tuple[int, int, int, int]:
 
 
 def kernel_events(profile) -> list[tuple[str, int, int]]:
-  """(name, start ns, duration ns) of every event on the kernel lines of the GPU planes, by start."""
+  """(name, start ns, duration ns) of the events on the GPU planes' kernel lines, by start."""
   events = []
   for plane in profile.planes:
     if not plane.name.startswith("/device:GPU"):
@@ -86,18 +85,14 @@ def layer_ops(rng, c, o, hw, batch, on_gpu: bool):
   problem = check.ConvProblem(rng, batch, hw, hw, c, o, (3, 3), (1, 1), ((1, 1), (1, 1)), 0)
   signs = np.where(problem.x_bits, 1, -1)
   w_hwio = np.transpose(np.where(problem.w_bits, 1, -1), (1, 2, 3, 0))
-  dn = ("NHWC", "HWIO", "NHWC")
-  conv = lambda x, w, **kw: lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
-                                                     dimension_numbers=dn, **kw)
   packed = (check.ffi_conv(problem, "packed", check.cuda_path_codes()["mma"]) if on_gpu
             else check.public_conv(problem, "packed", "kernel"))
   put = jax.device_put
   return [
       ("xnor_packed_mma", jax.jit(packed), tuple(put(a) for a in problem.operands("packed"))),
-      ("xla_bf16", jax.jit(conv), (put(jnp.asarray(signs, jnp.bfloat16)),
-                                    put(jnp.asarray(w_hwio, jnp.bfloat16)))),
-      ("xla_int8", jax.jit(lambda x, w: conv(x, w, preferred_element_type=jnp.int32)
-                           .astype(jnp.float32)),
+      ("xla_bf16", jax.jit(check.xla_conv), (put(jnp.asarray(signs, jnp.bfloat16)),
+                                              put(jnp.asarray(w_hwio, jnp.bfloat16)))),
+      ("xla_int8", jax.jit(check.xla_int8_conv),
        (put(jnp.asarray(signs, jnp.int8)), put(jnp.asarray(w_hwio, jnp.int8)))),
   ]
 
