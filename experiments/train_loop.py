@@ -111,7 +111,9 @@ class Intervals:
                 produced: int, producer: float, waited: float):
     """Logs the training metrics of the steps since the last log: `steps` of them timed over
     `elapsed` seconds, while the input pipeline made `produced` batches in `producer` seconds and
-    the loop waited `waited` seconds for them."""
+    the loop waited `waited` seconds for them. A window whose steps were all left out of the
+    timing (the compiling dispatch, when it fills the whole window) logs no throughput: it has
+    none to report, and a 0 would pull down a run's median."""
     mean = lambda k: float(np.mean([m[k] for m in host_metrics]))
     scalars = {
         "epoch": self.steps.epoch(done),
@@ -119,15 +121,18 @@ class Intervals:
         "train_loss": mean("loss"),
         "train_accuracy": mean("accuracy"),
         **{f"train_{k}": mean(k) for k in host_metrics[0] if k not in ("loss", "accuracy")},
-        "images_per_second": steps * self.batch_size / max(elapsed, 1e-9),
-        "input_images_per_second": (produced * self.batch_size / producer
-                                    if producer > 0 else float("inf")),
-        "input_wait_fraction": waited / max(elapsed, 1e-9),
     }
+    extra = f"loss {scalars['train_loss']:.4f}, acc {scalars['train_accuracy']:.4f}"
+    if steps > 0:
+      scalars.update({
+          "images_per_second": steps * self.batch_size / max(elapsed, 1e-9),
+          "input_images_per_second": (produced * self.batch_size / producer
+                                      if producer > 0 else float("inf")),
+          "input_wait_fraction": waited / max(elapsed, 1e-9),
+      })
+      extra += f", input {scalars['input_images_per_second']:.0f} img/s"
     self.writer.write_scalars(done, scalars)
-    self.progress.update(done, self.batch_size, force=True, extra=(
-        f"loss {scalars['train_loss']:.4f}, acc {scalars['train_accuracy']:.4f}, "
-        f"input {scalars['input_images_per_second']:.0f} img/s"))
+    self.progress.update(done, self.batch_size, force=True, extra=extra)
 
   def after_steps(self, done: int, state, settle: Callable[[], None], stop) -> Optional[str]:
     """The evaluation and checkpoint due after `done` steps, and a stop request's checkpoint;

@@ -211,6 +211,18 @@ def test_device_run_sharded_over_four_devices_matches_one_device(tmp_path):
                                atol=1e-5 * max(float(np.max(np.abs(a))), 1.0))
 
 
+def test_a_log_window_of_only_the_compiling_chunk_reports_no_throughput(tmp_path):
+  """Chunks as long as the logging interval (the defaults: 50 and 50): the first window holds only
+  the compiling chunk, whose time is left out, so it logs no images/s instead of 0."""
+  c = device_config(num_epochs=1, steps_per_dispatch=4, log_every_steps=4)
+  trainer.train_and_evaluate(c, str(tmp_path))
+  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f if "train_loss" in line]
+  assert [r["step"] for r in records] == [4, 8]
+  assert "images_per_second" not in records[0] and "input_wait_fraction" not in records[0]
+  assert records[1]["images_per_second"] > 0 and records[1]["input_wait_fraction"] >= 0
+
+
 def test_device_run_with_bfloat16_compute_keeps_float32_state(tmp_path):
   c = device_config("small_cnn", num_epochs=1)
   c.model.options.dtype = "bfloat16"
