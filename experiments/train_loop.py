@@ -77,7 +77,9 @@ class Intervals:
 
   `evaluate(state) -> scalars` evaluates the validation (and, if asked, test) split; its
   "val_accuracy" selects the best checkpoint. Every checkpoint's record carries the data
-  fingerprint and the best so far, which a resumed run reads back.
+  fingerprint and the best so far, which a resumed run reads back. `seconds` adds up the wall
+  time spent in evaluations and in checkpoint saves (their blocking part: starting a save and
+  waiting for the previous one), which on a fast accelerator can rival the training itself.
   """
 
   def __init__(self, *, steps: StepCounts, batch_size: int, learning_rate: Callable[[int], Any],
@@ -87,6 +89,7 @@ class Intervals:
     self.evaluate, self.ckpts, self.writer = evaluate, ckpts, writer
     self.data_fingerprint, self.best = data_fingerprint, best
     self.last_eval: dict = {}
+    self.seconds = {"evaluation": 0.0, "checkpoint_saves": 0.0}
     self.progress = metrics_lib.Progress(steps.total, start_step, every_steps=steps.log_every)
 
   def record(self, step: int) -> dict:
@@ -143,20 +146,32 @@ class Intervals:
       self._evaluate(done, state)
     if done % self.steps.checkpoint_every == 0 or is_last:
       settle()
-      self.ckpts.save(done, state, self.record(done))
+      self._save(done, state)
     if stop.requested():
       settle()
-      self.ckpts.save(done, state, self.record(done))
+      self._save(done, state)
       logging.warning("Stopped by %s after step %d; checkpoint saved in %s. Rerun the same "
                       "command to resume.", stop.signal_name, done, self.ckpts.latest_dir)
       return stop.signal_name
     return None
 
+  def _timed(self, kind: str, fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    try:
+      return fn()
+    finally:
+      self.seconds[kind] += time.perf_counter() - start
+
+  def _save(self, done: int, state):
+    self._timed("checkpoint_saves", lambda: self.ckpts.save(done, state, self.record(done)))
+
   def _evaluate(self, done: int, state):
-    scalars = {"epoch": self.steps.epoch(done), **self.evaluate(state)}
+    scalars = {"epoch": self.steps.epoch(done), **self._timed("evaluation",
+                                                              lambda: self.evaluate(state))}
     if "val_accuracy" in scalars and scalars["val_accuracy"] > self.best.val_accuracy:
       self.best = Best(scalars["val_accuracy"], done)
-      self.ckpts.save_best(done, state, self.record(done), scalars["val_accuracy"])
+      self._timed("checkpoint_saves", lambda: self.ckpts.save_best(
+          done, state, self.record(done), scalars["val_accuracy"]))
     scalars["best_val_accuracy"] = self.best.val_accuracy
     self.last_eval = {"step": done, **scalars}
     self.writer.write_scalars(done, scalars)

@@ -27,6 +27,7 @@ import json
 import os
 import signal
 import threading
+import time
 from typing import Any, Optional
 
 from absl import logging
@@ -404,9 +405,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       evaluate=functools.partial(_evaluate_during_training, setup.evaluate_split, data,
                                  config.eval_test_during_training),
       ckpts=ckpts, writer=writer, data_fingerprint=fingerprint, best=best, start_step=start_step)
+  loop_start = time.perf_counter()
   try:
     with StopRequest() as stop:
       state, done, interrupted = _run(config, setup, data.train, state, start_step, intervals, stop)
+    loop_seconds = time.perf_counter() - loop_start
   finally:
     intervals.close()
     ckpts.wait()
@@ -415,7 +418,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   results = {"model": config.model.name, "steps": steps.total, "last_step": done,
              "interrupted_by": interrupted, "best_step": intervals.best.step,
              "best_val_accuracy": (intervals.best.val_accuracy
-                                   if intervals.best.step is not None else None)}
+                                   if intervals.best.step is not None else None),
+             "seconds": _time_split(loop_seconds, intervals.seconds)}
+  logging.info("Steps %d to %d in %.1f s: %s", start_step, done, results["seconds"]["loop"],
+               ", ".join(f"{k} {v:.1f} s" for k, v in results["seconds"].items() if k != "loop"))
   if interrupted is None:
     results.update(_final_test(setup.evaluate_split, data, state, done, intervals, ckpts))
     writer.write_scalars(done, {"final_test_accuracy": results["test_accuracy"],
@@ -426,6 +432,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpts.close()
   results["state"] = state
   return results
+
+
+def _time_split(loop: float, spent: dict) -> dict:
+  """Where this process's training loop spent its wall time, in seconds (a resumed run: since its
+  resume). "training" is the rest of the loop: steps, compilation, logging, the input pipeline."""
+  return {"loop": loop, **spent, "training": loop - sum(spent.values())}
 
 
 def _write_json_text(path: str, text: str):

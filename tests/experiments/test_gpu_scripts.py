@@ -32,6 +32,7 @@ def test_gpu_run_trains_and_summarises(tmp_path):
   assert s["interrupted_by"] is None
   assert 0.0 <= s["test_accuracy"] <= 1.0 and 0.0 <= s["best_val_accuracy"] <= 1.0
   assert s["median_train_images_per_second"] > 0
+  assert s["seconds"]["loop"] >= s["seconds"]["training"] > 0
   with open(tmp_path / "bin_small_cnn" / "config.json") as f:
     config = json.load(f)
   assert config["num_epochs"] == 2 and config["batch_size"] == 32

@@ -74,6 +74,14 @@ def test_training_learns_and_writes_its_outputs(baseline):
   assert [r["step"] for r in evals] == [12, 24]
   assert all(np.isfinite(r["train_loss"]) and r["images_per_second"] > 0 for r in records
              if "train_loss" in r)
+  # Where the loop's time went: evaluations and checkpoint saves took some, the steps the rest.
+  seconds = results["seconds"]
+  assert set(seconds) == {"loop", "evaluation", "checkpoint_saves", "training"}
+  assert seconds["evaluation"] > 0 and seconds["checkpoint_saves"] > 0 and seconds["training"] > 0
+  assert seconds["evaluation"] + seconds["checkpoint_saves"] + seconds["training"] == (
+      pytest.approx(seconds["loop"]))
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["seconds"] == seconds
   # The checkpoint for the test accuracy is the one with the best validation accuracy.
   best = max(evals, key=lambda r: r["val_accuracy"])
   assert results["best_step"] == best["step"]
