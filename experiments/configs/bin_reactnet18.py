@@ -21,11 +21,12 @@ decay, distillation) has published support. An epoch is a pass over every traini
 45,000 make it shorter than an ImageNet epoch but no easier for a binary network to fit, so the
 preset keeps the number of passes rather than the number of steps (which would mean thousands of
 epochs). It is fewer than bin_resnet18's 300; this preset has not been run to completion.
-Measured at short length (docs/training.md, 3 epochs at width 0.25, two seeds): this optimizer
-reaches 40.8% where the binary presets' AdamW 2e-3 with cosine decay reaches 57.4%; for short
-runs override `optim.name=adamw`, `optim.learning_rate=0.002`, `optim.schedule=cosine`,
-`optim.weight_decay=0.0001`. Whether the paper's optimizer catches up over 256 epochs is
-unmeasured.
+Measured at short length (docs/training.md, no teacher): this optimizer reaches 40.8% where the
+binary presets' AdamW 2e-3 with cosine decay reaches 57.4% (3 epochs at width 0.25, two seeds),
+and 68.7% against 81.0% at full width over 10 epochs (one seed each); for short runs override
+`optim.name=adamw`, `optim.learning_rate=0.002`, `optim.schedule=cosine`,
+`optim.weight_decay=0.0001` (and `optim.warmup_epochs=0.5`). Whether the paper's optimizer
+catches up over 256 epochs is unmeasured.
 Departures: latent binary kernels stay clipped to [-1, 1] (the project default; ReActNet leaves
 them free, but outside [-1, 1] its straight-through estimator gives them no gradient either); RSign
 uses Bi-Real's approx_sign gradient, as ReActNet's code.
