@@ -17,6 +17,7 @@ stopping signal or None).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Any, Callable, Optional
@@ -155,23 +156,26 @@ class Intervals:
       return stop.signal_name
     return None
 
-  def _timed(self, kind: str, fn: Callable[[], Any]) -> Any:
+  @contextlib.contextmanager
+  def _timed(self, kind: str):
+    """Adds the block's wall time to self.seconds[kind]."""
     start = time.perf_counter()
     try:
-      return fn()
+      yield
     finally:
       self.seconds[kind] += time.perf_counter() - start
 
   def _save(self, done: int, state):
-    self._timed("checkpoint_saves", lambda: self.ckpts.save(done, state, self.record(done)))
+    with self._timed("checkpoint_saves"):
+      self.ckpts.save(done, state, self.record(done))
 
   def _evaluate(self, done: int, state):
-    scalars = {"epoch": self.steps.epoch(done), **self._timed("evaluation",
-                                                              lambda: self.evaluate(state))}
+    with self._timed("evaluation"):
+      scalars = {"epoch": self.steps.epoch(done), **self.evaluate(state)}
     if "val_accuracy" in scalars and scalars["val_accuracy"] > self.best.val_accuracy:
       self.best = Best(scalars["val_accuracy"], done)
-      self._timed("checkpoint_saves", lambda: self.ckpts.save_best(
-          done, state, self.record(done), scalars["val_accuracy"]))
+      with self._timed("checkpoint_saves"):
+        self.ckpts.save_best(done, state, self.record(done), scalars["val_accuracy"])
     scalars["best_val_accuracy"] = self.best.val_accuracy
     self.last_eval = {"step": done, **scalars}
     self.writer.write_scalars(done, scalars)
